@@ -1,0 +1,1 @@
+"""mailfold event contract: event types, sources, reachability policy, fold, subjects, codecs, tokens."""

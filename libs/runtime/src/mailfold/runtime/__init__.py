@@ -1,0 +1,1 @@
+"""Plumbing shared by mailfold services: settings, logging, ops endpoints, NATS, embedded servers."""

@@ -1,0 +1,1 @@
+"""mailfold ingest service."""

@@ -1,0 +1,1 @@
+"""mailfold tracker service."""

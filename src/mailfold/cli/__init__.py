@@ -1,0 +1,1 @@
+"""The mailfold command line."""
