@@ -1,0 +1,133 @@
+"""NATS JetStream plumbing: connections, the streams, buckets and object store, event publishing."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from typing import Final
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from mailfold.events import Event, encode, event_subject, publish_headers
+from mailfold.events.subjects import DLQ_STREAM, DLQ_SUBJECTS, STREAM, STREAM_SUBJECTS
+
+DUPLICATE_WINDOW_S: Final = 120.0
+
+# KV buckets and what they hold (keys are documented in docs/operations.md).
+BUCKET_ORGS: Final = "mailfold_orgs"  # <org>.token -> sha256 of the API token; <org>.settings
+BUCKET_DIRECTORY: Final = "mailfold_directory"  # records and the address index
+BUCKET_SENDER: Final = "mailfold_sender"  # daily counters, delivery marks, mass-email dedup
+BUCKET_IDEMPOTENCY: Final = "mailfold_idempotency"  # Idempotency-Key -> email id
+OBJECT_STORE: Final = "mailfold_content"  # bodies, attachments, raw messages by SHA-256
+BUCKETS: Final = (BUCKET_ORGS, BUCKET_DIRECTORY, BUCKET_SENDER, BUCKET_IDEMPOTENCY)
+
+
+async def connect(url: str, name: str, *, reconnect: bool = True) -> Client:
+    """A connection that keeps reconnecting while the server restarts."""
+    return await nats.connect(
+        url,
+        name=name,
+        allow_reconnect=reconnect,
+        max_reconnect_attempts=-1 if reconnect else 0,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+    )
+
+
+def stream_config(*, replicas: int = 1) -> StreamConfig:
+    """MAIL_EVENTS: every fact about every email, kept, file storage, duplicate publishes dropped."""
+    return StreamConfig(
+        name=STREAM,
+        subjects=list(STREAM_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+        max_msg_size=1024 * 1024,
+        allow_direct=True,
+    )
+
+
+def dlq_config(*, replicas: int = 1) -> StreamConfig:
+    """MAIL_DLQ: messages a consumer could not use, with the reason in headers."""
+    return StreamConfig(
+        name=DLQ_STREAM,
+        subjects=list(DLQ_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to this configuration."""
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+    else:
+        await js.update_stream(config)
+
+
+async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Streams, KV buckets and the object store, created idempotently."""
+    await ensure_stream(js, stream_config(replicas=replicas))
+    await ensure_stream(js, dlq_config(replicas=replicas))
+    for bucket in BUCKETS:
+        await kv(js, bucket, replicas=replicas)
+    await objects(js, replicas=replicas)
+
+
+async def kv(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValue:
+    """The named KV bucket, created on first use."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+        )
+
+
+async def objects(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:
+    """The content object store, created on first use."""
+    try:
+        return await js.object_store(OBJECT_STORE)
+    except NotFoundError:
+        return await js.create_object_store(
+            OBJECT_STORE, ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas)
+        )
+
+
+async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 5.0) -> int:
+    """Publish one event with Nats-Msg-Id = event_id; returns its stream sequence."""
+    ack = await js.publish(
+        event_subject(event), encode(event), timeout=timeout, headers=publish_headers(event)
+    )
+    return int(ack.seq)
+
+
+def key_token(text: str) -> str:
+    """A KV-key-safe token for arbitrary text (addresses hold '@' and '+', which keys may not)."""
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+async def close(nc: Client) -> None:
+    """Drain and close, ignoring a connection that is already gone."""
+    with contextlib.suppress(Exception):
+        await nc.drain()
+    with contextlib.suppress(Exception):
+        await nc.close()

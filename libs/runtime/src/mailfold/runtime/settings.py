@@ -1,0 +1,83 @@
+"""Configuration from environment variables, with safe defaults and clear errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
+DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/mailfold"
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def env_str(name: str, default: str) -> str:
+    """A string setting; empty means unset."""
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    """An integer setting, refused with the variable's name when it is not one."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float) -> float:
+    """A float setting, refused with the variable's name when it is not one."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """A boolean setting: 1/true/yes/on or 0/false/no/off."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class CommonSettings:
+    """What every service needs: where NATS is, how to log, the tracking keys."""
+
+    nats_url: str
+    log_level: str
+    log_json: bool | None
+    tracking_keys: str
+    public_tracker_url: str
+
+    @classmethod
+    def from_env(cls) -> CommonSettings:
+        """Read MAILFOLD_NATS_URL, MAILFOLD_LOG_LEVEL, MAILFOLD_LOG_JSON, MAILFOLD_TRACKING_KEYS."""
+        log_json_raw = os.environ.get("MAILFOLD_LOG_JSON", "").strip()
+        return cls(
+            nats_url=env_str("MAILFOLD_NATS_URL", DEFAULT_NATS_URL),
+            log_level=env_str("MAILFOLD_LOG_LEVEL", "info").lower(),
+            log_json=None if not log_json_raw else env_bool("MAILFOLD_LOG_JSON", True),
+            # A development key: `mailfold dev` and tests use it; production sets its own.
+            tracking_keys=env_str(
+                "MAILFOLD_TRACKING_KEYS", "dev:mailfold-development-key-change-me"
+            ),
+            public_tracker_url=env_str("MAILFOLD_TRACKER_PUBLIC_URL", "http://127.0.0.1:8002"),
+        )

@@ -1,0 +1,296 @@
+"""`mailfold dev`: embedded NATS and PostgreSQL, the topology, every service, stopped on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Final
+
+from mailfold.cli import config
+from mailfold.cli.main import available_services
+
+LOOPBACK: Final = "127.0.0.1"
+
+# Default ports of each service in dev; a taken port falls back to a free one.
+DEV_PORTS: Final = {
+    "nats": 4222,
+    "postgres": 5432,
+    "ingest_http": 8001,
+    "tracker_http": 8002,
+    "projector_http": 8003,
+    "sender_http": 8004,
+    "ingest_smtp": 2525,
+    "sink_smtp": 2526,
+}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_port(preferred: int, taken: set[int]) -> int:
+    from mailfold.runtime.embedded import free_port
+
+    port = preferred
+    while port in taken or not _port_free(port):
+        port = free_port()
+    taken.add(port)
+    return port
+
+
+@dataclass
+class DevStack:
+    """What `mailfold dev` started, so that it can print it and stop it."""
+
+    data: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    nats_url: str = ""
+    database_url: str = ""
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    servers: list[object] = field(default_factory=list)
+
+    def service_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "MAILFOLD_NATS_URL": self.nats_url,
+                "MAILFOLD_DATABASE_URL": self.database_url,
+                "MAILFOLD_HTTP_HOST": LOOPBACK,
+                "MAILFOLD_INGEST_HTTP_PORT": str(self.ports["ingest_http"]),
+                "MAILFOLD_INGEST_SMTP_PORT": str(self.ports["ingest_smtp"]),
+                "MAILFOLD_TRACKER_PORT": str(self.ports["tracker_http"]),
+                "MAILFOLD_PROJECTOR_PORT": str(self.ports["projector_http"]),
+                "MAILFOLD_SENDER_PORT": str(self.ports["sender_http"]),
+                "MAILFOLD_TRACKER_PUBLIC_URL": f"http://{LOOPBACK}:{self.ports['tracker_http']}",
+                # Nothing leaves the machine in dev: every domain routes to the local sink MX.
+                "MAILFOLD_SMTP_ROUTES": env_or(
+                    "MAILFOLD_SMTP_ROUTES", f"*={LOOPBACK}:{self.ports['sink_smtp']}"
+                ),
+                "MAILFOLD_LOG_JSON": os.environ.get("MAILFOLD_LOG_JSON", "false"),
+            }
+        )
+        return env
+
+
+def env_or(name: str, default: str) -> str:
+    """An environment variable, or the default when unset."""
+    return os.environ.get(name) or default
+
+
+def _start_servers(stack: DevStack) -> None:
+    from mailfold.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+
+    previous: dict[str, int] = {}
+    runtime = config.runtime_file()
+    if runtime.exists():
+        try:
+            previous = {
+                k: int(v) for k, v in json.loads(runtime.read_text()).get("ports", {}).items()
+            }
+        except (ValueError, AttributeError):
+            previous = {}
+    taken: set[int] = set()
+    for name, default in DEV_PORTS.items():
+        stack.ports[name] = _pick_port(previous.get(name, default), taken)
+
+    if os.environ.get("MAILFOLD_NATS_URL"):
+        stack.nats_url = os.environ["MAILFOLD_NATS_URL"]
+    else:
+        nats_server = EmbeddedNats(stack.data / "nats", port=stack.ports["nats"])
+        print(f"starting NATS JetStream on {nats_server.url} ...", flush=True)
+        nats_server.start()
+        stack.servers.append(nats_server)
+        stack.nats_url = nats_server.url
+
+    if os.environ.get("MAILFOLD_DATABASE_URL"):
+        stack.database_url = os.environ["MAILFOLD_DATABASE_URL"]
+    else:
+        pg = EmbeddedPostgres(stack.data / "postgres", port=stack.ports["postgres"])
+        print(f"starting PostgreSQL on 127.0.0.1:{pg.port} ...", flush=True)
+        pg.start()
+        stack.servers.append(pg)
+        stack.ports["postgres"] = pg.port
+        exists = pg.psql("SELECT 1 FROM pg_database WHERE datname = 'mailfold'")
+        if "1" not in exists:
+            pg.create_database("mailfold")
+        stack.database_url = pg.dsn_for("mailfold")
+
+
+async def _prepare(stack: DevStack) -> None:
+    from mailfold.runtime import bus
+
+    nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False)
+    try:
+        await bus.ensure_topology(nc.jetstream())
+    finally:
+        await bus.close(nc)
+
+
+def _write_runtime(stack: DevStack) -> None:
+    p = stack.ports
+    info = {
+        "nats_url": stack.nats_url,
+        "database_url": stack.database_url,
+        "ingest_url": f"http://{LOOPBACK}:{p['ingest_http']}",
+        "tracker_url": f"http://{LOOPBACK}:{p['tracker_http']}",
+        "query_url": f"http://{LOOPBACK}:{p['projector_http']}",
+        "sender_url": f"http://{LOOPBACK}:{p['sender_http']}",
+        "smtp": f"{LOOPBACK}:{p['ingest_smtp']}",
+        "pid": os.getpid(),
+        "ports": p,
+    }
+    config.runtime_file().write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _start_services(stack: DevStack, services: list[str]) -> None:
+    env = stack.service_env()
+    logs = stack.data / "logs"
+    logs.mkdir(exist_ok=True)
+    for service in services:
+        log = (logs / f"{service}.log").open("ab")
+        stack.children[service] = subprocess.Popen(
+            [sys.executable, "-m", "mailfold.cli", "serve", service],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
+        )
+        log.close()
+
+
+def _wait_healthy(stack: DevStack, timeout: float = 60.0) -> list[str]:
+    import urllib.request
+
+    urls = {
+        "ingest": stack.ports["ingest_http"],
+        "tracker": stack.ports["tracker_http"],
+        "projector": stack.ports["projector_http"],
+        "sender": stack.ports["sender_http"],
+    }
+    pending = {s: urls[s] for s in stack.children}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for service, port in list(pending.items()):
+            proc = stack.children[service]
+            if proc.poll() is not None:
+                pending.pop(service)
+                continue
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        pending.pop(service)
+            except OSError:
+                pass
+        time.sleep(0.2)
+    return [s for s, p in stack.children.items() if p.poll() is not None or s in pending]
+
+
+def _stop(stack: DevStack) -> None:
+    for proc in stack.children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for proc in stack.children.values():
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for server in reversed(stack.servers):
+        server.stop()  # type: ignore[attr-defined]
+
+
+def run_dev(*, demo: bool = True) -> int:
+    """Start everything, print where to look, wait for Ctrl-C, stop everything."""
+    stack = DevStack(data=config.data_dir())
+    stack.data.mkdir(parents=True, exist_ok=True)
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        _start_servers(stack)
+        asyncio.run(_prepare(stack))
+        _write_runtime(stack)
+        services = available_services()
+        _start_services(stack, services)
+        failed = _wait_healthy(stack)
+        if failed:
+            for service in failed:
+                print(
+                    f"service {service} did not become healthy; see {stack.data}/logs/{service}.log"
+                )
+            return 1
+        if demo:
+            from mailfold.cli.demo import seed_demo
+
+            demo_lines = seed_demo(stack)
+        else:
+            demo_lines = []
+        _print_banner(stack, services, demo_lines)
+        while not stopping:
+            for service, proc in stack.children.items():
+                if proc.poll() is not None:
+                    print(
+                        f"service {service} exited with {proc.returncode}; see {stack.data}/logs/{service}.log"
+                    )
+                    stopping = True
+            time.sleep(0.3)
+        print("\nstopping ...", flush=True)
+        return 0
+    finally:
+        _stop(stack)
+        config.runtime_file().unlink(missing_ok=True)
+        print("stopped.", flush=True)
+
+
+def _print_banner(stack: DevStack, services: list[str], demo_lines: list[str]) -> None:
+    p = stack.ports
+    lines = [
+        "",
+        "mailfold is running (Ctrl-C stops everything; data stays in " + str(stack.data) + ")",
+        f"  NATS JetStream   {stack.nats_url}",
+        f"  PostgreSQL       {stack.database_url}",
+        f"  services         {', '.join(services) or 'none installed'}",
+    ]
+    if "ingest" in services:
+        lines.append(
+            f"  ingest API       http://{LOOPBACK}:{p['ingest_http']}/v1/orgs/{{org}}/emails"
+        )
+        lines.append(f"  SMTP ingress     {LOOPBACK}:{p['ingest_smtp']}")
+    if "tracker" in services:
+        lines.append(f"  tracker          http://{LOOPBACK}:{p['tracker_http']}/o/{{token}}.gif")
+    if "projector" in services:
+        lines.append(
+            f"  query API        http://{LOOPBACK}:{p['projector_http']}/v1/orgs/{{org}}/..."
+        )
+    lines.append(f"  sink MX          {LOOPBACK}:{p['sink_smtp']} (all outbound mail lands here)")
+    lines.append(
+        "  metrics          "
+        + ", ".join(f"http://{LOOPBACK}:{p[s + '_http']}/metrics" for s in services)
+    )
+    lines.append(f"  logs             {stack.data}/logs/")
+    lines.extend(demo_lines)
+    lines.append("")
+    lines.append("ready")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,199 @@
+"""`mailfold`: run the pipeline, run one service, and the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mailfold.cli import config
+
+SERVICES = ("ingest", "sender", "tracker", "projector")
+
+
+def _service_entry(service: str) -> Callable[[], None] | None:
+    """The service's `bootstrap.main`, or None where the service is not installed."""
+    try:
+        module = importlib.import_module(f"mailfold.{service}.bootstrap")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(f"mailfold.{service}"):
+            return None
+        raise
+    entry: Callable[[], None] = module.main
+    return entry
+
+
+def available_services() -> list[str]:
+    """The services this installation can run."""
+    return [s for s in SERVICES if _service_entry(s) is not None]
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from mailfold.events import json_schema
+
+    if args.asyncapi:
+        from mailfold.cli.asyncapi import asyncapi_document
+
+        print(json.dumps(asyncapi_document(), indent=2))
+    else:
+        print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    from mailfold.events import POLICY, SOURCES
+    from mailfold.events.model import STATUS_PRECEDENCE
+
+    def ordered(statuses: frozenset[Any]) -> list[str]:
+        return [s.value for s in reversed(STATUS_PRECEDENCE) if s in statuses]
+
+    if args.json:
+        rows = [
+            {
+                "name": row.name,
+                "description": row.description,
+                "channel": row.channel.value,
+                "transport": row.transport.value if row.transport else None,
+                "multi_recipient": row.multi_recipient,
+                "sources": [SOURCES[s].display for s in row.sources],
+                "reachable": ordered(row.reachable),
+                "note": row.note,
+            }
+            for row in POLICY
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in POLICY:
+        print(f"{row.description}")
+        print(f"  reachable: {', '.join(ordered(row.reachable))}")
+        print(f"  sources:   {', '.join(SOURCES[s].display for s in row.sources)}")
+        if row.note:
+            print(f"  note:      {row.note}")
+        print()
+    return 0
+
+
+def _cmd_org_create(args: argparse.Namespace) -> int:
+    from mailfold.runtime import bus
+    from mailfold.runtime.orgs import OrgExists, create_org, valid_org_id
+
+    if not valid_org_id(args.org):
+        print("error: org id must be 1-63 characters of a-z, 0-9, '-' and '_'", file=sys.stderr)
+        return 2
+
+    async def run() -> str:
+        nc = await bus.connect(config.nats_url(), "mailfold-cli", reconnect=False)
+        try:
+            js = nc.jetstream()
+            bucket = await bus.kv(js, bus.BUCKET_ORGS)
+            return await create_org(bucket, args.org, rotate=args.rotate)
+        finally:
+            await bus.close(nc)
+
+    try:
+        token = asyncio.run(run())
+    except OrgExists as exc:
+        print(f"error: {exc} (use --rotate to issue a new token)", file=sys.stderr)
+        return 1
+    print(f"org {args.org} created; its API token (shown once, keep it):", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    entry = _service_entry(args.service)
+    if entry is None:
+        print(f"error: service {args.service!r} is not installed", file=sys.stderr)
+        return 2
+    entry()
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from mailfold.cli.dev import run_dev
+
+    return run_dev(demo=not args.no_demo)
+
+
+def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A command implemented by a service package (imported only when used)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            target = getattr(importlib.import_module(module), function)
+        except (ModuleNotFoundError, AttributeError):
+            print(f"error: {args.command} is not available in this installation", file=sys.stderr)
+            return 2
+        result: int = target(args)
+        return result
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="mailfold", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("dev", help="the whole stack on embedded NATS and PostgreSQL")
+    p.add_argument("--no-demo", action="store_true", help="do not create the demo org and emails")
+    p.set_defaults(func=_cmd_dev)
+
+    p = sub.add_parser("serve", help="run one service in the foreground")
+    p.add_argument("service", choices=SERVICES)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of every event")
+    p.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI document instead")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("policy", help="print the reachability table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_policy)
+
+    p = sub.add_parser("org", help="manage orgs")
+    org_sub = p.add_subparsers(dest="org_command", required=True, metavar="ACTION")
+    c = org_sub.add_parser("create", help="create an org and print its API token once")
+    c.add_argument("org")
+    c.add_argument("--rotate", action="store_true", help="replace the token of an existing org")
+    c.set_defaults(func=_cmd_org_create)
+
+    p = sub.add_parser("migrate", help="apply the projector's database migrations")
+    p.set_defaults(func=_delegate("mailfold.projector.cli", "migrate_command"))
+
+    p = sub.add_parser("replay", help="rebuild the projection from the stream")
+    p.add_argument("--from-seq", type=int, default=1)
+    p.add_argument("--to-seq", type=int, default=None)
+    p.add_argument("--verify", action="store_true", help="compare with the live projection")
+    p.set_defaults(func=_delegate("mailfold.projector.cli", "replay_command"))
+
+    p = sub.add_parser("audit", help="an email's full history, for a person")
+    p.add_argument("email_id")
+    p.set_defaults(func=_delegate("mailfold.projector.cli", "audit_command"))
+
+    p = sub.add_parser("export", help="write an org's emails to emails.csv with attachments")
+    p.add_argument("org")
+    p.add_argument("--out", default="export", help="output folder")
+    p.set_defaults(func=_delegate("mailfold.projector.cli", "export_command"))
+
+    p = sub.add_parser("dsn", help="bounce reports")
+    dsn_sub = p.add_subparsers(dest="dsn_command", required=True, metavar="ACTION")
+    c = dsn_sub.add_parser("parse", help="one JSON line per failed recipient")
+    c.add_argument("files", nargs="+")
+    c.set_defaults(func=_delegate("mailfold.ingest.cli", "dsn_parse_command"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mailfold` command."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
