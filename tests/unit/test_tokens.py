@@ -76,3 +76,25 @@ def test_a_keyring_refuses_short_secrets_and_bad_specs() -> None:
         Keyring({"k": b"short"}, "k")
     with pytest.raises(ValueError, match="kid:secret"):
         Keyring.parse("nocolon")
+
+
+def test_a_verp_token_round_trips_whatever_the_case_the_mail_system_gives_it() -> None:
+    ring = Keyring.parse("k2:a-fairly-long-secret-key")
+    claims = TrackingClaims(TokenKind.BOUNCE, "acme", CLAIMS.email_id, "Ann@Example.org")
+    token = ring.sign_verp(claims)
+    assert token == token.lower() and "@" not in token and "." not in token
+    assert ring.verify_verp(token) == claims
+    assert ring.verify_verp(token.upper()) == claims
+
+
+def test_a_tampered_verp_token_fails() -> None:
+    ring = Keyring.parse("k2:a-fairly-long-secret-key")
+    token = ring.sign_verp(TrackingClaims(TokenKind.BOUNCE, "acme", "e1", "a@b.c"))
+    for i, ch in enumerate(token):
+        if ch == "-":
+            continue
+        forged = token[:i] + ("a" if ch != "a" else "b") + token[i + 1 :]
+        with pytest.raises(InvalidToken):
+            ring.verify_verp(forged)
+    with pytest.raises(InvalidToken):
+        ring.verify_verp(RING.sign(CLAIMS))

@@ -32,6 +32,7 @@ class TokenKind(enum.StrEnum):
 
     OPEN = "o"
     CLICK = "c"
+    BOUNCE = "b"
 
 
 class InvalidToken(ValueError):
@@ -58,6 +59,17 @@ def _b64d(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise InvalidToken("not base64url") from exc
+
+
+def _b32e(data: bytes) -> str:
+    return base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+def _b32d(text: str) -> bytes:
+    try:
+        return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidToken("not base32") from exc
 
 
 class Keyring:
@@ -135,3 +147,44 @@ class Keyring:
         except ValueError as exc:  # pragma: no cover - only reachable with a valid MAC
             raise InvalidToken("unknown kind") from exc
         return TrackingClaims(token_kind, org_id, email_id, recipient, url)
+
+    def sign_verp(self, claims: TrackingClaims) -> str:
+        """A case-insensitive token for a VERP return path (`bounce+<token>@domain`).
+
+        Mail systems may change the case of a local part, so this form is lower-case base32:
+        `<kid>-<payload>-<mac>`, the MAC over `<kid>-<payload>` as for tracking tokens.
+        """
+        if claims.kind is not TokenKind.BOUNCE:
+            raise ValueError("VERP tokens carry bounce claims")
+        kid = self.current.lower()
+        if kid not in self._keys:
+            raise ValueError("VERP signing needs a lower-case current key id")
+        payload = _b32e(
+            _ENCODER.encode(
+                (_VERSION, claims.kind.value, claims.org_id, claims.email_id, claims.recipient, "")
+            )
+        )
+        signed = f"{kid}-{payload}"
+        return f"{signed}-{_b32e(self._mac(kid, signed.encode()))}"
+
+    def verify_verp(self, token: str) -> TrackingClaims:
+        """The claims of a valid VERP token, whatever its case; raises InvalidToken otherwise."""
+        if len(token) > _MAX_TOKEN:
+            raise InvalidToken("too long")
+        parts = token.lower().split("-")
+        if len(parts) != 3:
+            raise InvalidToken("malformed")
+        kid, payload, mac_text = parts
+        if not _KID_RE.match(kid):
+            raise InvalidToken("malformed key id")
+        expected = self._mac(kid, f"{kid}-{payload}".encode("ascii", "replace"))
+        given = _b32d(mac_text)
+        if _b32e(given) != mac_text or not hmac.compare_digest(expected, given):
+            raise InvalidToken("bad signature")
+        try:
+            version, kind, org_id, email_id, recipient, _ = _DECODER.decode(_b32d(payload))
+        except msgspec.DecodeError as exc:  # pragma: no cover - only reachable with a valid MAC
+            raise InvalidToken("bad payload") from exc
+        if version != _VERSION or kind != TokenKind.BOUNCE.value:
+            raise InvalidToken("not a VERP token")
+        return TrackingClaims(TokenKind.BOUNCE, org_id, email_id, recipient)

@@ -1,0 +1,206 @@
+"""Shared KV data: org settings, integrated mailboxes, records and the address index.
+
+Ingest writes these; the sender and others read them. Keys (in `mailfold_orgs` and
+`mailfold_directory`) are documented in docs/operations.md. Values are JSON (msgspec).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Final
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from mailfold.events import Module, RecordRef
+from mailfold.runtime.bus import key_token
+
+DEFAULT_MAIL_DOMAIN: Final = "mailfold.localhost"
+DEFAULT_MASS_DAILY_LIMIT: Final = 1000
+MAX_ADDRESSES_PER_RECORD: Final = 5
+MAX_DROPBOX_SENDERS: Final = 10
+
+
+class OrgSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Per-org settings (`PUT /v1/orgs/{org}/settings`)."""
+
+    time_zone: str = "UTC"
+    mass_email_daily_limit: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MASS_DAILY_LIMIT
+    blacklisted_domains: tuple[str, ...] = ()
+    dropbox_senders: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_DROPBOX_SENDERS)] = ()
+    mail_domain: str = DEFAULT_MAIL_DOMAIN
+
+
+class MailboxSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's integrated mailbox: the SMTP submission server the sender uses for their mail.
+
+    `secret` is never logged, published or returned by an API.
+    """
+
+    smtp_host: str
+    smtp_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 587
+    username: str
+    secret: str
+    security: str = "starttls"  # "starttls" | "tls" | "none"
+    email: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"MailboxSettings(smtp_host={self.smtp_host!r}, smtp_port={self.smtp_port}, "
+            f"username={self.username!r}, secret='***')"
+        )
+
+
+class RecordEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A CRM record with its email addresses (primary first)."""
+
+    record_id: str
+    module: Module
+    addresses: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_ADDRESSES_PER_RECORD)] = ()
+
+    @property
+    def ref(self) -> RecordRef:
+        """The reference events carry."""
+        return RecordRef(record_id=self.record_id, module=self.module)
+
+
+_settings_dec = msgspec.json.Decoder(OrgSettings)
+_mailbox_dec = msgspec.json.Decoder(MailboxSettings)
+_record_dec = msgspec.json.Decoder(RecordEntry)
+_refs_dec = msgspec.json.Decoder(tuple[RecordRef, ...])
+_enc = msgspec.json.Encoder()
+
+
+def settings_key(org_id: str) -> str:
+    """`<org>.settings` in mailfold_orgs."""
+    return f"{org_id}.settings"
+
+
+def mailbox_key(org_id: str, user: str) -> str:
+    """`<org>.mailbox.<user>` in mailfold_orgs."""
+    return f"{org_id}.mailbox.{key_token(user)}"
+
+
+def record_key(org_id: str, record_id: str) -> str:
+    """`<org>.record.<record_id>` in mailfold_directory."""
+    return f"{org_id}.record.{key_token(record_id)}"
+
+
+def address_key(org_id: str, address: str) -> str:
+    """`<org>.addr.<address>` in mailfold_directory; addresses compare case-insensitively."""
+    return f"{org_id}.addr.{key_token(address.strip().lower())}"
+
+
+async def _get(bucket: KeyValue, key: str) -> bytes | None:
+    try:
+        entry = await bucket.get(key)
+    except KeyNotFoundError:
+        return None
+    return entry.value or None
+
+
+async def load_settings(orgs: KeyValue, org_id: str) -> OrgSettings:
+    """The org's settings, defaults where none were set."""
+    raw = await _get(orgs, settings_key(org_id))
+    return OrgSettings() if raw is None else _settings_dec.decode(raw)
+
+
+async def save_settings(orgs: KeyValue, org_id: str, settings: OrgSettings) -> None:
+    """Replace the org's settings."""
+    await orgs.put(settings_key(org_id), _enc.encode(settings))
+
+
+async def load_mailbox(orgs: KeyValue, org_id: str, user: str) -> MailboxSettings | None:
+    """A user's integrated mailbox, if configured."""
+    raw = await _get(orgs, mailbox_key(org_id, user))
+    return None if raw is None else _mailbox_dec.decode(raw)
+
+
+async def save_mailbox(orgs: KeyValue, org_id: str, user: str, mailbox: MailboxSettings) -> None:
+    """Replace a user's integrated mailbox."""
+    await orgs.put(mailbox_key(org_id, user), _enc.encode(mailbox))
+
+
+async def load_record(directory: KeyValue, org_id: str, record_id: str) -> RecordEntry | None:
+    """One record, if it exists."""
+    raw = await _get(directory, record_key(org_id, record_id))
+    return None if raw is None else _record_dec.decode(raw)
+
+
+async def records_for_address(
+    directory: KeyValue, org_id: str, address: str
+) -> tuple[RecordRef, ...]:
+    """Every record that has this address, primary or secondary."""
+    raw = await _get(directory, address_key(org_id, address))
+    return () if raw is None else _refs_dec.decode(raw)
+
+
+async def records_for_addresses(
+    directory: KeyValue, org_id: str, addresses: list[str] | tuple[str, ...]
+) -> tuple[RecordRef, ...]:
+    """Every record that has any of these addresses, each once, in a stable order."""
+    found: dict[tuple[str, str], RecordRef] = {}
+    for refs in await asyncio.gather(
+        *(records_for_address(directory, org_id, a) for a in addresses)
+    ):
+        for ref in refs:
+            found.setdefault((ref.module.value, ref.record_id), ref)
+    return tuple(found[k] for k in sorted(found))
+
+
+async def _update_address(
+    directory: KeyValue, org_id: str, address: str, ref: RecordRef, *, add: bool
+) -> None:
+    """Add or remove one record in one address's list, with compare-and-set against racers."""
+    key = address_key(org_id, address)
+    for _ in range(50):
+        try:
+            entry = await directory.get(key)
+            current = _refs_dec.decode(entry.value) if entry.value else ()
+            revision: int | None = entry.revision
+        except KeyNotFoundError:
+            current, revision = (), None
+        others = tuple(r for r in current if r.record_id != ref.record_id)
+        updated = (*others, ref) if add else others
+        if updated == current:
+            return
+        try:
+            if revision is None:
+                await directory.create(key, _enc.encode(updated))
+            else:
+                await directory.update(key, _enc.encode(updated), last=revision)
+            return
+        except KeyWrongLastSequenceError:
+            continue
+        except Exception:  # create() on a key another writer just made: retry with its revision
+            if revision is None:
+                continue
+            raise
+    raise RuntimeError(f"address index for {address!r} kept changing; giving up")
+
+
+async def put_record(directory: KeyValue, org_id: str, record: RecordEntry) -> None:
+    """Create or replace a record and bring the address index in line with its addresses."""
+    before = await load_record(directory, org_id, record.record_id)
+    addresses = {a.strip().lower() for a in record.addresses}
+    stale = set() if before is None else {a.strip().lower() for a in before.addresses} - addresses
+    normalised = msgspec.structs.replace(
+        record, addresses=tuple(dict.fromkeys(a.strip().lower() for a in record.addresses))
+    )
+    await directory.put(record_key(org_id, record.record_id), _enc.encode(normalised))
+    for address in stale:
+        await _update_address(directory, org_id, address, record.ref, add=False)
+    for address in addresses:
+        await _update_address(directory, org_id, address, record.ref, add=True)
+
+
+async def delete_record(directory: KeyValue, org_id: str, record_id: str) -> bool:
+    """Delete a record and its addresses from the index; False if it did not exist."""
+    before = await load_record(directory, org_id, record_id)
+    if before is None:
+        return False
+    for address in before.addresses:
+        await _update_address(directory, org_id, address, before.ref, add=False)
+    await directory.delete(record_key(org_id, record_id))
+    return True

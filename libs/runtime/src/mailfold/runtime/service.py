@@ -1,0 +1,32 @@
+"""Running a service process: signal handling and an orderly stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+
+class Stoppable(Protocol):
+    """A started service."""
+
+    async def stop(self) -> None:
+        """Stop serving and release every connection."""
+
+
+def run_until_signalled(start: Callable[[], Awaitable[Stoppable]]) -> None:
+    """Start the service, run until SIGINT or SIGTERM, then stop it cleanly."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        service = await start()
+        try:
+            await stop.wait()
+        finally:
+            await service.stop()
+
+    asyncio.run(runner())
