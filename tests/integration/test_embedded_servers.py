@@ -367,7 +367,7 @@ def single_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 
 
 OWN_AND_FOREIGN_EVENTS = [
-    ("ingest", "mail.events.{org}.email_captured", "mail.events.{org}.email_sent"),
+    ("ingest", "mail.events.{org}.email_captured", "mail.events.{org}.email_opened"),
     ("sender", "mail.events.{org}.email_sent", "mail.events.{org}.email_composed"),
     ("tracker", "mail.events.{org}.email_clicked", "mail.events.{org}.email_delivered"),
     ("projector", "mail.dlq.projector", "mail.events.{org}.email_opened"),
