@@ -1,23 +1,69 @@
-"""The demo org `mailfold dev` creates on first start."""
+"""The demo org `mailfold dev` creates on first start, seeded through the public interfaces."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-from typing import TYPE_CHECKING
+import smtplib
+import time
+import urllib.error
+import urllib.request
+from email.message import EmailMessage
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mailfold.cli.dev import DevStack
 
 DEMO_ORG = "demo"
+MAIL_DOMAIN = "mailfold.localhost"
+REP = "rep@demo.example"
+
+RECORDS: dict[str, dict[str, Any]] = {
+    "contact-ann": {"module": "Contacts", "addresses": ["ann@example.com", "ann.home@example.net"]},
+    "lead-bob": {"module": "Leads", "addresses": ["bob@example.org", "bob@work.example"]},
+    "account-acme": {
+        "module": "Accounts",
+        "addresses": ["info@acme.example", "ann.home@example.net"],
+    },
+    "lead-nobody": {"module": "Leads", "addresses": ["nobody@example.com"]},
+}
 
 
-def seed_demo(stack: DevStack) -> list[str]:
-    """Create the demo org once; its token is printed once and kept in `.data/demo-token`."""
+def _http(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - our own loopback URL
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(
+            f"{method} {url} -> {exc.code}: {exc.read().decode(errors='replace')}"
+        ) from exc
+    return json.loads(raw) if raw else {}
+
+
+def _smtp(port: int, mail_from: str, rcpt: str, msg: EmailMessage) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail(mail_from, [rcpt], msg.as_bytes())
+
+
+def _message(sender: str, to: str, subject: str, body: str, cc: str | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg.set_content(body)
+    return msg
+
+
+def _create_org(stack: DevStack) -> str | None:
     from mailfold.runtime import bus
     from mailfold.runtime.orgs import OrgExists, create_org
-
-    token_file = stack.data / "demo-token"
 
     async def create() -> str | None:
         nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False)
@@ -30,11 +76,132 @@ def seed_demo(stack: DevStack) -> list[str]:
         finally:
             await bus.close(nc)
 
-    token = asyncio.run(create())
+    return asyncio.run(create())
+
+
+def _seed(stack: DevStack, token: str) -> dict[str, str]:
+    """Settings, records, a mailbox, and one email per channel; returns email ids by name."""
+    api = f"http://127.0.0.1:{stack.ports['ingest_http']}/v1/orgs/{DEMO_ORG}"
+    _http(
+        "PUT",
+        f"{api}/settings",
+        token,
+        {
+            "time_zone": "Europe/Berlin",
+            "mass_email_daily_limit": 500,
+            "blacklisted_domains": ["spam.example"],
+            "dropbox_senders": [REP],
+            "mail_domain": MAIL_DOMAIN,
+        },
+    )
+    for record_id, record in RECORDS.items():
+        _http("PUT", f"{api}/records/{record_id}", token, record)
+    _http(
+        "PUT",
+        f"{api}/mailboxes/rep",
+        token,
+        {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": stack.ports["sink_smtp"],
+            "username": "rep",
+            "secret": "demo-secret",
+            "security": "none",
+            "email": REP,
+        },
+    )
+    html = (
+        '<html><body><p>Hi Ann, here is our <a href="https://example.com/pricing">pricing</a>'
+        ' and the <a href="https://example.com/docs">docs</a>.</p></body></html>'
+    )
+    emails: dict[str, str] = {}
+    compose = {
+        "tracked": {"source": "individual", "from": REP, "to": ["ann@example.com"], "subject": "Our pricing", "html": html},
+        "multi": {"source": "mass_email", "from": REP, "to": ["ann@example.com", "bob@example.org"], "subject": "Spring newsletter", "html": html},
+        "mailbox": {"source": "individual", "transport": "integrated_mailbox", "mailbox_user": "rep", "from": REP, "to": ["bob@example.org"], "subject": "Sent through my own mailbox", "text": "Hello Bob"},
+        "bounce": {"source": "workflow_alert", "from": REP, "to": ["nobody@example.com"], "subject": "This one bounces", "text": "Nobody reads this."},
+    }  # fmt: skip
+    for name, body in compose.items():
+        emails[name] = str(_http("POST", f"{api}/emails", token, body)["email_id"])
+    smtp_port = stack.ports["ingest_smtp"]
+    _smtp(
+        smtp_port,
+        REP,
+        f"dropbox+{DEMO_ORG}@{MAIL_DOMAIN}",
+        _message(
+            REP, "ann@example.com", "Notes from our call", "Sent from my phone, BCC to the CRM."
+        ),
+    )
+    _smtp(
+        smtp_port,
+        "ann.home@example.net",
+        f"in+{DEMO_ORG}@{MAIL_DOMAIN}",
+        _message(
+            "ann.home@example.net", REP, "Question about the invoice", "Hi, a quick question."
+        ),
+    )
+    return emails
+
+
+def _follow_tracking(stack: DevStack, timeout: float = 30.0) -> bool:
+    """Load the pixel and follow one link of the tracked demo email, as its recipient would."""
+    import re
+
+    folder = stack.data / "sink" / "ann@example.com"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in sorted(folder.glob("*.eml")) if folder.exists() else []:
+            text = (
+                path.read_bytes().decode(errors="replace").replace("=\r\n", "").replace("=\n", "")
+            )
+            text = text.replace("=3D", "=")
+            pixel = re.search(r"(http://[^\"'\s]+/o/[A-Za-z0-9_.-]+\.gif)", text)
+            link = re.search(r"(http://[^\"'\s]+/c/[A-Za-z0-9_.-]+)", text)
+            if pixel and link:
+                browser = {
+                    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+                }
+                for url in (pixel.group(1), link.group(1)):
+                    request = urllib.request.Request(url, headers=browser)  # noqa: S310
+                    try:
+                        with urllib.request.urlopen(request, timeout=5):  # noqa: S310
+                            pass
+                    except urllib.error.URLError:
+                        pass  # the redirect target (example.com) is not reachable from here
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def seed_demo(stack: DevStack) -> list[str]:
+    """Create the demo org once (its token printed once and kept in `.data/demo-token`)."""
+    token_file = stack.data / "demo-token"
+    token = _create_org(stack)
     lines = [""]
     if token is not None:
         token_file.write_text(token + "\n")
         os.chmod(token_file, 0o600)
         lines.append(f"demo org {DEMO_ORG!r} created; its API token (shown once): {token}")
-    lines.append(f"  (the token is also in {token_file})")
+        emails = _seed(stack, token)
+        (stack.data / "demo-emails.json").write_text(json.dumps(emails, indent=2) + "\n")
+        _follow_tracking(stack)
+    elif not token_file.exists():
+        lines.append(f"demo org {DEMO_ORG!r} exists but {token_file} is gone; rotate with:")
+        lines.append(f"  uv run mailfold org create {DEMO_ORG} --rotate")
+        return lines
+    emails_file = stack.data / "demo-emails.json"
+    emails = json.loads(emails_file.read_text()) if emails_file.exists() else {}
+    query = f"http://127.0.0.1:{stack.ports['projector_http']}/v1/orgs/{DEMO_ORG}"
+    data = stack.data
+    lines.append(f"  (the token is kept in {token_file})")
+    lines.append("")
+    lines.append("try (in another terminal, from this folder):")
+    lines.append(f"  TOKEN=$(cat {token_file})")
+    lines.append(
+        f'  curl -s -H "Authorization: Bearer $TOKEN" "{query}/records/contact-ann/emails?filter=all" | python3 -m json.tool'
+    )
+    if "tracked" in emails:
+        lines.append(
+            f'  curl -s -H "Authorization: Bearer $TOKEN" "{query}/emails/{emails["tracked"]}" | python3 -m json.tool'
+        )
+        lines.append(f"  MAILFOLD_DATA_DIR={data} uv run mailfold audit {emails['bounce']}")
     return lines

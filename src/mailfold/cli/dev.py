@@ -157,6 +157,37 @@ def _write_runtime(stack: DevStack) -> None:
     config.runtime_file().write_text(json.dumps(info, indent=2) + "\n")
 
 
+def _start_sink(stack: DevStack) -> None:
+    """The local MX every outbound message is routed to in dev."""
+    logs = stack.data / "logs"
+    logs.mkdir(exist_ok=True)
+    port = stack.ports["sink_smtp"]
+    with (logs / "sink.log").open("ab") as log:
+        stack.children["sink"] = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailfold.cli.sink",
+                "--port",
+                str(port),
+                "--dir",
+                str(stack.data / "sink"),
+            ],
+            env=stack.service_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stack.children["sink"].poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the sink MX did not start; see {logs / 'sink.log'}")
+
+
 def _start_services(stack: DevStack, services: list[str]) -> None:
     env = stack.service_env()
     logs = stack.data / "logs"
@@ -183,7 +214,7 @@ def _wait_healthy(stack: DevStack, timeout: float = 60.0) -> list[str]:
         "projector": stack.ports["projector_http"],
         "sender": stack.ports["sender_http"],
     }
-    pending = {s: urls[s] for s in stack.children}
+    pending = {s: urls[s] for s in stack.children if s in urls}
     deadline = time.monotonic() + timeout
     while pending and time.monotonic() < deadline:
         for service, port in list(pending.items()):
@@ -202,6 +233,7 @@ def _wait_healthy(stack: DevStack, timeout: float = 60.0) -> list[str]:
 
 
 def _stop(stack: DevStack) -> None:
+    # Services first (they flush what they hold), the sink last.
     for proc in stack.children.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -233,6 +265,7 @@ def run_dev(*, demo: bool = True) -> int:
         asyncio.run(_prepare(stack))
         _write_runtime(stack)
         services = available_services()
+        _start_sink(stack)
         _start_services(stack, services)
         failed = _wait_healthy(stack)
         if failed:
