@@ -1,0 +1,133 @@
+"""In-memory ports with the same behaviour as the NATS ones, for unit tests and the contract suite."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import msgspec
+
+from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.ingest.domain.template import Template
+from mailfold.ingest.service_layer.ports import IdempotencyClaim
+from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
+
+
+class PublishFailed(ConnectionError):
+    """The fake stream is down."""
+
+
+class MemoryPublisher:
+    """Keeps published events in order, dropping a repeated event id like Nats-Msg-Id does."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.down = False
+
+    async def publish(self, event: Event) -> None:
+        """Append the event unless its id was published already; raises while `down`."""
+        if self.down:
+            raise PublishFailed("the stream is down")
+        if all(e.event_id != event.event_id for e in self.events):
+            self.events.append(event)
+
+
+class MemoryContentStore:
+    """Bytes by SHA-256."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+
+    async def put(self, data: bytes, content_type: str, *, fresh: bool = False) -> ContentRef:
+        """Store bytes once under their SHA-256."""
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self.objects:
+            self.objects[digest] = data
+            self.puts += 1
+        return ContentRef(sha256=digest, size=len(data), content_type=content_type)
+
+
+class MemoryDirectory:
+    """Orgs, settings, mailboxes, records with an address index, and templates, in dicts."""
+
+    def __init__(self, orgs: Sequence[str] = ()) -> None:
+        self.orgs: set[str] = set(orgs)
+        self.settings: dict[str, OrgSettings] = {}
+        self.mailboxes: dict[tuple[str, str], MailboxSettings] = {}
+        self.records: dict[tuple[str, str], RecordEntry] = {}
+        self.templates: dict[tuple[str, str], Template] = {}
+
+    async def org_exists(self, org_id: str) -> bool:
+        """True when the org was created."""
+        return org_id in self.orgs
+
+    async def load_settings(self, org_id: str) -> OrgSettings:
+        """The org's settings, defaults where none were set."""
+        return self.settings.get(org_id, OrgSettings())
+
+    async def save_settings(self, org_id: str, settings: OrgSettings) -> None:
+        """Replace the org's settings."""
+        self.settings[org_id] = settings
+
+    async def load_mailbox(self, org_id: str, user: str) -> MailboxSettings | None:
+        """A user's integrated mailbox, if configured."""
+        return self.mailboxes.get((org_id, user))
+
+    async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
+        """Replace a user's integrated mailbox."""
+        self.mailboxes[(org_id, user)] = mailbox
+
+    async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
+        """One record, if it exists."""
+        return self.records.get((org_id, record_id))
+
+    async def put_record(self, org_id: str, record: RecordEntry) -> None:
+        """Create or replace a record; addresses are kept lower-cased, each once."""
+        addresses = tuple(dict.fromkeys(a.strip().lower() for a in record.addresses))
+        self.records[(org_id, record.record_id)] = msgspec.structs.replace(
+            record, addresses=addresses
+        )
+
+    async def delete_record(self, org_id: str, record_id: str) -> bool:
+        """Delete a record; False when it did not exist."""
+        return self.records.pop((org_id, record_id), None) is not None
+
+    async def records_for_addresses(
+        self, org_id: str, addresses: Sequence[str]
+    ) -> tuple[RecordRef, ...]:
+        """Every record of the org that has one of these addresses, each once, sorted."""
+        wanted = {a.strip().lower() for a in addresses}
+        found = {
+            (r.module.value, r.record_id): r.ref
+            for (org, _), r in self.records.items()
+            if org == org_id and wanted.intersection(r.addresses)
+        }
+        return tuple(found[k] for k in sorted(found))
+
+    async def load_template(self, org_id: str, template_id: str) -> Template | None:
+        """A template, if it exists."""
+        return self.templates.get((org_id, template_id))
+
+    async def save_template(self, org_id: str, template: Template) -> None:
+        """Create or replace a template."""
+        self.templates[(org_id, template.template_id)] = template
+
+
+class MemoryIdempotency:
+    """Idempotency claims in a dict; the first claim on a key wins."""
+
+    def __init__(self) -> None:
+        self.claims: dict[tuple[str, str], IdempotencyClaim] = {}
+
+    async def get(self, org_id: str, key: str) -> IdempotencyClaim | None:
+        """The claim on a key, if any."""
+        return self.claims.get((org_id, key))
+
+    async def claim(self, org_id: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """Claim a key; returns `claim` when it was free, else the claim already there."""
+        return self.claims.setdefault((org_id, key), claim)
+
+    async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
+        """Mark the key's email as published."""
+        self.claims[(org_id, key)] = claim

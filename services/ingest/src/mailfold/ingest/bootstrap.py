@@ -1,0 +1,154 @@
+"""The ingest service's composition root: settings, wiring, start and stop."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Final
+
+from nats.aio.client import Client
+
+from mailfold.events import Keyring
+from mailfold.ingest.adapters.nats import (
+    JetStreamPublisher,
+    KvDirectory,
+    KvIdempotency,
+    ObjectContentStore,
+    OrgCache,
+)
+from mailfold.ingest.entrypoints.http import build_app
+from mailfold.ingest.entrypoints.smtp import SmtpHandler, SmtpServer
+from mailfold.ingest.service_layer.mail import MailIngress
+from mailfold.ingest.service_layer.ports import Ports
+from mailfold.runtime import bus
+from mailfold.runtime.logging import configure_logging, get_logger
+from mailfold.runtime.ops import HttpServer
+from mailfold.runtime.orgs import TokenVerifier
+from mailfold.runtime.service import run_until_signalled
+from mailfold.runtime.settings import CommonSettings, env_float, env_int, env_str
+
+SERVICE: Final = "ingest"
+log = get_logger("mailfold.ingest")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service reads from the environment (see docs/ingest.md)."""
+
+    common: CommonSettings
+    http_host: str = "127.0.0.1"
+    http_port: int = 8001
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_hostname: str = "mailfold-ingest"
+    smtp_max_bytes: int = 25 * 1024 * 1024
+    smtp_max_recipients: int = 100
+    smtp_timeout_s: float = 120.0
+    publish_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read MAILFOLD_* variables, with the defaults above where unset."""
+        http_host = env_str("MAILFOLD_HTTP_HOST", "127.0.0.1")
+        return cls(
+            common=CommonSettings.from_env(),
+            http_host=http_host,
+            http_port=env_int("MAILFOLD_INGEST_HTTP_PORT", 8001, minimum=0),
+            smtp_host=env_str("MAILFOLD_INGEST_SMTP_HOST", http_host),
+            smtp_port=env_int("MAILFOLD_INGEST_SMTP_PORT", 2525, minimum=0),
+            smtp_hostname=env_str("MAILFOLD_INGEST_SMTP_HOSTNAME", "mailfold-ingest"),
+            smtp_max_bytes=env_int("MAILFOLD_INGEST_SMTP_MAX_BYTES", 25 * 1024 * 1024, minimum=1),
+            smtp_max_recipients=env_int("MAILFOLD_INGEST_SMTP_MAX_RECIPIENTS", 100, minimum=1),
+            smtp_timeout_s=env_float("MAILFOLD_INGEST_SMTP_TIMEOUT", 120.0),
+            publish_timeout_s=env_float("MAILFOLD_INGEST_PUBLISH_TIMEOUT", 5.0),
+        )
+
+
+class IngestService:
+    """A running ingest service: the HTTP API and the SMTP server, on one NATS connection."""
+
+    def __init__(self, nc: Client, http: HttpServer, smtp: SmtpServer, cache: OrgCache) -> None:
+        self._nc = nc
+        self._http = http
+        self._smtp = smtp
+        self._cache = cache
+
+    @property
+    def http_port(self) -> int:
+        """The port of the API, /healthz and /metrics."""
+        return self._http.port
+
+    @property
+    def smtp_port(self) -> int:
+        """The port of the SMTP server."""
+        return self._smtp.port
+
+    async def stop(self) -> None:
+        """Stop taking mail and requests, finish what is in flight, close the NATS connection."""
+        with contextlib.suppress(Exception):
+            await self._smtp.stop()
+        with contextlib.suppress(Exception):
+            await self._http.stop()
+        await self._cache.stop()
+        await bus.close(self._nc)
+        log.info("stopped")
+
+
+async def start(settings: Settings) -> IngestService:
+    """Connect to NATS, make sure the topology exists, start the HTTP API and the SMTP server."""
+    keyring = Keyring.parse(settings.common.tracking_keys)
+    nc = await bus.connect(settings.common.nats_url, f"mailfold-{SERVICE}")
+    cache: OrgCache | None = None
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+        orgs = await bus.kv(js, bus.BUCKET_ORGS)
+        cache = OrgCache(orgs)
+        await cache.start()
+        ports = Ports(
+            publisher=JetStreamPublisher(nc, timeout=settings.publish_timeout_s),
+            content=ObjectContentStore(await bus.objects(js), js),
+            directory=KvDirectory(orgs, await bus.kv(js, bus.BUCKET_DIRECTORY), cache),
+            idempotency=KvIdempotency(await bus.kv(js, bus.BUCKET_IDEMPOTENCY)),
+        )
+
+        async def health() -> dict[str, object]:
+            return {"nats": nc.is_connected}
+
+        http = HttpServer(
+            build_app(ports, TokenVerifier(orgs), health, available=lambda: nc.is_connected),
+            settings.http_host,
+            settings.http_port,
+        )
+        smtp = SmtpServer(
+            SmtpHandler(
+                MailIngress(ports, keyring),
+                max_recipients=settings.smtp_max_recipients,
+                available=lambda: nc.is_connected,
+            ),
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            hostname=settings.smtp_hostname,
+            data_size_limit=settings.smtp_max_bytes,
+            timeout=settings.smtp_timeout_s,
+        )
+        await http.start()
+        try:
+            await smtp.start()
+        except BaseException:
+            await http.stop()
+            raise
+    except BaseException:
+        if cache is not None:
+            await cache.stop()
+        await bus.close(nc)
+        raise
+    log.info("started", http_port=http.port, smtp_port=smtp.port)
+    return IngestService(nc, http, smtp, cache)
+
+
+def main() -> None:
+    """`mailfold serve ingest`."""
+    settings = Settings.from_env()
+    configure_logging(SERVICE, level=settings.common.log_level, json=settings.common.log_json)
+    run_until_signalled(lambda: start(settings))

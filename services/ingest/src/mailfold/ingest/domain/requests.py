@@ -1,0 +1,393 @@
+"""The API's requests, read from untrusted JSON into typed commands, with every fault named."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import zoneinfo
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from mailfold.events import SOURCES, Module, Source, Transport
+from mailfold.ingest.domain.addresses import is_address, is_domain, normalise_domain
+from mailfold.ingest.domain.validation import FieldError, Fields, Invalid
+from mailfold.runtime.directory import (
+    DEFAULT_MAIL_DOMAIN,
+    DEFAULT_MASS_DAILY_LIMIT,
+    MAX_ADDRESSES_PER_RECORD,
+    MAX_DROPBOX_SENDERS,
+    MailboxSettings,
+    OrgSettings,
+    RecordEntry,
+)
+
+MIB: Final = 1024 * 1024
+MAX_EMAIL_ATTACHMENTS_BYTES: Final = 10 * MIB  # per composed email, template attachments included
+MAX_TEMPLATE_ATTACHMENT_BYTES: Final = 3 * MIB  # per template attachment
+MAX_ATTACHMENTS: Final = 100
+MAX_RECIPIENTS: Final = 1000  # To + Cc + Bcc of one composed email
+MAX_RECORD_IDS: Final = 100
+MAX_SUBJECT: Final = 998
+MAX_BODY_CHARS: Final = 8 * MIB
+MAX_BLACKLISTED_DOMAINS: Final = 1000
+
+IDENT: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+USER: Final = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,128}$")
+_CONTENT_TYPE: Final = re.compile(
+    r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;[^\r\n\x00]*)?$"
+)
+_HOST: Final = re.compile(r"^[A-Za-z0-9.:\[\]_-]{1,253}$")
+SECURITY_MODES: Final = ("starttls", "tls", "none")
+
+_EMAIL_FIELDS: Final = frozenset(
+    {
+        "source",
+        "transport",
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "html",
+        "text",
+        "attachments",
+        "template_id",
+        "record_ids",
+        "mailbox_user",
+    }
+)
+_ATTACHMENT_FIELDS: Final = frozenset({"name", "content_type", "content_base64"})
+_TEMPLATE_FIELDS: Final = frozenset({"subject", "html", "text", "attachments"})
+_RECORD_FIELDS: Final = frozenset({"module", "addresses"})
+_SETTINGS_FIELDS: Final = frozenset(
+    {"time_zone", "mass_email_daily_limit", "blacklisted_domains", "dropbox_senders", "mail_domain"}
+)
+_MAILBOX_FIELDS: Final = frozenset(
+    {"smtp_host", "smtp_port", "username", "secret", "security", "email"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentUpload:
+    """An attachment as the request gave it, decoded."""
+
+    name: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeEmail:
+    """Compose an email (`POST /v1/orgs/{org}/emails`)."""
+
+    source: Source
+    transport: Transport
+    from_addr: str
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    bcc: tuple[str, ...]
+    subject: str | None
+    html: str | None
+    text: str | None
+    attachments: tuple[AttachmentUpload, ...]
+    template_id: str | None
+    record_ids: tuple[str, ...] | None
+    mailbox_user: str | None
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        """To, Cc and Bcc in order."""
+        return (*self.to, *self.cc, *self.bcc)
+
+    @property
+    def attachments_size(self) -> int:
+        """The decoded size of the request's own attachments."""
+        return sum(len(a.data) for a in self.attachments)
+
+
+@dataclass(frozen=True, slots=True)
+class PutTemplate:
+    """Create or replace a template (`PUT /v1/orgs/{org}/templates/{id}`)."""
+
+    template_id: str
+    subject: str
+    html: str | None
+    text: str | None
+    attachments: tuple[AttachmentUpload, ...]
+
+
+def decode_json(body: bytes) -> object:
+    """The JSON document in a request body; 422 naming `body` when it is not JSON."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise Invalid([FieldError("body", f"is not valid JSON: {exc}")]) from exc
+
+
+def fingerprint(document: object) -> str:
+    """A digest of a JSON document that ignores key order and whitespace."""
+    return hashlib.sha256(msgspec.json.encode(document, order="sorted")).hexdigest()
+
+
+def valid_ident(name: str, value: str) -> str:
+    """A path parameter that must be an identifier (`[A-Za-z0-9_.:-]`, 1-64 characters)."""
+    if not IDENT.match(value):
+        raise Invalid(
+            [FieldError(name, "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':', '-'")]
+        )
+    return value
+
+
+def valid_user(value: str) -> str:
+    """A mailbox user id from the path."""
+    if not USER.match(value):
+        raise Invalid([FieldError("user", "must be 1-128 characters of A-Z, a-z, 0-9 and _.:@=+-")])
+    return value
+
+
+def _addresses(fields: Fields, name: str) -> tuple[str, ...]:
+    values = fields.items(name, max_items=MAX_RECIPIENTS)
+    if values is None:
+        return ()
+    good: list[str] = []
+    for i, value in enumerate(values):
+        if isinstance(value, str) and is_address(value.strip()):
+            good.append(value.strip())
+        else:
+            fields.fail(f"{name}[{i}]", "is not an email address")
+    return tuple(good)
+
+
+def _attachments(fields: Fields, *, per_item_limit: int | None) -> tuple[AttachmentUpload, ...]:
+    items = fields.items("attachments", max_items=MAX_ATTACHMENTS)
+    if items is None:
+        return ()
+    uploads: list[AttachmentUpload] = []
+    for i, item in enumerate(items):
+        sub = Fields(item, allowed=_ATTACHMENT_FIELDS, prefix=fields.path(f"attachments[{i}]."))
+        name = sub.string("name", required=True, max_length=255, single_line=True)
+        if name is not None and ("/" in name or "\\" in name or name in (".", "..")):
+            sub.fail("name", "must be a file name, without '/' or '\\'")
+            name = None
+        content_type = sub.string("content_type", max_length=255, single_line=True)
+        if content_type is not None and not _CONTENT_TYPE.match(content_type):
+            sub.fail("content_type", "must be a media type like 'application/pdf'")
+        encoded = sub.string("content_base64", required=True, max_length=16 * MIB)
+        data: bytes | None = None
+        if encoded is not None:
+            try:
+                data = base64.b64decode("".join(encoded.split()), validate=True)
+            except (binascii.Error, ValueError):
+                sub.fail("content_base64", "is not valid base64")
+        if data is not None and per_item_limit is not None and len(data) > per_item_limit:
+            sub.too_large(
+                "content_base64",
+                f"attachment {name or i!r} is {len(data)} bytes; at most {per_item_limit} allowed",
+            )
+        fields.merge(sub)
+        if name is not None and data is not None:
+            uploads.append(AttachmentUpload(name, content_type or "application/octet-stream", data))
+    return tuple(uploads)
+
+
+def compose_from_json(document: object) -> ComposeEmail:
+    """Read a compose request; raises Invalid (422) naming each field at fault."""
+    fields = Fields(document, allowed=_EMAIL_FIELDS)
+    source: Source | None = None
+    source_text = fields.string("source", required=True, max_length=64)
+    if source_text is not None:
+        try:
+            source = Source(source_text)
+        except ValueError:
+            fields.fail("source", f"unknown source {source_text!r}")
+        else:
+            if not SOURCES[source].crm_originated:
+                fields.fail(
+                    "source",
+                    f"{source_text!r} mail is not composed here; only CRM-originated sources are",
+                )
+                source = None
+    transport = Transport.CRM_SERVERS
+    transport_text = fields.string("transport", max_length=64)
+    if transport_text is not None:
+        try:
+            transport = Transport(transport_text)
+        except ValueError:
+            fields.fail("transport", f"must be one of {', '.join(t.value for t in Transport)}")
+    from_addr = fields.string("from", required=True, max_length=320, single_line=True)
+    if from_addr is not None and not is_address(from_addr.strip()):
+        fields.fail("from", "is not an email address")
+    to = _addresses(fields, "to")
+    cc = _addresses(fields, "cc")
+    bcc = _addresses(fields, "bcc")
+    given = sum(len(v) for v in map(fields.raw, ("to", "cc", "bcc")) if isinstance(v, list))
+    if not given:
+        fields.fail("to", "at least one recipient is needed in to, cc or bcc")
+    if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
+        fields.fail("to", f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
+    subject = fields.string("subject", max_length=MAX_SUBJECT, single_line=True)
+    html = fields.string("html", max_length=MAX_BODY_CHARS) or None
+    text = fields.string("text", max_length=MAX_BODY_CHARS) or None
+    attachments = _attachments(fields, per_item_limit=None)
+    template_id = fields.string("template_id", max_length=64)
+    if template_id is not None and not IDENT.match(template_id):
+        fields.fail("template_id", "must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', ':', '-'")
+    content = html is not None or text is not None or template_id is not None
+    if not content and not fields.failed("html", "text", "template_id"):
+        fields.fail("html", "give html, text or a template_id")
+    record_ids: tuple[str, ...] | None = None
+    ids = fields.strings("record_ids", max_items=MAX_RECORD_IDS, max_length=64)
+    if ids is not None:
+        for i, value in enumerate(ids):
+            if not IDENT.match(value):
+                fields.fail(f"record_ids[{i}]", "is not a record id")
+        record_ids = tuple(dict.fromkeys(ids))
+    mailbox_user = fields.string("mailbox_user", max_length=128)
+    if mailbox_user is not None and not USER.match(mailbox_user):
+        fields.fail("mailbox_user", "must be 1-128 characters of A-Z, a-z, 0-9 and _.:@=+-")
+    elif mailbox_user is None and transport is Transport.INTEGRATED_MAILBOX:
+        fields.fail("mailbox_user", "is required when transport is integrated_mailbox")
+    size = sum(len(a.data) for a in attachments)
+    if size > MAX_EMAIL_ATTACHMENTS_BYTES:
+        fields.too_large(
+            "attachments",
+            f"attachments total {size} bytes; at most {MAX_EMAIL_ATTACHMENTS_BYTES} allowed",
+        )
+    fields.check()
+    assert source is not None
+    assert from_addr is not None
+    return ComposeEmail(
+        source=source,
+        transport=transport,
+        from_addr=from_addr.strip(),
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        subject=subject,
+        html=html,
+        text=text,
+        attachments=attachments,
+        template_id=template_id,
+        record_ids=record_ids,
+        mailbox_user=mailbox_user,
+    )
+
+
+def template_from_json(template_id: str, document: object) -> PutTemplate:
+    """Read a template; 413 names an attachment over 3 MiB, 422 any other fault."""
+    fields = Fields(document, allowed=_TEMPLATE_FIELDS)
+    subject = fields.string("subject", max_length=MAX_SUBJECT, single_line=True)
+    html = fields.string("html", max_length=MAX_BODY_CHARS) or None
+    text = fields.string("text", max_length=MAX_BODY_CHARS) or None
+    attachments = _attachments(fields, per_item_limit=MAX_TEMPLATE_ATTACHMENT_BYTES)
+    size = sum(len(a.data) for a in attachments)
+    if size > MAX_EMAIL_ATTACHMENTS_BYTES:
+        fields.too_large(
+            "attachments",
+            f"attachments total {size} bytes; no email may carry more than "
+            f"{MAX_EMAIL_ATTACHMENTS_BYTES}",
+        )
+    fields.check()
+    return PutTemplate(template_id, subject or "", html, text, attachments)
+
+
+def record_from_json(record_id: str, document: object) -> RecordEntry:
+    """Read a record: its module and up to five addresses."""
+    fields = Fields(document, allowed=_RECORD_FIELDS)
+    module: Module | None = None
+    module_text = fields.string("module", required=True, max_length=32)
+    if module_text is not None:
+        try:
+            module = Module(module_text)
+        except ValueError:
+            fields.fail("module", f"must be one of {', '.join(m.value for m in Module)}")
+    given = fields.raw("addresses")
+    addresses: tuple[str, ...] = ()
+    if isinstance(given, list) and len(given) > MAX_ADDRESSES_PER_RECORD:
+        fields.fail("addresses", f"a record has at most {MAX_ADDRESSES_PER_RECORD} addresses")
+    else:
+        addresses = _addresses(fields, "addresses")
+    fields.check()
+    assert module is not None
+    return RecordEntry(record_id=record_id, module=module, addresses=addresses)
+
+
+def _time_zone(fields: Fields) -> str:
+    name = fields.string("time_zone", max_length=64, single_line=True)
+    if name is None:
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        fields.fail(
+            "time_zone", f"unknown time zone {name!r} (use an IANA name like 'Europe/Paris')"
+        )
+    return name
+
+
+def settings_from_json(document: object) -> OrgSettings:
+    """Read an org's settings; a field left out takes its default (PUT replaces them all)."""
+    fields = Fields(document, allowed=_SETTINGS_FIELDS)
+    time_zone = _time_zone(fields)
+    limit = fields.integer("mass_email_daily_limit", minimum=0, maximum=10_000_000)
+    blacklisted: list[str] = []
+    for i, value in enumerate(
+        fields.strings("blacklisted_domains", max_items=MAX_BLACKLISTED_DOMAINS, max_length=255)
+        or []
+    ):
+        domain = normalise_domain(value)
+        if is_domain(domain):
+            blacklisted.append(domain)
+        else:
+            fields.fail(f"blacklisted_domains[{i}]", "is not a domain name")
+    senders: list[str] = []
+    items = fields.items("dropbox_senders", max_items=MAX_DROPBOX_SENDERS)
+    for i, item in enumerate(items or []):
+        if isinstance(item, str) and is_address(item.strip()):
+            senders.append(item.strip().lower())
+        else:
+            fields.fail(f"dropbox_senders[{i}]", "is not an email address")
+    mail_domain = fields.string("mail_domain", max_length=253, single_line=True)
+    if mail_domain is not None and not is_domain(normalise_domain(mail_domain)):
+        fields.fail("mail_domain", "is not a domain name")
+    fields.check()
+    return OrgSettings(
+        time_zone=time_zone,
+        mass_email_daily_limit=DEFAULT_MASS_DAILY_LIMIT if limit is None else limit,
+        blacklisted_domains=tuple(dict.fromkeys(blacklisted)),
+        dropbox_senders=tuple(dict.fromkeys(senders)),
+        mail_domain=normalise_domain(mail_domain) if mail_domain else DEFAULT_MAIL_DOMAIN,
+    )
+
+
+def mailbox_from_json(document: object) -> MailboxSettings:
+    """Read a user's integrated mailbox (its SMTP submission server and credentials)."""
+    fields = Fields(document, allowed=_MAILBOX_FIELDS)
+    host = fields.string("smtp_host", required=True, max_length=253, single_line=True)
+    if host is not None and not _HOST.match(host):
+        fields.fail("smtp_host", "is not a host name or IP address")
+    port = fields.integer("smtp_port", minimum=1, maximum=65535)
+    username = fields.string("username", required=True, max_length=320, single_line=True)
+    secret = fields.string("secret", required=True, max_length=4096, single_line=True)
+    security = fields.string("security", max_length=16)
+    if security is not None and security not in SECURITY_MODES:
+        fields.fail("security", f"must be one of {', '.join(SECURITY_MODES)}")
+    address = fields.string("email", max_length=320, single_line=True)
+    if address is not None and address and not is_address(address.strip()):
+        fields.fail("email", "is not an email address")
+    fields.check()
+    assert host is not None
+    assert username is not None
+    assert secret is not None
+    return MailboxSettings(
+        smtp_host=host,
+        smtp_port=587 if port is None else port,
+        username=username,
+        secret=secret,
+        security=security or "starttls",
+        email=(address or "").strip(),
+    )

@@ -1,0 +1,1 @@
+"""Where requests come in: the HTTP API and the SMTP server; they decode, call a handler, encode."""

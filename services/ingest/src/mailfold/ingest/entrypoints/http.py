@@ -1,0 +1,270 @@
+"""The ingest HTTP API (starlette): decode the request, call a handler, encode the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import msgspec
+import nats.errors
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from mailfold.ingest.domain import requests as req
+from mailfold.ingest.domain.validation import BadKey, FieldError, Refused, TooLarge
+from mailfold.ingest.metrics import EMAILS_COMPOSED, HTTP_REQUESTS, IDEMPOTENT_REPLAYS
+from mailfold.ingest.service_layer import api
+from mailfold.ingest.service_layer.ports import Ports
+from mailfold.runtime.logging import get_logger
+from mailfold.runtime.ops import HealthCheck, ops_routes
+from mailfold.runtime.orgs import TokenVerifier, bearer
+
+MAX_REQUEST_BYTES: Final = 20 * 1024 * 1024  # 10 MiB of attachments is 13.4 MiB in base64
+MAX_IDEMPOTENCY_KEY: Final = 255
+PROBLEM_JSON: Final = "application/problem+json"
+# Errors that mean NATS did not answer: the request may succeed if retried.
+UNAVAILABLE: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
+
+log = get_logger("mailfold.ingest.http")
+_json = msgspec.json.Encoder()
+
+Endpoint = Callable[[Request, str], Awaitable[Response]]
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer."""
+    return Response(_json.encode(body), status, headers, media_type="application/json")
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: tuple[FieldError, ...] | list[FieldError] = (),
+    *,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An RFC 9457 problem+json answer, with the fields at fault in `errors`."""
+    body = {
+        "type": type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": [{"field": e.field, "message": e.message} for e in errors],
+    }
+    return Response(_json.encode(body), status, headers, media_type=PROBLEM_JSON)
+
+
+def refused(exc: Refused) -> Response:
+    """The problem answer for a refused request."""
+    return problem(exc.status, exc.title, exc.detail, exc.errors, type_=exc.type)
+
+
+async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
+    """The request body, refused with 413 past `limit` bytes without reading it all into memory."""
+    too_big = TooLarge([FieldError("body", f"request bodies are limited to {limit} bytes")])
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request) -> object:
+    """The request's JSON document; 422 naming `body` when it is not JSON."""
+    return req.decode_json(await read_body(request))
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The Idempotency-Key header (a structured-field string; the quotes are optional)."""
+    raw = request.headers.get("idempotency-key")
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not all(0x21 <= ord(c) <= 0x7E for c in key):
+        raise BadKey(
+            [
+                FieldError(
+                    "Idempotency-Key",
+                    f"must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters",
+                )
+            ]
+        )
+    return key
+
+
+class IngestApi:
+    """The routes of the API, bound to the handlers' ports and the org token verifier."""
+
+    def __init__(
+        self, ports: Ports, verifier: TokenVerifier, available: Callable[[], bool] = lambda: True
+    ) -> None:
+        self._ports = ports
+        self._verifier = verifier
+        self._available = available
+
+    def routes(self) -> list[BaseRoute]:
+        """Every API route."""
+        guard = self._guard
+        return [
+            Route("/v1/orgs/{org}/emails", guard("emails", self.compose), methods=["POST"]),
+            Route(
+                "/v1/orgs/{org}/templates/{template_id}",
+                guard("templates", self.template),
+                methods=["GET", "PUT"],
+            ),
+            Route(
+                "/v1/orgs/{org}/records/{record_id}",
+                guard("records", self.record),
+                methods=["GET", "PUT", "DELETE"],
+            ),
+            Route(
+                "/v1/orgs/{org}/settings", guard("settings", self.settings), methods=["GET", "PUT"]
+            ),
+            Route(
+                "/v1/orgs/{org}/mailboxes/{user}",
+                guard("mailboxes", self.mailbox),
+                methods=["GET", "PUT"],
+            ),
+        ]
+
+    def _guard(self, name: str, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        """Bearer-token check, problem answers for refusals and outages, request metrics."""
+
+        async def run(request: Request) -> Response:
+            org_id = request.path_params["org"]
+            response = await self._answer(request, org_id, endpoint)
+            HTTP_REQUESTS.labels(name, str(response.status_code)).inc()
+            return response
+
+        return run
+
+    async def _answer(self, request: Request, org_id: str, endpoint: Endpoint) -> Response:
+        try:
+            if not self._available():
+                raise ConnectionError("not connected to NATS")
+            token = bearer(request.headers.get("authorization"))
+            if not await self._verifier.verify(org_id, token):
+                return problem(
+                    401,
+                    "Unauthorized",
+                    "a valid bearer token for this org is required",
+                    [FieldError("Authorization", "missing or invalid bearer token")],
+                    headers={"WWW-Authenticate": 'Bearer realm="mailfold"'},
+                )
+            return await endpoint(request, org_id)
+        except Refused as exc:
+            return refused(exc)
+        except UNAVAILABLE as exc:
+            log.warning("nats_unavailable", path=request.url.path, error=repr(exc))
+            return problem(
+                503,
+                "Service Unavailable",
+                "the event store did not answer; nothing was recorded, try again",
+                headers={"Retry-After": "1"},
+            )
+        except Exception as exc:  # a bug: answer 500, log it, keep serving
+            log.error("unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
+            return problem(500, "Internal Server Error", "the request failed")
+
+    async def compose(self, request: Request, org_id: str) -> Response:
+        """`POST /v1/orgs/{org}/emails`."""
+        key = idempotency_key(request)
+        document = await read_json(request)
+        cmd = req.compose_from_json(document)
+        composed = await api.compose_email(
+            self._ports,
+            org_id,
+            cmd,
+            idempotency_key=key,
+            fingerprint=req.fingerprint(document) if key is not None else "",
+        )
+        if composed.replayed:
+            IDEMPOTENT_REPLAYS.inc()
+        else:
+            EMAILS_COMPOSED.labels(cmd.source.value).inc()
+            log.info(
+                "email_composed",
+                org_id=org_id,
+                email_id=composed.email_id,
+                event_id=composed.event_id,
+                source=cmd.source.value,
+            )
+        return json_response(
+            {"email_id": composed.email_id},
+            202,
+            {"Location": f"/v1/orgs/{org_id}/emails/{composed.email_id}"},
+        )
+
+    async def template(self, request: Request, org_id: str) -> Response:
+        """`GET|PUT /v1/orgs/{org}/templates/{template_id}`."""
+        template_id = req.valid_ident("template_id", request.path_params["template_id"])
+        if request.method == "GET":
+            return json_response(await api.get_template(self._ports, org_id, template_id))
+        cmd = req.template_from_json(template_id, await read_json(request))
+        return json_response(await api.put_template(self._ports, org_id, cmd))
+
+    async def record(self, request: Request, org_id: str) -> Response:
+        """`GET|PUT|DELETE /v1/orgs/{org}/records/{record_id}`."""
+        record_id = req.valid_ident("record_id", request.path_params["record_id"])
+        if request.method == "GET":
+            return json_response(await api.get_record(self._ports, org_id, record_id))
+        if request.method == "DELETE":
+            await api.delete_record(self._ports, org_id, record_id)
+            return Response(status_code=204)
+        record = req.record_from_json(record_id, await read_json(request))
+        return json_response(await api.put_record(self._ports, org_id, record))
+
+    async def settings(self, request: Request, org_id: str) -> Response:
+        """`GET|PUT /v1/orgs/{org}/settings`."""
+        if request.method == "GET":
+            return json_response(await api.get_settings(self._ports, org_id))
+        settings = req.settings_from_json(await read_json(request))
+        return json_response(await api.put_settings(self._ports, org_id, settings))
+
+    async def mailbox(self, request: Request, org_id: str) -> Response:
+        """`GET|PUT /v1/orgs/{org}/mailboxes/{user}`; the secret is never answered back."""
+        user = req.valid_user(request.path_params["user"])
+        if request.method == "GET":
+            return json_response(await api.get_mailbox(self._ports, org_id, user))
+        mailbox = req.mailbox_from_json(await read_json(request))
+        return json_response(await api.put_mailbox(self._ports, org_id, user, mailbox))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    titles = {404: "Not Found", 405: "Method Not Allowed"}
+    return problem(status, titles.get(status, "Error"), f"{request.method} {request.url.path}")
+
+
+def build_app(
+    ports: Ports,
+    verifier: TokenVerifier,
+    health: HealthCheck,
+    *,
+    available: Callable[[], bool] = lambda: True,
+) -> Starlette:
+    """The API with /healthz and /metrics on the same port.
+
+    `available` says whether NATS is reachable; while it is not, requests get 503 at once
+    instead of waiting for timeouts.
+    """
+    return Starlette(
+        routes=[*IngestApi(ports, verifier, available).routes(), *ops_routes(health)],
+        exception_handlers={HTTPException: _http_error},
+    )

@@ -1,0 +1,51 @@
+"""Prometheus metrics of the ingest service, defined once per process."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS: Final = Counter(
+    "mailfold_ingest_http_requests",
+    "API requests answered, by route and status code.",
+    ["route", "status"],
+)
+EMAILS_COMPOSED: Final = Counter(
+    "mailfold_ingest_emails_composed",
+    "Emails composed through the API (idempotent replays not counted), by source.",
+    ["source"],
+)
+IDEMPOTENT_REPLAYS: Final = Counter(
+    "mailfold_ingest_idempotent_replays",
+    "Compose requests answered from an earlier request with the same Idempotency-Key.",
+)
+SMTP_RECIPIENTS: Final = Counter(
+    "mailfold_ingest_smtp_recipients",
+    "RCPT commands answered, by outcome (accepted, refused, deferred, failed).",
+    ["outcome"],
+)
+SMTP_MESSAGES: Final = Counter(
+    "mailfold_ingest_smtp_messages",
+    "Messages at the end of DATA, by kind (bounce, dropbox, inbound) and outcome.",
+    ["kind", "outcome"],
+)
+SMTP_MESSAGE_BYTES: Final = Histogram(
+    "mailfold_ingest_smtp_message_bytes",
+    "Size of messages received by SMTP.",
+    buckets=(1e3, 1e4, 1e5, 1e6, 5e6, 1e7, 2.5e7, 5e7),
+)
+BOUNCE_REPORTS: Final = Counter(
+    "mailfold_ingest_bounce_reports",
+    "Messages to bounce+<token> addresses, by outcome (published, invalid_token, unparsed).",
+    ["outcome"],
+)
+EVENTS_PUBLISHED: Final = Counter(
+    "mailfold_ingest_events_published",
+    "Events acknowledged by MAIL_EVENTS (a duplicate dropped by JetStream counts too), by type.",
+    ["type"],
+)
+PUBLISH_FAILURES: Final = Counter(
+    "mailfold_ingest_publish_failures",
+    "Publishes MAIL_EVENTS did not acknowledge (the request or message was refused for a retry).",
+)

@@ -1,0 +1,1 @@
+"""Orchestration: handlers that take their ports as parameters and call the domain."""

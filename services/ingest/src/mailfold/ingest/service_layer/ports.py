@@ -1,0 +1,108 @@
+"""What the handlers talk to, as protocols; adapters/ implements them on NATS and in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+
+from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.ingest.domain.template import Template
+from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
+
+
+class Publisher(Protocol):
+    """Publishes events to MAIL_EVENTS (Nats-Msg-Id = event_id)."""
+
+    async def publish(self, event: Event) -> None:
+        """Publish one event; raises when the stream did not acknowledge it."""
+
+
+class ContentStore(Protocol):
+    """Bodies, attachments and raw messages by SHA-256."""
+
+    async def put(self, data: bytes, content_type: str, *, fresh: bool = False) -> ContentRef:
+        """Store bytes once under their SHA-256 and return the reference.
+
+        `fresh`: the bytes are most likely new (a message that just arrived); the store may
+        skip checking whether it holds them already.
+        """
+
+
+class Directory(Protocol):
+    """Orgs, settings, mailboxes, records with their address index, and templates."""
+
+    async def org_exists(self, org_id: str) -> bool:
+        """True when the org has been created (it has an API token)."""
+
+    async def load_settings(self, org_id: str) -> OrgSettings:
+        """The org's settings, defaults where none were set."""
+
+    async def save_settings(self, org_id: str, settings: OrgSettings) -> None:
+        """Replace the org's settings."""
+
+    async def load_mailbox(self, org_id: str, user: str) -> MailboxSettings | None:
+        """A user's integrated mailbox, if configured."""
+
+    async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
+        """Replace a user's integrated mailbox."""
+
+    async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
+        """One record, if it exists."""
+
+    async def put_record(self, org_id: str, record: RecordEntry) -> None:
+        """Create or replace a record and its entries in the address index."""
+
+    async def delete_record(self, org_id: str, record_id: str) -> bool:
+        """Delete a record; False when it did not exist."""
+
+    async def records_for_addresses(
+        self, org_id: str, addresses: Sequence[str]
+    ) -> tuple[RecordRef, ...]:
+        """Every record that has one of these addresses, each once."""
+
+    async def load_template(self, org_id: str, template_id: str) -> Template | None:
+        """A template, if it exists."""
+
+    async def save_template(self, org_id: str, template: Template) -> None:
+        """Create or replace a template."""
+
+
+class IdempotencyClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """What an Idempotency-Key stands for: the email it created and the payload it came with."""
+
+    email_id: str
+    fingerprint: str
+    done: bool = False
+
+
+class IdempotencyStore(Protocol):
+    """Idempotency-Key -> email id, claimed atomically so racing requests agree."""
+
+    async def get(self, org_id: str, key: str) -> IdempotencyClaim | None:
+        """The claim on a key, if any."""
+
+    async def claim(self, org_id: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim:
+        """Claim a key; returns `claim` when it was free, else the claim already there."""
+
+    async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
+        """Mark the key's email as published."""
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Everything the handlers need from the outside, passed in by bootstrap (or a test)."""
+
+    publisher: Publisher
+    content: ContentStore
+    directory: Directory
+    idempotency: IdempotencyStore
+    clock: Callable[[], datetime] = field(default=utc_now)
