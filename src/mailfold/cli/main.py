@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dsn", help="bounce reports")
     dsn_sub = p.add_subparsers(dest="dsn_command", required=True, metavar="ACTION")
-    c = dsn_sub.add_parser("parse", help="one JSON line per failed recipient")
+    c = dsn_sub.add_parser("parse", help="one JSON line per reported recipient")
     c.add_argument("files", nargs="+")
     c.set_defaults(func=_delegate("mailfold.ingest.cli", "dsn_parse_command"))
     return parser

@@ -33,6 +33,8 @@ BUCKET_SENDER: Final = "mailfold_sender"  # daily counters, delivery marks, mass
 BUCKET_IDEMPOTENCY: Final = "mailfold_idempotency"  # Idempotency-Key -> email id
 OBJECT_STORE: Final = "mailfold_content"  # bodies, attachments, raw messages by SHA-256
 BUCKETS: Final = (BUCKET_ORGS, BUCKET_DIRECTORY, BUCKET_SENDER, BUCKET_IDEMPOTENCY)
+# Idempotency keys are kept a week (clients retry within minutes; the IETF draft suggests 24 h+).
+BUCKET_TTL_S: Final = {BUCKET_IDEMPOTENCY: 7 * 24 * 3600.0}
 
 
 async def connect(url: str, name: str, *, reconnect: bool = True) -> Client:
@@ -98,7 +100,13 @@ async def kv(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValu
         return await js.key_value(bucket)
     except BucketNotFoundError:
         return await js.create_key_value(
-            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE, replicas=replicas)
+            KeyValueConfig(
+                bucket=bucket,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                ttl=BUCKET_TTL_S.get(bucket),
+            )
         )
 
 
