@@ -53,6 +53,8 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             server_header=False,
+            # X-Forwarded-For is trusted only where a service decides to (see the tracker).
+            proxy_headers=False,
         )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -1,0 +1,48 @@
+"""JetStream publishing for the tracker's publisher: a whole batch in flight at once.
+
+`bus.publish_event` waits for each acknowledgement in turn (a request per event). The tracker
+publishes what it would (subject, JSON encoding, Nats-Msg-Id = event_id, all from
+`mailfold.events`) but sends a whole batch before waiting for the acknowledgements: about a
+quarter less CPU per event, on the process whose CPU bounds the pixel's throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from mailfold.events import Event, encode, event_subject, publish_headers
+from mailfold.tracker.adapters.publisher import PublishBatch
+
+
+class AckTimeout(TimeoutError):
+    """JetStream did not acknowledge in time; the event may or may not be stored."""
+
+
+def pipelined(js: JetStreamContext, *, ack_timeout_s: float = 5.0) -> PublishBatch:
+    """Publish every event of a batch, then wait (bounded) for all acknowledgements."""
+
+    async def publish_batch(events: list[Event]) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = [None] * len(events)
+        acks: dict[int, asyncio.Future[PubAck]] = {}
+        for i, event in enumerate(events):
+            try:
+                acks[i] = await js.publish_async(
+                    event_subject(event), encode(event), headers=publish_headers(event)
+                )
+            except Exception as exc:  # not sent (closed, buffer full): retried by the caller
+                outcomes[i] = exc
+        if acks:
+            _, late = await asyncio.wait(acks.values(), timeout=ack_timeout_s)
+            for ack in late:
+                ack.cancel()
+        for i, ack in acks.items():
+            if ack.cancelled():
+                outcomes[i] = AckTimeout(f"no acknowledgement within {ack_timeout_s} s")
+            else:
+                outcomes[i] = ack.exception()
+        return outcomes
+
+    return publish_batch

@@ -1,0 +1,163 @@
+"""The tracker's composition root: settings from the environment, wiring, start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from mailfold.events import Keyring
+from mailfold.runtime import bus
+from mailfold.runtime.logging import configure_logging, get_logger
+from mailfold.runtime.ops import ops_app
+from mailfold.runtime.service import run_until_signalled
+from mailfold.runtime.settings import (
+    CommonSettings,
+    ConfigError,
+    env_float,
+    env_int,
+    env_str,
+)
+from mailfold.tracker.adapters import jetstream
+from mailfold.tracker.adapters.publisher import Publisher
+from mailfold.tracker.domain.behaviour import BurstWindow
+from mailfold.tracker.domain.network import IPNetwork, NetworkSet, parse_networks
+from mailfold.tracker.domain.rules import RULES, Classifier, Rule, apple_egress_rule
+from mailfold.tracker.entrypoints.http import tracker_app
+from mailfold.tracker.entrypoints.server import TrackerHttpServer
+from mailfold.tracker.metrics import count_recorded
+from mailfold.tracker.service_layer.handlers import Tracker
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the tracker reads from the environment (see docs/tracker.md)."""
+
+    nats_url: str
+    tracking_keys: str
+    host: str = "127.0.0.1"
+    port: int = 8002
+    buffer: int = 100_000
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    early_click_s: float = 5.0
+    flush_timeout_s: float = 10.0
+    publish_timeout_s: float = 5.0
+    apple_egress_file: str = ""
+    rules: tuple[Rule, ...] = field(default=RULES)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read MAILFOLD_* variables; a bad value raises ConfigError naming the variable."""
+        common = CommonSettings.from_env()
+        proxies = env_str("MAILFOLD_TRACKER_TRUSTED_PROXIES", "")
+        try:
+            trusted = parse_networks(proxies)
+        except ValueError as exc:
+            raise ConfigError(f"MAILFOLD_TRACKER_TRUSTED_PROXIES: {exc}") from exc
+        return cls(
+            nats_url=common.nats_url,
+            tracking_keys=common.tracking_keys,
+            host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
+            port=env_int("MAILFOLD_TRACKER_PORT", 8002, minimum=0),
+            buffer=env_int("MAILFOLD_TRACKER_BUFFER", 100_000, minimum=1),
+            trusted_proxies=trusted,
+            early_click_s=env_float("MAILFOLD_TRACKER_EARLY_CLICK_SECONDS", 5.0),
+            flush_timeout_s=env_float("MAILFOLD_TRACKER_FLUSH_TIMEOUT", 10.0),
+            publish_timeout_s=env_float("MAILFOLD_TRACKER_PUBLISH_TIMEOUT", 5.0),
+            apple_egress_file=env_str("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", ""),
+        )
+
+    def keyring(self) -> Keyring:
+        """The tracking keys, refused with a clear message when malformed."""
+        try:
+            return Keyring.parse(self.tracking_keys)
+        except ValueError as exc:
+            raise ConfigError(f"MAILFOLD_TRACKING_KEYS: {exc}") from exc
+
+    def all_rules(self) -> tuple[Rule, ...]:
+        """The detection rules, with Apple's egress ranges when a file is configured."""
+        if not self.apple_egress_file:
+            return self.rules
+        try:
+            lines = Path(self.apple_egress_file).read_text().splitlines()
+            return (*self.rules, apple_egress_rule(lines))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"MAILFOLD_TRACKER_APPLE_EGRESS_FILE: {exc}") from exc
+
+
+@dataclass
+class Service:
+    """A running tracker."""
+
+    nc: Client
+    publisher: Publisher
+    tracker: Tracker
+    http: TrackerHttpServer
+    flush_timeout_s: float
+
+    @property
+    def port(self) -> int:
+        """The HTTP port it listens on."""
+        return self.http.port
+
+    async def stop(self) -> None:
+        """Stop answering, decide held clicks, publish the buffer (bounded wait), disconnect."""
+        await self.http.stop()
+        self.tracker.release_held()
+        await self.publisher.stop(self.flush_timeout_s)
+        await bus.close(self.nc)
+        log.info("tracker stopped")
+
+
+async def start(settings: Settings) -> Service:
+    """Connect to NATS, start the publisher, then serve HTTP; port 0 picks a free port."""
+    keyring = settings.keyring()
+    classifier = Classifier(settings.all_rules())
+    nc = await bus.connect(settings.nats_url, "mailfold-tracker")
+    publisher: Publisher | None = None
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+
+        publisher = Publisher(
+            jetstream.pipelined(js, ack_timeout_s=settings.publish_timeout_s),
+            capacity=settings.buffer,
+        )
+        publisher.start()
+        tracker = Tracker(
+            keyring=keyring,
+            classifier=classifier,
+            bursts=BurstWindow(),
+            emit=count_recorded(publisher.offer),
+            later=asyncio.get_running_loop().call_later,
+            early_click_s=settings.early_click_s,
+        )
+        running = publisher
+
+        async def health() -> dict[str, object]:
+            return {
+                "nats": "ok" if nc.is_connected else "disconnected",
+                "publisher": "ok" if running.running else "stopped",
+            }
+
+        app = tracker_app(tracker, ops_app(health), NetworkSet(settings.trusted_proxies))
+        http = TrackerHttpServer(app, settings.host, settings.port)
+        await http.start()
+    except BaseException:
+        if publisher is not None:
+            await publisher.stop(0)
+        await bus.close(nc)
+        raise
+    log.info("tracker listening", host=settings.host, port=http.port, buffer=settings.buffer)
+    return Service(nc, publisher, tracker, http, settings.flush_timeout_s)
+
+
+def main() -> None:
+    """`mailfold serve tracker`: run until SIGINT or SIGTERM."""
+    common = CommonSettings.from_env()
+    configure_logging("tracker", level=common.log_level, json=common.log_json)
+    run_until_signalled(lambda: start(Settings.from_env()))
