@@ -29,4 +29,10 @@ def run_until_signalled(start: Callable[[], Awaitable[Stoppable]]) -> None:
         finally:
             await service.stop()
 
-    asyncio.run(runner())
+    # uvloop where available: the HTTP services spend much of each request in the event loop.
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps other platforms working
+        asyncio.run(runner())
+    else:
+        uvloop.run(runner())
