@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=2526)
     parser.add_argument("--dir", type=Path, default=Path(".data/sink"))
     args = parser.parse_args(argv)
+    # aiosmtpd warns about its own use of a deprecated attribute when AUTH is enabled.
+    warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
     args.dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(serve(args.host, args.port, args.dir))
     return 0
