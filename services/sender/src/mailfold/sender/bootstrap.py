@@ -1,0 +1,197 @@
+"""The sender's composition root: settings from the environment, wiring, start and stop."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import dns.asyncresolver
+from nats.aio.client import Client
+from nats.js.errors import NotFoundError
+
+from mailfold.events import STREAM, EmailComposed, Keyring
+from mailfold.runtime import bus
+from mailfold.runtime.logging import configure_logging
+from mailfold.runtime.ops import HttpServer, ops_app
+from mailfold.runtime.service import run_until_signalled
+from mailfold.runtime.settings import CommonSettings, ConfigError, env_float, env_int, env_str
+from mailfold.sender.adapters.dns import MxResolver
+from mailfold.sender.adapters.ledger import KvLedger
+from mailfold.sender.adapters.publisher import EventPublisher
+from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer, SubmissionMailer
+from mailfold.sender.adapters.store import ContentCache, Directory
+from mailfold.sender.domain.delivery import RetryPolicy
+from mailfold.sender.domain.routes import Routes
+from mailfold.sender.entrypoints.consumer import ComposedConsumer
+from mailfold.sender.service_layer.handlers import Disposition, Ports, handle_composed
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, tz-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the sender reads from the environment."""
+
+    common: CommonSettings
+    http_host: str = "127.0.0.1"
+    http_port: int = 8004
+    routes: Routes = field(default_factory=Routes)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    concurrency: int = 32
+    ack_wait_s: float = 60.0
+    max_pending: int = 10_000
+    smtp_timeout_s: float = 60.0
+    helo_name: str = ""
+    consumer: str = "sender"
+    content_cache_bytes: int = 64 * 1024 * 1024
+    settings_ttl_s: float = 5.0
+    smtp_cache_idle_s: float = 5.0
+    smtp_cache_uses: int = 100
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read MAILFOLD_* variables (see docs/sender.md); raises ConfigError naming a bad one."""
+        common = CommonSettings.from_env()
+        try:
+            routes = Routes.parse(env_str("MAILFOLD_SMTP_ROUTES", ""))
+        except ValueError as exc:
+            raise ConfigError(f"MAILFOLD_SMTP_ROUTES: {exc}") from exc
+        retry = RetryPolicy(
+            base_s=_positive("MAILFOLD_SENDER_RETRY_BASE_S", 60.0),
+            factor=_positive("MAILFOLD_SENDER_RETRY_FACTOR", 2.0),
+            cap_s=_positive("MAILFOLD_SENDER_RETRY_CAP_S", 3600.0),
+            max_age_s=_positive("MAILFOLD_SENDER_MAX_AGE_S", 4 * 86400.0),
+        )
+        return cls(
+            common=common,
+            http_host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
+            http_port=env_int("MAILFOLD_SENDER_PORT", 8004, minimum=0),
+            routes=routes,
+            retry=retry,
+            concurrency=env_int("MAILFOLD_SENDER_CONCURRENCY", 32, minimum=1),
+            ack_wait_s=_positive("MAILFOLD_SENDER_ACK_WAIT_S", 60.0),
+            max_pending=env_int("MAILFOLD_SENDER_MAX_PENDING", 10_000, minimum=1),
+            smtp_timeout_s=_positive("MAILFOLD_SENDER_SMTP_TIMEOUT_S", 60.0),
+            helo_name=env_str("MAILFOLD_SENDER_HELO_NAME", ""),
+            consumer=env_str("MAILFOLD_SENDER_CONSUMER", "sender"),
+            settings_ttl_s=_positive("MAILFOLD_SENDER_SETTINGS_TTL_S", 5.0),
+            smtp_cache_idle_s=_positive("MAILFOLD_SENDER_SMTP_CACHE_IDLE_S", 5.0),
+            smtp_cache_uses=env_int("MAILFOLD_SENDER_SMTP_CACHE_USES", 100, minimum=1),
+        )
+
+
+def _positive(name: str, default: float) -> float:
+    value = env_float(name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+    return value
+
+
+@dataclass
+class Service:
+    """A running sender."""
+
+    nc: Client
+    consumer: ComposedConsumer
+    http: HttpServer
+    direct: DirectMailer
+
+    @property
+    def port(self) -> int:
+        """The bound HTTP port (/healthz, /metrics)."""
+        return self.http.port
+
+    async def stop(self) -> None:
+        """Stop pulling, let in-flight emails finish briefly, close everything."""
+        await self.consumer.stop()
+        await self.direct.close()
+        await self.http.stop()
+        await bus.close(self.nc)
+
+
+async def start(
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    resolver: dns.asyncresolver.Resolver | None = None,
+) -> Service:
+    """Connect, wire the handler to its adapters, start consuming and serving ops endpoints."""
+    keys = Keyring.parse(settings.common.tracking_keys)
+    nc = await bus.connect(settings.common.nats_url, "mailfold-sender")
+    try:
+        js = nc.jetstream()
+        try:
+            await js.stream_info(STREAM)
+        except NotFoundError:
+            await bus.ensure_topology(js)  # a fresh server (dev, tests): create what is missing
+        ledger = KvLedger(await bus.kv(js, bus.BUCKET_SENDER))
+        directory = Directory(await bus.kv(js, bus.BUCKET_ORGS), ttl=settings.settings_ttl_s)
+        content = ContentCache(await bus.objects(js), settings.content_cache_bytes)
+        helo = settings.helo_name or socket.gethostname()
+        direct = DirectMailer(
+            settings.routes,
+            MxResolver(resolver),
+            helo=helo,
+            timeout=settings.smtp_timeout_s,
+            cache=ConnectionCache(
+                idle_s=settings.smtp_cache_idle_s, max_uses=settings.smtp_cache_uses
+            ),
+        )
+        ports = Ports(
+            publish=EventPublisher(js),
+            ledger=ledger,
+            content=content,
+            settings=directory.settings,
+            mailbox=directory.mailbox,
+            direct=direct,
+            submission=SubmissionMailer(helo=helo, timeout=settings.smtp_timeout_s),
+            keys=keys,
+            tracker_url=settings.common.public_tracker_url,
+            retry=settings.retry,
+            clock=clock,
+        )
+
+        async def handle(composed: EmailComposed, redelivered: bool) -> Disposition:
+            return await handle_composed(composed, ports, redelivered=redelivered)
+
+        consumer = ComposedConsumer(
+            js,
+            handle,
+            durable=settings.consumer,
+            concurrency=settings.concurrency,
+            ack_wait=settings.ack_wait_s,
+            max_pending=settings.max_pending,
+        )
+        await consumer.start()
+
+        async def health() -> dict[str, object]:
+            return {
+                "nats": "ok" if nc.is_connected else "disconnected",
+                "consumer": "ok" if consumer.alive else "stopped",
+            }
+
+        http = HttpServer(ops_app(health), settings.http_host, settings.http_port)
+        try:
+            await http.start()
+        except BaseException:
+            await consumer.stop()
+            await direct.close()
+            raise
+    except BaseException:
+        await bus.close(nc)
+        raise
+    return Service(nc=nc, consumer=consumer, http=http, direct=direct)
+
+
+def main() -> None:
+    """`mailfold serve sender`."""
+    settings = Settings.from_env()
+    configure_logging("sender", level=settings.common.log_level, json=settings.common.log_json)
+    run_until_signalled(lambda: start(settings))

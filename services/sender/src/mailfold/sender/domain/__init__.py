@@ -1,0 +1,1 @@
+"""Pure decisions of the sender: addresses, rules before sending, MIME, tracking, retries."""

@@ -1,0 +1,1 @@
+"""How work reaches the sender: the JetStream pull consumer of EmailComposed."""

@@ -1,0 +1,1 @@
+"""Orchestration of one composed email: checks, limits, delivery, outcomes; ports passed in."""
