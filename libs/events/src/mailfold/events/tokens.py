@@ -84,6 +84,10 @@ class Keyring:
             if len(secret) < 16:
                 raise ValueError(f"key {kid!r} is shorter than 16 bytes")
         self._keys = dict(keys)
+        # Keyed HMAC states built once; each MAC copies one instead of re-deriving the pads.
+        self._hmacs = {
+            kid: hmac.new(secret, digestmod=hashlib.sha256) for kid, secret in keys.items()
+        }
         self.current = current
 
     @classmethod
@@ -99,10 +103,12 @@ class Keyring:
         return cls(keys, first)
 
     def _mac(self, kid: str, signed: bytes) -> bytes:
-        secret = self._keys.get(kid)
-        if secret is None:
+        base = self._hmacs.get(kid)
+        if base is None:
             raise InvalidToken("unknown key id")
-        return hmac.new(secret, signed, hashlib.sha256).digest()[:_MAC_BYTES]
+        mac = base.copy()
+        mac.update(signed)
+        return mac.digest()[:_MAC_BYTES]
 
     def sign(self, claims: TrackingClaims) -> str:
         """A token binding the claims, signed with the current key."""

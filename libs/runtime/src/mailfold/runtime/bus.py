@@ -34,7 +34,8 @@ BUCKET_IDEMPOTENCY: Final = "mailfold_idempotency"  # Idempotency-Key -> email i
 OBJECT_STORE: Final = "mailfold_content"  # bodies, attachments, raw messages by SHA-256
 BUCKETS: Final = (BUCKET_ORGS, BUCKET_DIRECTORY, BUCKET_SENDER, BUCKET_IDEMPOTENCY)
 # Idempotency keys are kept a week (clients retry within minutes; the IETF draft suggests 24 h+).
-BUCKET_TTL_S: Final = {BUCKET_IDEMPOTENCY: 7 * 24 * 3600.0}
+# The sender's marks and counters outlive its longest retry (4 days by default) with room to spare.
+BUCKET_TTL_S: Final = {BUCKET_IDEMPOTENCY: 7 * 24 * 3600.0, BUCKET_SENDER: 8 * 24 * 3600.0}
 
 
 async def connect(url: str, name: str, *, reconnect: bool = True) -> Client:

@@ -32,7 +32,9 @@ def run_until_signalled(start: Callable[[], Awaitable[Stoppable]]) -> None:
     # uvloop where available: the HTTP services spend much of each request in the event loop.
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency; this keeps other platforms working
+    except (
+        ImportError
+    ):  # pragma: no cover - uvloop is a dependency; this keeps other platforms working
         asyncio.run(runner())
     else:
         uvloop.run(runner())
