@@ -104,6 +104,23 @@ def _cmd_org_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_topology(args: argparse.Namespace) -> int:
+    from mailfold.runtime import bus
+
+    async def run() -> None:
+        nc = await bus.connect(config.nats_url(), "mailfold-cli", reconnect=False)
+        try:
+            await bus.ensure_topology(nc.jetstream(), replicas=args.replicas)
+        finally:
+            await bus.close(nc)
+
+    asyncio.run(run())
+    print(
+        f"streams, buckets and object store ready on {config.nats_url()} (replicas {args.replicas})"
+    )
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     entry = _service_entry(args.service)
     if entry is None:
@@ -146,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one service in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("topology", help="create the streams, KV buckets and object store")
+    p.add_argument("--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)")
+    p.set_defaults(func=_cmd_topology)
 
     p = sub.add_parser("schema", help="print the JSON Schema of every event")
     p.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI document instead")
