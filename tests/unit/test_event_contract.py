@@ -52,7 +52,8 @@ def test_an_event_without_fields_added_later_still_decodes_with_defaults() -> No
     }
     event = decode(json.dumps(minimal))
     assert isinstance(event, EmailOpened)
-    assert event.verdict == "human" and event.label == ""
+    assert event.verdict == "human"
+    assert event.label == ""
 
 
 @pytest.mark.parametrize(
@@ -86,6 +87,7 @@ def test_subjects_and_dedup_headers_follow_the_contract() -> None:
 
 def test_new_ids_are_uuid7_and_sort_by_time() -> None:
     a, b = new_id(1_700_000_000_000), new_id(1_700_000_000_001)
-    assert a[14] == "7" and a < b
+    assert a[14] == "7"
+    assert a < b
     assert id_time_ms(a) == 1_700_000_000_000
     assert len({new_id() for _ in range(1000)}) == 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,7 +42,7 @@ EMAIL = "0190f000-0000-7000-8000-000000000001"
 ORG = "acme"
 
 
-def _env(n: int, minutes: float = 0, org: str = ORG) -> dict[str, object]:
+def _env(n: int, minutes: float = 0, org: str = ORG) -> dict[str, Any]:
     return {
         "event_id": f"ev-{n:04d}",
         "org_id": org,
@@ -57,34 +58,46 @@ def composed(
     transport: Transport = Transport.CRM_SERVERS,
     to: tuple[str, ...] = ("ann@example.org",),
 ) -> EmailComposed:
-    return EmailComposed(**_env(n), source=source, transport=transport, from_addr="rep@crm.example", to=to)  # type: ignore[arg-type]
+    return EmailComposed(
+        **_env(n), source=source, transport=transport, from_addr="rep@crm.example", to=to
+    )
 
 
 def sent(n: int, minutes: float = 1) -> EmailSent:
-    return EmailSent(**_env(n, minutes), recipients=("ann@example.org",))  # type: ignore[arg-type]
+    return EmailSent(**_env(n, minutes), recipients=("ann@example.org",))
 
 
 def delivered(n: int, minutes: float = 2) -> EmailDelivered:
-    return EmailDelivered(**_env(n, minutes), recipient="ann@example.org", reply_code=250)  # type: ignore[arg-type]
+    return EmailDelivered(**_env(n, minutes), recipient="ann@example.org", reply_code=250)
 
 
 def bounced(n: int, minutes: float = 3) -> EmailBounced:
-    return EmailBounced(**_env(n, minutes), recipient="ann@example.org", kind=BounceKind.HARD, status="5.1.1", reply_code=550, reason="userunknown")  # type: ignore[arg-type]
+    return EmailBounced(
+        **_env(n, minutes),
+        recipient="ann@example.org",
+        kind=BounceKind.HARD,
+        status="5.1.1",
+        reply_code=550,
+        reason="userunknown",
+    )
 
 
 def opened(n: int, minutes: float = 4, verdict: Verdict = Verdict.HUMAN) -> EmailOpened:
-    return EmailOpened(**_env(n, minutes), recipient="ann@example.org", verdict=verdict)  # type: ignore[arg-type]
+    return EmailOpened(**_env(n, minutes), recipient="ann@example.org", verdict=verdict)
 
 
 def clicked(n: int, minutes: float = 5, verdict: Verdict = Verdict.HUMAN) -> EmailClicked:
-    return EmailClicked(**_env(n, minutes), recipient="ann@example.org", url="https://example.org/", verdict=verdict)  # type: ignore[arg-type]
+    return EmailClicked(
+        **_env(n, minutes), recipient="ann@example.org", url="https://example.org/", verdict=verdict
+    )
 
 
 def test_late_bounce_overrides_delivered() -> None:
     state = fold([composed(0), sent(1), delivered(2, 2), bounced(3, 60)], EMAIL)
     assert state.status is Status.BOUNCED
     assert state.delivered_at == T0 + timedelta(minutes=2)
-    assert state.bounce is not None and state.bounce.reason == "userunknown"
+    assert state.bounce is not None
+    assert state.bounce.reason == "userunknown"
 
 
 def test_open_before_delivery_report_still_shows_opened_and_keeps_both_times() -> None:
@@ -111,12 +124,15 @@ def test_machine_opens_are_counted_apart_and_do_not_make_it_opened() -> None:
     state = fold([composed(0), sent(1), opened(2, verdict=Verdict.MACHINE)], EMAIL)
     assert state.status is Status.SENT
     assert (state.opens_human, state.opens_machine) == (0, 1)
-    assert state.first_machine_open_at is not None and state.opened_at is None
+    assert state.first_machine_open_at is not None
+    assert state.opened_at is None
 
 
 def test_events_before_their_origin_wait_then_apply() -> None:
     state = fold([sent(1), delivered(2)], EMAIL)
-    assert state.origin is None and state.status is None and state.waiting == 2
+    assert state.origin is None
+    assert state.status is None
+    assert state.waiting == 2
     assert {r.decision for r in decisions(state).values()} == {Decision.WAITING}
     state = apply(state, composed(0))
     assert state.status is Status.DELIVERED
@@ -124,7 +140,9 @@ def test_events_before_their_origin_wait_then_apply() -> None:
 
 
 def test_an_open_for_bcc_dropbox_mail_is_a_violation_and_the_status_stays_sent() -> None:
-    origin = EmailCaptured(**_env(0), source=Source.BCC_DROPBOX, from_addr="rep@crm.example", to=("ann@example.org",))  # type: ignore[arg-type]
+    origin = EmailCaptured(
+        **_env(0), source=Source.BCC_DROPBOX, from_addr="rep@crm.example", to=("ann@example.org",)
+    )
     state = fold([opened(2), origin, sent(1)], EMAIL)
     assert state.status is Status.SENT
     assert [(v.event_id, v.reason) for v in state.violations] == [
@@ -137,7 +155,8 @@ def test_an_open_for_bcc_dropbox_mail_is_a_violation_and_the_status_stays_sent()
 def test_multi_recipient_mail_never_reaches_opened() -> None:
     state = fold([composed(0, to=("a@x.org", "b@x.org")), sent(1), opened(2)], EMAIL)
     assert state.status is Status.SENT
-    assert state.opens_human == 0 and len(state.violations) == 1
+    assert state.opens_human == 0
+    assert len(state.violations) == 1
 
 
 def test_integrated_mailbox_mail_cannot_be_delivered_deferred_or_complained_about() -> None:
@@ -146,8 +165,8 @@ def test_integrated_mailbox_mail_cannot_be_delivered_deferred_or_complained_abou
             composed(0, transport=Transport.INTEGRATED_MAILBOX),
             sent(1),
             delivered(2),
-            EmailDeferred(**_env(3), recipient="ann@example.org"),  # type: ignore[arg-type]
-            EmailComplained(**_env(4), recipient="ann@example.org"),  # type: ignore[arg-type]
+            EmailDeferred(**_env(3), recipient="ann@example.org"),
+            EmailComplained(**_env(4), recipient="ann@example.org"),
         ],
         EMAIL,
     )
@@ -160,14 +179,14 @@ def test_integrated_mailbox_mail_cannot_be_delivered_deferred_or_complained_abou
 
 
 def test_received_mail_cannot_be_rejected() -> None:
-    origin = EmailReceived(**_env(0), source=Source.IMAP, from_addr="ann@example.org")  # type: ignore[arg-type]
-    state = fold([origin, EmailRejected(**_env(1), reason="daily_limit_reached")], EMAIL)  # type: ignore[arg-type]
+    origin = EmailReceived(**_env(0), source=Source.IMAP, from_addr="ann@example.org")
+    state = fold([origin, EmailRejected(**_env(1), reason="daily_limit_reached")], EMAIL)
     assert state.status is Status.RECEIVED
     assert [v.reason for v in state.violations] == [ViolationReason.NOT_REJECTABLE]
 
 
 def test_an_event_from_another_org_is_a_violation() -> None:
-    other = EmailOpened(**_env(2, org="evil"), recipient="ann@example.org")  # type: ignore[arg-type]
+    other = EmailOpened(**_env(2, org="evil"), recipient="ann@example.org")
     state = fold([composed(0), sent(1), other], EMAIL)
     assert state.status is Status.SENT
     assert [v.reason for v in state.violations] == [ViolationReason.ORG_MISMATCH]
@@ -183,8 +202,9 @@ def test_a_second_origin_is_a_violation_whichever_arrives_first() -> None:
 
 
 def test_deletion_keeps_the_status_and_marks_the_time() -> None:
-    state = fold([composed(0), sent(1), EmailDeleted(**_env(5, 50))], EMAIL)  # type: ignore[arg-type]
-    assert state.status is Status.SENT and state.deleted_at == T0 + timedelta(minutes=50)
+    state = fold([composed(0), sent(1), EmailDeleted(**_env(5, 50))], EMAIL)
+    assert state.status is Status.SENT
+    assert state.deleted_at == T0 + timedelta(minutes=50)
 
 
 def test_state_round_trips_through_its_storage_encoding() -> None:
@@ -205,10 +225,14 @@ def origins(draw: st.DrawFn, n: int) -> AnyEvent:
     kind = draw(st.sampled_from(["composed", "captured", "received"]))
     env = _env(n, draw(st.integers(0, 5)))
     if kind == "composed":
-        return EmailComposed(**env, source=source, transport=transport, from_addr="rep@crm.example", to=to)  # type: ignore[arg-type]
+        return EmailComposed(
+            **env, source=source, transport=transport, from_addr="rep@crm.example", to=to
+        )
     if kind == "captured":
-        return EmailCaptured(**env, source=source, transport=transport, from_addr="rep@crm.example", to=to)  # type: ignore[arg-type]
-    return EmailReceived(**env, source=source, from_addr="ann@example.org", to=to)  # type: ignore[arg-type]
+        return EmailCaptured(
+            **env, source=source, transport=transport, from_addr="rep@crm.example", to=to
+        )
+    return EmailReceived(**env, source=source, from_addr="ann@example.org", to=to)
 
 
 @st.composite
@@ -220,15 +244,20 @@ def facts(draw: st.DrawFn, n: int) -> AnyEvent:
     rcpt = draw(st.sampled_from(ADDRS))
     kind = draw(st.integers(0, 8))
     events: list[AnyEvent] = [
-        EmailSent(**env, recipients=(rcpt,)),  # type: ignore[arg-type]
-        EmailDelivered(**env, recipient=rcpt),  # type: ignore[arg-type]
-        EmailBounced(**env, recipient=rcpt, kind=draw(st.sampled_from(list(BounceKind))), reason="userunknown"),  # type: ignore[arg-type]
-        EmailOpened(**env, recipient=rcpt, verdict=verdict),  # type: ignore[arg-type]
-        EmailClicked(**env, recipient=rcpt, url="https://x.example/", verdict=verdict),  # type: ignore[arg-type]
-        EmailRejected(**env, reason="daily_limit_reached"),  # type: ignore[arg-type]
-        EmailDeferred(**env, recipient=rcpt, reply_code=451),  # type: ignore[arg-type]
-        EmailComplained(**env, recipient=rcpt),  # type: ignore[arg-type]
-        EmailDeleted(**env),  # type: ignore[arg-type]
+        EmailSent(**env, recipients=(rcpt,)),
+        EmailDelivered(**env, recipient=rcpt),
+        EmailBounced(
+            **env,
+            recipient=rcpt,
+            kind=draw(st.sampled_from(list(BounceKind))),
+            reason="userunknown",
+        ),
+        EmailOpened(**env, recipient=rcpt, verdict=verdict),
+        EmailClicked(**env, recipient=rcpt, url="https://x.example/", verdict=verdict),
+        EmailRejected(**env, reason="daily_limit_reached"),
+        EmailDeferred(**env, recipient=rcpt, reply_code=451),
+        EmailComplained(**env, recipient=rcpt),
+        EmailDeleted(**env),
     ]
     return events[kind]
 
@@ -288,7 +317,9 @@ def _forbidden(origin: AnyEvent, event: AnyEvent) -> bool:
 
 @settings(max_examples=300, deadline=None)
 @given(history=histories(), data=st.data())
-def test_every_permutation_folds_to_the_same_state(history: list[AnyEvent], data: st.DataObject) -> None:
+def test_every_permutation_folds_to_the_same_state(
+    history: list[AnyEvent], data: st.DataObject
+) -> None:
     shuffled = data.draw(st.permutations(history))
     assert fold(shuffled, EMAIL) == fold(history, EMAIL)
 
@@ -321,7 +352,11 @@ def test_violations_are_exactly_the_forbidden_events(history: list[AnyEvent]) ->
     state = fold(history, EMAIL)
     distinct = {e.event_id: e for e in history}
     origins_ = sorted(
-        (e for e in distinct.values() if isinstance(e, EmailComposed | EmailCaptured | EmailReceived)),
+        (
+            e
+            for e in distinct.values()
+            if isinstance(e, EmailComposed | EmailCaptured | EmailReceived)
+        ),
         key=lambda e: e.event_id,
     )
     if not origins_:

@@ -1,0 +1,1 @@
+"""I/O of the projector: PostgreSQL (asyncpg) and NATS JetStream."""

@@ -1,0 +1,393 @@
+"""The projector's operator commands: `mailfold migrate | replay | audit | export`.
+
+The root CLI parses the arguments and calls these with its argparse.Namespace; each returns an
+exit code. NATS and PostgreSQL are found in MAILFOLD_NATS_URL / MAILFOLD_DATABASE_URL, else in the
+runtime file a running `mailfold dev` wrote, else at the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import asyncpg
+from nats.aio.client import Client
+
+from mailfold.events import STREAM, EmailComposed
+from mailfold.events.fold import decode_state
+from mailfold.projector.adapters import jetstream, postgres
+from mailfold.projector.adapters.migrations import create_schema_copy, drop_schema, migrate
+from mailfold.projector.adapters.queries import ProjectionQueries, table_rows
+from mailfold.projector.bootstrap import tune_gc
+from mailfold.projector.domain.verify import Difference
+from mailfold.projector.entrypoints.consumer import FILTER_SUBJECT
+from mailfold.projector.entrypoints.render import render_audit
+from mailfold.projector.service_layer import views
+from mailfold.projector.service_layer.ports import DuplicateEventIds
+from mailfold.projector.service_layer.replay import REPLAY_BATCH, ReplayReport, rebuild
+from mailfold.projector.service_layer.verify import TableSpec, compare
+from mailfold.runtime import bus
+from mailfold.runtime.content import get_content
+from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL
+
+LIVE_SCHEMA: Final = "public"
+LIVE_CONSUMER: Final = "projector"
+REPLAY_CONSUMER: Final = "replay"
+
+
+# --- where things are ----------------------------------------------------------------------------
+
+
+def _runtime() -> dict[str, Any]:
+    path = Path(os.environ.get("MAILFOLD_DATA_DIR", ".data")) / "runtime.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def nats_url() -> str:
+    """MAILFOLD_NATS_URL, else the dev stack's, else the default."""
+    return os.environ.get("MAILFOLD_NATS_URL") or _runtime().get("nats_url") or DEFAULT_NATS_URL
+
+
+def database_url() -> str:
+    """MAILFOLD_DATABASE_URL, else the dev stack's, else the default."""
+    return (
+        os.environ.get("MAILFOLD_DATABASE_URL")
+        or _runtime().get("database_url")
+        or DEFAULT_DATABASE_URL
+    )
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+# --- migrate -------------------------------------------------------------------------------------
+
+
+async def _migrate(dsn: str) -> list[str]:
+    conn = await postgres.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    """Apply the projection's migrations (idempotent)."""
+    try:
+        applied = asyncio.run(_migrate(database_url()))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"cannot migrate: {exc}")
+    if applied:
+        for name in applied:
+            print(f"applied {name}")
+    else:
+        print("the database is up to date")
+    return 0
+
+
+# --- replay and verify ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """A replay's report, and with --verify, every difference found."""
+
+    report: ReplayReport
+    schema: str
+    differences: list[Difference] | None
+
+
+def scratch_name() -> str:
+    """A fresh scratch schema name: `replay_<UTC time>_<random>`."""
+    return f"replay_{datetime.now(UTC):%Y%m%d%H%M%S}_{secrets.token_hex(3)}"
+
+
+async def replay(
+    nc: Client,
+    dsn: str,
+    *,
+    from_seq: int = 1,
+    to_seq: int | None = None,
+    verify: bool = False,
+    batch: int = REPLAY_BATCH,
+) -> ReplayOutcome:
+    """Rebuild into a scratch schema (dropped afterwards); with `verify`, compare with live.
+
+    Verify holds one repeatable-read snapshot of the live projection open: the rebuild stops at
+    the position of that snapshot, and the live rows compared are the snapshot's.
+    """
+    schema = scratch_name()
+    pool = await postgres.create_pool(dsn, max_size=3)
+    live = await postgres.connect(dsn)
+    writer_conn = await postgres.connect(dsn)
+
+    async def rebuild_into(look_up_ids: bool) -> ReplayReport:
+        await create_schema_copy(writer_conn, schema)
+        writer = postgres.PgBatchWriter(
+            writer_conn, schema=schema, consumer=REPLAY_CONSUMER, stream=STREAM
+        )
+        await writer.prepare(start=from_seq - 1)
+        source = jetstream.ReplaySource(
+            nc,
+            stream=STREAM,
+            filter_subject=FILTER_SUBJECT,
+            from_seq=from_seq,
+            to_seq=to_seq if to_seq is not None else 2**63 - 1,
+            batch=batch,
+        )
+        async with source:
+            return await rebuild(
+                source,
+                postgres.PgStateReader(pool, schema),
+                writer,
+                start_seq=from_seq - 1,
+                look_up_ids=look_up_ids,
+            )
+
+    try:
+        if verify:
+            await live.transaction(isolation="repeatable_read", readonly=True).start()
+            position = await live.fetchval(
+                "SELECT last_seq FROM consumer_positions WHERE consumer = $1", LIVE_CONSUMER
+            )
+            to_seq = int(position or 0)
+        try:
+            report = await rebuild_into(look_up_ids=False)
+        except DuplicateEventIds:
+            await drop_schema(writer_conn, schema)
+            report = await rebuild_into(look_up_ids=True)
+        differences = None
+        if verify:
+            async with pool.acquire() as scratch, scratch.transaction():
+
+                def live_rows(spec: TableSpec) -> AsyncIterator[Any]:
+                    return table_rows(live, LIVE_SCHEMA, spec.name, spec.key, spec.columns)
+
+                def rebuilt_rows(spec: TableSpec) -> AsyncIterator[Any]:
+                    return table_rows(scratch, schema, spec.name, spec.key, spec.columns)
+
+                differences = await compare(live_rows, rebuilt_rows)
+        return ReplayOutcome(report=report, schema=schema, differences=differences)
+    finally:
+        await live.close()  # ends the snapshot with it
+        try:
+            await drop_schema(writer_conn, schema)
+        finally:
+            await writer_conn.close()
+            await pool.close()
+
+
+async def _replay_main(args: argparse.Namespace, out: TextIO) -> int:
+    if args.verify and args.from_seq != 1:
+        print("error: --verify compares a full rebuild: use --from-seq 1", file=sys.stderr)
+        return 2
+    nc = await bus.connect(nats_url(), "mailfold-replay", reconnect=False)
+    try:
+        outcome = await replay(
+            nc, database_url(), from_seq=args.from_seq, to_seq=args.to_seq, verify=args.verify
+        )
+    finally:
+        await bus.close(nc)
+    report = outcome.report
+    rate = report.messages / report.seconds if report.seconds else 0.0
+    print(
+        f"replayed {report.messages} messages up to sequence {report.last_seq} into "
+        f"{outcome.schema} in {report.seconds:.2f}s ({rate:,.0f}/s): {report.events} events, "
+        f"{report.poison} unusable",
+        file=out,
+    )
+    if outcome.differences is None:
+        return 0
+    if not outcome.differences:
+        print("verify: the live projection equals the rebuild", file=out)
+        return 0
+    print(f"verify: {len(outcome.differences)} differences", file=out)
+    for difference in outcome.differences:
+        print(f"  {difference.describe()}", file=out)
+    return 1
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    """Rebuild the projection from the stream; `--verify` compares it with the live one."""
+    tune_gc()
+    try:
+        return asyncio.run(_replay_main(args, sys.stdout))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"replay failed: {exc}")
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+async def _audit(dsn: str, email_id: str, out: TextIO) -> int:
+    pool = await postgres.create_pool(dsn, max_size=2)
+    try:
+        queries = ProjectionQueries(pool)
+        row = await queries.email(email_id)
+        if row is None:
+            return _fail(f"no email {email_id} in the projection")
+        detail = views.email_detail(row, await queries.links(email_id))
+        history = [views.history_entry(h) for h in await queries.history(email_id)]
+    finally:
+        await pool.close()
+    out.write(render_audit(detail, history))
+    return 0
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    """An email's history and state, for a person."""
+    try:
+        return asyncio.run(_audit(database_url(), args.email_id, sys.stdout))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"audit failed: {exc}")
+
+
+# --- export --------------------------------------------------------------------------------------
+
+EXPORT_COLUMNS: Final = (
+    "email_id",
+    "subject",
+    "direction",
+    "source",
+    "status",
+    "from",
+    "to",
+    "cc",
+    "composed_at",
+    "sent_at",
+    "delivered_at",
+    "bounced_at",
+    "opened_at",
+    "clicked_at",
+    "received_at",
+    "rejected_at",
+    "deleted_at",
+    "opens_human",
+    "opens_machine",
+    "clicks_human",
+    "clicks_machine",
+    "bounce_kind",
+    "bounce_reason",
+    "violations",
+    "records",
+    "attachments",
+)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return ";".join(str(v) for v in value)
+    return str(value)
+
+
+def attachment_name(name: str, taken: set[str]) -> str:
+    """A safe file name for an attachment (no folders, no dot-files), unique within its email."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".") or "attachment"
+    base = "".join(c if c.isprintable() else "_" for c in base)[:200]
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        stem, dot, ext = base.rpartition(".")
+        candidate = f"{stem}-{n}.{ext}" if dot and stem else f"{base}-{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _export_row(row: Any, attachments: Sequence[str]) -> list[str]:
+    values = {
+        "from": row["from_addr"],
+        "to": row["to_addrs"],
+        "cc": row["cc_addrs"],
+        "source": row["source_display"],
+        "violations": row["violation_count"],
+        "records": row["records"],
+        "attachments": list(attachments),
+    }
+    return [_cell(values[c] if c in values else row[c]) for c in EXPORT_COLUMNS]
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+async def export(nc: Client, dsn: str, org_id: str, out: Path) -> tuple[int, int, list[str]]:
+    """Write the org's emails to `out/emails.csv` and their attachments beside it.
+
+    Returns (emails, attachments written, problems): an attachment missing from the object store
+    is a problem reported, not a reason to stop.
+    """
+    store = await bus.objects(nc.jetstream())
+    pool = await postgres.create_pool(dsn, max_size=2)
+    emails = files = 0
+    problems: list[str] = []
+    try:
+        queries = ProjectionQueries(pool)
+        with (out / "emails.csv").open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(EXPORT_COLUMNS)
+            async for row in queries.org_emails(org_id):
+                emails += 1
+                origin = decode_state(row["state"]).origin
+                names: list[str] = []
+                if isinstance(origin, EmailComposed) and origin.attachments:
+                    folder = out / "attachments" / row["email_id"]
+                    taken: set[str] = set()
+                    for attachment in origin.attachments:
+                        name = attachment_name(attachment.name, taken)
+                        try:
+                            data = await get_content(store, attachment.sha256)
+                        except Exception as exc:  # missing or corrupt: say so, keep going
+                            problems.append(
+                                f"{row['email_id']}: attachment {attachment.name!r} "
+                                f"({attachment.sha256}): {exc or type(exc).__name__}"
+                            )
+                            continue
+                        _write_file(folder / name, data)
+                        names.append(f"attachments/{row['email_id']}/{name}")
+                        files += 1
+                writer.writerow(_export_row(row, names))
+    finally:
+        await pool.close()
+    return emails, files, problems
+
+
+async def _export_main(args: argparse.Namespace) -> int:
+    nc = await bus.connect(nats_url(), "mailfold-export", reconnect=False)
+    try:
+        emails, files, problems = await export(nc, database_url(), args.org, Path(args.out))
+    finally:
+        await bus.close(nc)
+    print(f"exported {emails} emails and {files} attachments to {args.out}")
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """All emails of an org to emails.csv, attachments beside it."""
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        return asyncio.run(_export_main(args))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"export failed: {exc}")

@@ -1,0 +1,67 @@
+"""What a message from the stream is: an event on its right subject, or poison for the DLQ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from mailfold.events import AnyEvent, decode, event_subject
+
+RawMessage = tuple[int, str, bytes]  # (stream sequence, subject, data) as delivered
+
+_NUL_ESCAPE: Final = b"\\u0000"
+_ANY_JSON: Final = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid event, with where it sits in the stream and its wire form (kept for audit)."""
+
+    seq: int
+    subject: str
+    payload: str
+    event: AnyEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A message the projector cannot use: it goes to the dead-letter stream with the error."""
+
+    seq: int
+    subject: str
+    data: bytes
+    error: str
+
+
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
+def classify(seq: int, subject: str, data: bytes) -> Accepted | Poison:
+    """Decode and check one message; never raises."""
+    try:
+        event = decode(data)
+    except msgspec.ValidationError as exc:
+        return Poison(seq, subject, data, f"invalid event: {exc}")
+    except msgspec.DecodeError as exc:
+        return Poison(seq, subject, data, f"undecodable: {exc}")
+    expected = event_subject(event)
+    if subject != expected:
+        return Poison(
+            seq,
+            subject,
+            data,
+            f"subject mismatch: {event.event_type} of org {event.org_id} belongs on {expected}",
+        )
+    # PostgreSQL text and jsonb cannot hold NUL; such an event would fail every batch it is in.
+    if _NUL_ESCAPE in data and _holds_nul(_ANY_JSON.decode(data)):
+        return Poison(seq, subject, data, "invalid event: a string holds a NUL character")
+    return Accepted(seq, subject, data.decode(), event)

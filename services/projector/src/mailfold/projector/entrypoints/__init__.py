@@ -1,0 +1,1 @@
+"""Ways in: the stream consumer and the HTTP query API."""

@@ -1,0 +1,181 @@
+"""The stream consumer: one leader folds MAIL_EVENTS into PostgreSQL; any error re-seats it.
+
+Leadership is the projection's writer lock in PostgreSQL. The leader reads its committed position,
+re-seats the durable consumer just after it, and runs the pipeline; every batch is acknowledged
+only after its transaction committed. On any error the pipeline and its cache are discarded and
+the loop starts again from the committed position: what was folded but not committed comes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from functools import partial
+
+import asyncpg
+import structlog
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from mailfold.events import STREAM
+from mailfold.projector import metrics
+from mailfold.projector.adapters import jetstream, postgres
+from mailfold.projector.service_layer.pipeline import Pipeline
+from mailfold.projector.service_layer.ports import DuplicateEventIds
+from mailfold.projector.service_layer.projection import Projection
+
+log = structlog.get_logger("mailfold.projector.consumer")
+
+FILTER_SUBJECT = "mail.events.>"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSettings:
+    """How the consumer batches and caches."""
+
+    name: str = "projector"
+    max_batch: int = 2000
+    idle_wait: float = 1.0
+    linger: float = 0.005
+    cache_size: int = 10_000
+    lock_poll: float = 1.0
+
+
+class ConsumerRunner:
+    """Runs the consumer until stopped, as leader or as standby."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        database_url: str,
+        settings: ConsumerSettings,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._pool = pool
+        self._dsn = database_url
+        self._settings = settings
+        self._stop = asyncio.Event()
+        self._look_up_until = 0
+        self._source: jetstream.PullSource | None = None
+        self.leader = False
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stop.set()
+        if self._source is not None:
+            self._source.interrupt()
+
+    async def run(self) -> None:
+        """Consume until stopped; errors are logged and followed by a fresh start."""
+        backoff = 0.2
+        while not self._stop.is_set():
+            try:
+                await self._lead()
+                backoff = 0.2
+            except DuplicateEventIds as exc:
+                # Not an outage: fold again at once, looking ids up up to the batch that raised.
+                self._look_up_until = max(self._look_up_until, exc.until_seq)
+                log.warning(
+                    "an event id is stored under another email; folding again with ids looked up",
+                    until_seq=exc.until_seq,
+                    error=str(exc),
+                )
+            except Exception:
+                metrics.RESETS.inc()
+                log.exception("consumer failed; restarting from the committed position")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self.leader = False
+                metrics.LEADER.set(0)
+
+    async def _lead(self) -> None:
+        conn = await postgres.connect(self._dsn)
+        try:
+            writer = postgres.PgBatchWriter(
+                conn, schema="public", consumer=self._settings.name, stream=STREAM
+            )
+            while not await writer.try_lock():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=self._settings.lock_poll)
+                if self._stop.is_set():
+                    return
+            self.leader = True
+            metrics.LEADER.set(1)
+            await self._consume(writer)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)
+
+    async def _consume(self, writer: postgres.PgBatchWriter) -> None:
+        settings = self._settings
+        position = await writer.prepare()
+        last = await jetstream.stream_last_seq(self._js, STREAM)
+        if last < position:
+            log.error(
+                "the stream ends before the committed position; was it recreated?",
+                stream_last_seq=last,
+                position=position,
+            )
+        reader = postgres.PgStateReader(self._pool)
+        projection = Projection(
+            reader,
+            position=position,
+            capacity=settings.cache_size,
+            store_empty=await reader.is_empty(),
+            look_up_ids_until=self._look_up_until,
+        )
+        await jetstream.seat_consumer(
+            self._js,
+            stream=STREAM,
+            name=settings.name,
+            filter_subject=FILTER_SUBJECT,
+            start_seq=position + 1,
+            max_ack_pending=max(10_000, 8 * settings.max_batch),
+        )
+        metrics.POSITION.set(position)
+        log.info("consuming", position=position, consumer=settings.name)
+        source = jetstream.PullSource(
+            self._nc,
+            stream=STREAM,
+            consumer=settings.name,
+            max_batch=settings.max_batch,
+            idle_wait=settings.idle_wait,
+            linger=settings.linger,
+        )
+        dead_letters = jetstream.JetStreamDeadLetters(
+            self._js, consumer=settings.name, stream=STREAM
+        )
+        pipeline = Pipeline(projection, writer, dead_letters=dead_letters)
+        await source.start()
+        self._source = source
+        try:
+            while not self._stop.is_set():
+                messages = await source.fetch()
+                if source.conflict is not None:
+                    raise RuntimeError(f"pull request refused: {source.conflict}")
+                if not messages:
+                    await pipeline.drain()
+                    continue
+                batch = [(jetstream.stream_seq(m.reply), m.subject, m.data) for m in messages]
+                await pipeline.submit(batch, partial(jetstream.ack_all, self._nc, messages[-1]))
+            await pipeline.drain()
+        finally:
+            self._source = None
+            await pipeline.close()
+            await source.stop()
+
+
+async def report_lag(js: JetStreamContext, name: str, interval: float) -> None:
+    """Keep the consumer-lag gauge current (runs until cancelled)."""
+    while True:
+        try:
+            metrics.CONSUMER_LAG.set(await jetstream.consumer_lag(js, STREAM, name))
+        except Exception as exc:  # no consumer yet, or NATS away: try again next time
+            log.debug("consumer lag unavailable", error=str(exc))
+        await asyncio.sleep(interval)

@@ -1,0 +1,180 @@
+"""The query API: a record's Emails related list, and an email with its full history."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+from nats.js.kv import KeyValue
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from mailfold.projector.adapters.queries import ProjectionQueries
+from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
+from mailfold.projector.service_layer import views
+from mailfold.runtime.directory import load_record
+from mailfold.runtime.ops import HealthCheck, ops_routes
+from mailfold.runtime.orgs import TokenVerifier, bearer, valid_org_id
+
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 200
+FILTERS: Final = ("all", "crm")
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A JSON response encoded by msgspec (datetimes as RFC 3339)."""
+    return Response(_ENCODER.encode(body), status_code=status, media_type="application/json")
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An RFC 9457 problem document."""
+    body = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "errors": errors or [],
+    }
+    return Response(
+        _ENCODER.encode(body),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
+
+
+def not_found(what: str) -> Response:
+    """404, also for ids of another org, so that ids do not leak."""
+    return problem(404, "Not Found", f"no such {what}")
+
+
+def _token_orgs(token: str) -> list[str]:
+    """The orgs a token could belong to (tokens read `mf_<org>_<random>`; both may hold '_')."""
+    if not token.startswith("mf_"):
+        return []
+    rest = token[3:]
+    return [rest[:i] for i, c in enumerate(rest) if c == "_" and valid_org_id(rest[:i])]
+
+
+class Api:
+    """Route handlers over the projection's queries."""
+
+    def __init__(
+        self, queries: ProjectionQueries, verifier: TokenVerifier, directory: KeyValue | None
+    ) -> None:
+        self._queries = queries
+        self._verifier = verifier
+        self._directory = directory
+
+    async def _authorize(self, request: Request, org_id: str) -> Response | None:
+        token = bearer(request.headers.get("authorization"))
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if token is None:
+            return problem(401, "Unauthorized", "a bearer token is required", headers=challenge)
+        if await self._verifier.verify(org_id, token):
+            return None
+        for other in _token_orgs(token):
+            if other != org_id and await self._verifier.verify(other, token):
+                return not_found("org")
+        return problem(401, "Unauthorized", "the bearer token is not valid", headers=challenge)
+
+    async def record_emails(self, request: Request) -> Response:
+        org_id = request.path_params["org"]
+        record_id = request.path_params["record_id"]
+        refused = await self._authorize(request, org_id)
+        if refused is not None:
+            return refused
+        params = request.query_params
+        errors: list[dict[str, str]] = []
+        filter_ = params.get("filter", "all")
+        if filter_ not in FILTERS:
+            errors.append({"field": "filter", "message": "must be one of: all, crm"})
+        limit = DEFAULT_LIMIT
+        raw_limit = params.get("limit")
+        if raw_limit is not None:
+            try:
+                limit = int(raw_limit)
+            except ValueError:
+                limit = 0
+            if not 1 <= limit <= MAX_LIMIT:
+                errors.append(
+                    {"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}
+                )
+        after = None
+        raw_cursor = params.get("cursor")
+        if raw_cursor is not None:
+            try:
+                after = decode_cursor(raw_cursor)
+            except InvalidCursor as exc:
+                errors.append({"field": "cursor", "message": str(exc)})
+        if errors:
+            fields = ", ".join(e["field"] for e in errors)
+            return problem(422, "Unprocessable Content", f"invalid query: {fields}", errors)
+        rows = await self._queries.record_emails(
+            org_id, record_id, crm_only=filter_ == "crm", after=after, limit=limit + 1
+        )
+        if not rows and after is None and not await self._record_exists(org_id, record_id):
+            return not_found("record")
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            last = page[-1]
+            next_cursor = encode_cursor(last["email_at"], last["email_id"])
+        return json_response(
+            {
+                "org_id": org_id,
+                "record_id": record_id,
+                "filter": filter_,
+                "items": [views.list_item(r) for r in page],
+                "next_cursor": next_cursor,
+            }
+        )
+
+    async def _record_exists(self, org_id: str, record_id: str) -> bool:
+        if await self._queries.record_known(org_id, record_id):
+            return True
+        if self._directory is None:
+            return False
+        try:
+            return await load_record(self._directory, org_id, record_id) is not None
+        except Exception:  # a record id the directory cannot key is not a record
+            return False
+
+    async def email(self, request: Request) -> Response:
+        org_id = request.path_params["org"]
+        email_id = request.path_params["email_id"]
+        refused = await self._authorize(request, org_id)
+        if refused is not None:
+            return refused
+        row = await self._queries.email(email_id, org_id)
+        if row is None:
+            return not_found("email")
+        links = await self._queries.links(email_id)
+        history = await self._queries.history(email_id, org_id)
+        return json_response(
+            {
+                "email": views.email_detail(row, links),
+                "history": [views.history_entry(h) for h in history],
+            }
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        """The API's routes."""
+        return [
+            Route("/v1/orgs/{org}/records/{record_id}/emails", self.record_emails),
+            Route("/v1/orgs/{org}/emails/{email_id}", self.email),
+        ]
+
+
+def build_app(api: Api, health: HealthCheck) -> Starlette:
+    """The query API with /healthz and /metrics on the same port."""
+    return Starlette(routes=[*api.routes(), *ops_routes(health)])

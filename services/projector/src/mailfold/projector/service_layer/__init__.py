@@ -1,0 +1,1 @@
+"""Orchestration: batches through the fold into one transaction; replay, verify, audit, export."""

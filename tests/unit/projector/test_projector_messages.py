@@ -1,0 +1,80 @@
+"""What the projector does with each message: an event on its own subject, or poison."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+import pytest
+
+from mailfold.events import encode
+from mailfold.projector.adapters.jetstream import delivery, stream_seq
+from mailfold.projector.domain.messages import Accepted, Poison, classify
+
+if TYPE_CHECKING:
+    from tests.unit.projector.conftest import Events
+
+
+def test_an_event_on_its_own_subject_is_accepted_with_its_wire_form(events: Events) -> None:
+    event = events.composed("e1")
+    item = classify(7, "mail.events.acme.email_composed", encode(event))
+
+    assert isinstance(item, Accepted)
+    assert item.event == event
+    assert item.seq == 7
+    assert msgspec.json.decode(item.payload) == msgspec.json.decode(encode(event))
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"\x00\xffnot json", "undecodable: "),
+        (b'{"type": "email_sent"}', "invalid event: "),
+        (b'{"type": "email_teleported", "event_id": "x"}', "invalid event: "),
+        (b"[1, 2, 3]", "invalid event: "),
+    ],
+)
+def test_garbage_invalid_events_and_unknown_types_are_poison(data: bytes, error: str) -> None:
+    item = classify(3, "mail.events.acme.email_sent", data)
+
+    assert isinstance(item, Poison)
+    assert item.error.startswith(error)
+    assert item.data == data
+    assert item.seq == 3
+
+
+def test_an_event_on_another_type_or_org_subject_is_poison(events: Events) -> None:
+    data = encode(events.sent("e1"))
+
+    wrong_type = classify(1, "mail.events.acme.email_opened", data)
+    wrong_org = classify(2, "mail.events.other.email_sent", data)
+
+    assert isinstance(wrong_type, Poison)
+    assert wrong_type.error == (
+        "subject mismatch: email_sent of org acme belongs on mail.events.acme.email_sent"
+    )
+    assert isinstance(wrong_org, Poison)
+    assert wrong_org.error.startswith("subject mismatch")
+
+
+def test_a_nul_character_postgresql_cannot_store_is_poison_but_an_escaped_backslash_is_not(
+    events: Events,
+) -> None:
+    with_nul = msgspec.structs.replace(events.composed("e1"), subject="a\x00b")
+    backslash = msgspec.structs.replace(events.composed("e2"), subject="C:\\u0000")
+
+    refused = classify(1, "mail.events.acme.email_composed", encode(with_nul))
+    kept = classify(2, "mail.events.acme.email_composed", encode(backslash))
+
+    assert isinstance(refused, Poison)
+    assert "NUL" in refused.error
+    assert isinstance(kept, Accepted)
+
+
+def test_the_stream_position_is_read_from_both_ack_subject_formats() -> None:
+    assert stream_seq("$JS.ACK.MAIL_EVENTS.projector.1.42.40.1700000000000000000.7") == 42
+    assert delivery("$JS.ACK.MAIL_EVENTS.projector.1.42.40.1700000000000000000.7") == (42, 7)
+    v2 = "$JS.ACK.hub.ACCHASH.MAIL_EVENTS.projector.2.43.41.1700000000000000000.0.tok"
+    assert delivery(v2) == (43, 0)
+    with pytest.raises(ValueError, match="not a JetStream ack subject"):
+        stream_seq("_INBOX.abc")
