@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
+import operator
 from datetime import datetime
 from typing import Final
 
@@ -42,7 +44,7 @@ from mailfold.events.model import (
     Transport,
     Verdict,
 )
-from mailfold.events.policy import can_be_rejected, policy_row, reports_delivery
+from mailfold.events.policy import PolicyRow, can_be_rejected, policy_row
 
 Fact = (
     EmailRejected
@@ -86,7 +88,7 @@ class ViolationReason(enum.StrEnum):
     DUPLICATE_ORIGIN = "duplicate_origin"
 
 
-class Ruling(msgspec.Struct, frozen=True, kw_only=True):
+class Ruling(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The decision on one event, with the reason and a sentence for people when it is a violation."""
 
     decision: Decision
@@ -94,7 +96,7 @@ class Ruling(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
 
 
-class Violation(msgspec.Struct, frozen=True, kw_only=True):
+class Violation(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """An event that claimed what its email cannot be; kept for audit, never changes the status."""
 
     event_id: str
@@ -103,7 +105,7 @@ class Violation(msgspec.Struct, frozen=True, kw_only=True):
     detail: str
 
 
-class BounceInfo(msgspec.Struct, frozen=True, kw_only=True):
+class BounceInfo(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Details of the earliest applied bounce."""
 
     event_id: str
@@ -116,7 +118,7 @@ class BounceInfo(msgspec.Struct, frozen=True, kw_only=True):
     reporting_mta: str | None = None
 
 
-class Rejection(msgspec.Struct, frozen=True, kw_only=True):
+class Rejection(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Details of the earliest applied rejection."""
 
     event_id: str
@@ -125,7 +127,7 @@ class Rejection(msgspec.Struct, frozen=True, kw_only=True):
     recipient: str | None = None
 
 
-class EmailState(msgspec.Struct, frozen=True, kw_only=True):
+class EmailState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One email as the events say it is. Everything below `seen` is derived from the events."""
 
     email_id: str
@@ -186,12 +188,13 @@ def empty(email_id: str) -> EmailState:
     return EmailState(email_id=email_id)
 
 
-def _recipient_count(origin: Origin) -> int:
-    return len(origin.recipients)
+@functools.lru_cache(maxsize=1024)
+def _row(source: Source, transport: Transport, recipients: int) -> PolicyRow:
+    return policy_row(source, transport, recipients)
 
 
-def _transport(origin: Origin) -> Transport:
-    return origin.transport
+APPLIED: Final = Ruling(decision=Decision.APPLIED)
+WAITING: Final = Ruling(decision=Decision.WAITING)
 
 
 def decide(origin: Origin, event: AnyEvent) -> Ruling:
@@ -202,34 +205,36 @@ def decide(origin: Origin, event: AnyEvent) -> Ruling:
             reason=ViolationReason.ORG_MISMATCH,
             detail=f"event of org {event.org_id!r} for an email of org {origin.org_id!r}",
         )
-    row = policy_row(origin.source, _transport(origin), _recipient_count(origin))
-    display = SOURCES[origin.source].display
-    if isinstance(event, EmailRejected):
+    row = _row(origin.source, origin.transport, len(origin.recipients))
+    kind = type(event)
+    if kind is EmailRejected:
         if can_be_rejected(origin.source):
-            return Ruling(decision=Decision.APPLIED)
+            return APPLIED
         return Ruling(
             decision=Decision.VIOLATION,
             reason=ViolationReason.NOT_REJECTABLE,
-            detail=f"{display} mail is not sent by the CRM, so it cannot be rejected before sending",
+            detail=f"{SOURCES[origin.source].display} mail is not sent by the CRM, "
+            "so it cannot be rejected before sending",
         )
-    if isinstance(event, EmailDeferred | EmailComplained):
-        if reports_delivery(origin.source, _transport(origin), _recipient_count(origin)):
-            return Ruling(decision=Decision.APPLIED)
+    if kind is EmailDeferred or kind is EmailComplained:
+        if Status.DELIVERED in row.reachable:
+            return APPLIED
         return Ruling(
             decision=Decision.VIOLATION,
             reason=ViolationReason.NOT_DELIVERED_BY_CRM,
             detail=f"{event.event_type} is only reported for mail the CRM's servers deliver "
             f"({row.description})",
         )
-    claimed = CLAIMED_STATUS.get(type(event))
+    claimed = CLAIMED_STATUS.get(kind)
     if claimed is not None and claimed not in row.reachable:
         reachable = "/".join(s.value for s in sorted(row.reachable, key=STATUS_RANK.__getitem__))
+        display = SOURCES[origin.source].display
         return Ruling(
             decision=Decision.VIOLATION,
             reason=ViolationReason.UNREACHABLE_STATUS,
             detail=f"{claimed} is not reachable for {display} mail ({row.description}: {reachable})",
         )
-    return Ruling(decision=Decision.APPLIED)
+    return APPLIED
 
 
 def _min(a: datetime | None, b: datetime) -> datetime:
@@ -381,6 +386,9 @@ def _duplicate_origin(winner: Origin, loser: Origin) -> Ruling:
     )
 
 
+_EVENT_ID: Final = operator.attrgetter("event_id")
+
+
 def apply(state: EmailState, event: AnyEvent) -> EmailState:
     """Fold one event into an email's state. Pure; order-independent; idempotent."""
     if event.email_id != state.email_id:
@@ -400,7 +408,7 @@ def apply(state: EmailState, event: AnyEvent) -> EmailState:
         state = msgspec.structs.replace(state, other_origins=ordered, seen=seen)
         return _merge(state, event, _duplicate_origin(current, event))
     facts = list(state.facts)
-    bisect.insort(facts, event, key=lambda f: f.event_id)
+    bisect.insort(facts, event, key=_EVENT_ID)
     state = msgspec.structs.replace(state, facts=tuple(facts), seen=seen)
     if state.origin is None:
         return msgspec.structs.replace(state, waiting=state.waiting + 1)
@@ -421,7 +429,7 @@ def decisions(state: EmailState) -> dict[str, Ruling]:
     origin = state.origin
     if origin is None:
         for fact in state.facts:
-            out[fact.event_id] = Ruling(decision=Decision.WAITING)
+            out[fact.event_id] = WAITING
         return out
     out[origin.event_id] = decide(origin, origin)
     for loser in state.other_origins:
