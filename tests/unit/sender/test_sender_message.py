@@ -8,6 +8,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,26 @@ def test_long_lines_are_encoded_and_line_breaks_cannot_inject_headers() -> None:
     assert msg["Subject"] == "Hi Bcc: victim@example.org"
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert _unix(msg.get_content()).rstrip("\n") == long_line
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "quarterly report " * 40 + ".pdf",
+        "0,,,," + "0" * 27 + "\xa0" * 70 + "¤įįİİİİİııııĲĲĲĲĲĲĲĳĳĳĳĳĳ̴̵̶̷̹ĺĺĺĺĺĺĻĻĻĻļļļļļļŅŅŅŅŇŇŇŇ",
+        "отчёт-" * 60 + ".xlsx",
+    ],
+)
+def test_a_long_attachment_name_is_split_into_continuations_that_parse_back(name: str) -> None:
+    data = b"%PDF-1.7 example"
+    ref = AttachmentRef(sha256="0" * 64, size=len(data), name=name, content_type="application/pdf")
+    raw = build(
+        _composed(attachments=(ref,)),
+        Body(html=None, text="see attached", attachments=((ref, data),)),
+        mail_domain="m.test",
+        date=WHEN,
+    )
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    (attachment,) = _parse(raw).iter_attachments()
+    assert attachment.get_filename() == name
+    assert attachment.get_content() == data

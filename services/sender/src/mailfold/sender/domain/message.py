@@ -100,13 +100,32 @@ def _address_list(addresses: Sequence[str], name: str) -> str:
     return out
 
 
+_PARAM_CHUNK = 60
+
+
 def _param(name: str, value: str) -> str:
-    """A MIME parameter: quoted when ASCII, RFC 2231 encoded otherwise."""
+    """A MIME parameter: quoted when short ASCII, else RFC 2231 encoded and, when long,
+    split into numbered continuations on folded lines (a header line must stay under 998)."""
     value = _one_line(value)
-    if value.isascii():
+    if value.isascii() and len(value) <= _PARAM_CHUNK:
         escaped = _QUOTE_SPECIALS.sub(_ESCAPE, value)
         return f'{name}="{escaped}"'
-    return f"{name}*=utf-8''{quote(value, safe='')}"
+    encoded = quote(value, safe="")
+    if len(encoded) <= _PARAM_CHUNK:
+        return f"{name}*=utf-8''{encoded}"
+    chunks: list[str] = []
+    start = 0
+    while start < len(encoded):
+        end = min(start + _PARAM_CHUNK, len(encoded))
+        # Never split a %XX escape between two continuations.
+        cut = encoded.rfind("%", max(start, end - 2), end)
+        if cut != -1 and end < len(encoded) and cut > start:
+            end = cut
+        chunks.append(encoded[start:end])
+        start = end
+    parts = [f"{name}*0*=utf-8''{chunks[0]}"]
+    parts += [f"{name}*{i}*={chunk}" for i, chunk in enumerate(chunks[1:], 1)]
+    return (";" + CRLF + " ").join(parts)
 
 
 def _lines(data: bytes) -> bytes:
