@@ -22,7 +22,7 @@ from mailfold.tracker.metrics import BACKLOG, EVENTS_DROPPED, EVENTS_PUBLISHED, 
 # Publish a batch; one outcome per event, in order: None when stored, else the error.
 PublishBatch = Callable[[list[Event]], Awaitable[list[BaseException | None]]]
 
-DEFAULT_BATCH: Final = 32
+DEFAULT_BATCH: Final = 512
 DEFAULT_LINGER_S: Final = 0.005
 DROP_LOG_INTERVAL_S: Final = 1.0
 
