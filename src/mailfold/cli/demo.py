@@ -7,11 +7,13 @@ import email.utils
 import json
 import os
 import smtplib
+import sys
 import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -194,7 +196,7 @@ def seed_demo(stack: DevStack) -> list[str]:
         _follow_tracking(stack)
     elif not token_file.exists():
         lines.append(f"demo org {DEMO_ORG!r} exists but {token_file} is gone; rotate with:")
-        lines.append(f"  uv run mailfold org create {DEMO_ORG} --rotate")
+        lines.append(f"  {Path(sys.executable).parent / 'mailfold'} org create {DEMO_ORG} --rotate")
         return lines
     emails_file = stack.data / "demo-emails.json"
     emails = json.loads(emails_file.read_text()) if emails_file.exists() else {}
@@ -211,5 +213,6 @@ def seed_demo(stack: DevStack) -> list[str]:
         lines.append(
             f'  curl -s -H "Authorization: Bearer $TOKEN" "{query}/emails/{emails["tracked"]}" | python3 -m json.tool'
         )
-        lines.append(f"  MAILFOLD_DATA_DIR={data} uv run mailfold audit {emails['bounce']}")
+        cli = Path(sys.executable).parent / "mailfold"
+        lines.append(f"  MAILFOLD_DATA_DIR={data} {cli} audit {emails['bounce']}")
     return lines
