@@ -5,7 +5,6 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
-export UV_PYTHON := 3.11
 export UV_LINK_MODE := copy
 
 .PHONY: help install run test test-unit lint format bench clean
