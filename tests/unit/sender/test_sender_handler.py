@@ -102,7 +102,8 @@ class FakeSubmission:
     ) -> list[Attempt]:
         attempt = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if attempt.verdict is Verdict.DELIVERED:
-            assert await before_data(recipients)
+            if not await before_data(recipients):
+                return [SKIPPED] * len(recipients)  # as the real one: no DATA, nothing sent
             self.sent.append((mail_from, [r.address for r in recipients], message))
         return [attempt] * len(recipients)
 
@@ -384,3 +385,34 @@ async def test_mailbox_mail_is_submitted_once_and_temporary_failures_stay_quiet(
     assert [s[0] for s in world.submission.sent] == ["ann@corp.test"]
     assert await world.handle(email, redelivered=True) == DONE
     assert len(world.submission.sent) == 1
+
+
+async def test_mailbox_mail_waits_whole_while_another_copy_holds_one_of_its_recipients() -> None:
+    world = World(
+        mailboxes={"ann": MailboxSettings(smtp_host="smtp.test", username="ann", secret="x")}
+    )
+    email = composed(
+        transport=Transport.INTEGRATED_MAILBOX,
+        mailbox_user="ann",
+        to=("ann@example.org", "bob@example.org", "cat@example.org"),
+    )
+    held = RecipientMark(state=MarkState.ATTEMPTING, attempt=1, first_attempt_at=world.now)
+    await world.ledger.put_mark("acme", email.email_id, "bob@example.org", held, last=None)
+
+    assert await world.handle(email) == Retry(60.0)
+    assert world.submission.sent == []
+    assert world.events == []
+    for free in ("ann@example.org", "cat@example.org"):
+        found = await world.ledger.mark("acme", email.email_id, free)
+        assert found is not None
+        mark = found[0]
+        assert (mark.state, mark.attempt, mark.retry_at) == (MarkState.DEFERRED, 0, world.now)
+    still = await world.ledger.mark("acme", email.email_id, "bob@example.org")
+    assert still is not None
+    assert still[0] == held
+
+    assert await world.handle(email, redelivered=True) == DONE
+    ((_, submitted, _),) = world.submission.sent
+    assert submitted == ["ann@example.org", "cat@example.org"]
+    (sent,) = world.of(EmailSent)
+    assert sent.recipients == ("ann@example.org", "cat@example.org")

@@ -324,30 +324,47 @@ class _Job:
     async def _mark_attempting(self, slots: Sequence[_Slot]) -> bool:
         """Mark recipients "attempting" before DATA; all or none (a lost race undoes the rest)."""
         c, ledger = self.c, self.p.ledger
-        taken: list[_Slot] = []
-        for slot in slots:
-            mark = RecipientMark(
+
+        def attempting(slot: _Slot) -> RecipientMark:
+            return RecipientMark(
                 state=MarkState.ATTEMPTING, attempt=slot.attempt, first_attempt_at=slot.first_at
             )
-            revision = await ledger.put_mark(
-                c.org_id, c.email_id, slot.mailbox.key, mark, last=slot.revision
+
+        if len(slots) == 1:
+            slot = slots[0]
+            revisions = [
+                await ledger.put_mark(
+                    c.org_id, c.email_id, slot.mailbox.key, attempting(slot), last=slot.revision
+                )
+            ]
+        else:
+            # Written side by side: each is its own key, and all must be durable before DATA.
+            revisions = await asyncio.gather(
+                *(
+                    ledger.put_mark(
+                        c.org_id, c.email_id, s.mailbox.key, attempting(s), last=s.revision
+                    )
+                    for s in slots
+                )
             )
+        if all(r is not None for r in revisions):
+            for slot, revision in zip(slots, revisions, strict=True):
+                slot.revision = revision
+            return True
+        for undo, revision in zip(slots, revisions, strict=True):
             if revision is None:
-                for undo in taken:
-                    # Back to "due now": nothing was sent to it.
-                    back = RecipientMark(
-                        state=MarkState.DEFERRED,
-                        attempt=undo.attempt - 1,
-                        first_attempt_at=undo.first_at,
-                        retry_at=self.now,
-                    )
-                    undo.revision = await ledger.put_mark(
-                        c.org_id, c.email_id, undo.mailbox.key, back, last=undo.revision
-                    )
-                return False
-            slot.revision = revision
-            taken.append(slot)
-        return True
+                continue  # another writer holds this one: leave its mark alone
+            # Back to "due now": nothing was sent to it.
+            back = RecipientMark(
+                state=MarkState.DEFERRED,
+                attempt=undo.attempt - 1,
+                first_attempt_at=undo.first_at,
+                retry_at=self.now,
+            )
+            undo.revision = await ledger.put_mark(
+                c.org_id, c.email_id, undo.mailbox.key, back, last=revision
+            )
+        return False
 
     async def _publish_sent(self, recipients: Sequence[str], transport: Transport) -> None:
         await self.p.publish(
