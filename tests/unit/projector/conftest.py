@@ -186,6 +186,8 @@ class FakeStore:
         for event_id, decision, reason, detail in batch.decision_rows:
             self.events[event_id] = (*self.events[event_id][:8], decision, reason, detail)
         for row in batch.email_rows:
+            # A plain insert (no upsert) fails on a stored email, as PostgreSQL's COPY would.
+            assert not (batch.emails_new and row[0] in self.emails), f"email {row[0]} is stored"
             self.emails[row[0]] = row
         self.links = {link for link in self.links if link[0] not in batch.unlinked}
         for link in batch.record_rows:

@@ -4,6 +4,7 @@ repeated, the store ends equal to the pure fold of the distinct events."""
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,10 +23,12 @@ from mailfold.events import (
     fold,
 )
 from mailfold.events.fold import encode_state
+from mailfold.projector.domain.messages import RawMessage
 from mailfold.projector.domain.rows import EMAIL_COLUMNS, email_row, record_rows
 from mailfold.projector.service_layer.pipeline import Pipeline
 from mailfold.projector.service_layer.ports import DuplicateEventIds
 from mailfold.projector.service_layer.projection import Projection
+from mailfold.projector.service_layer.replay import rebuild
 
 if TYPE_CHECKING:
     from tests.unit.projector.conftest import Events, FakeStore
@@ -124,6 +127,40 @@ async def test_any_cut_of_a_shuffled_repeated_stream_stores_the_pure_fold(
 
     if distinct:
         assert store.position == len(messages)
+    assert_store_is_the_fold(store, distinct)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 2**32),
+    capacity=st.sampled_from((0, 1, 3, 100)),
+    flush_chunk=st.sampled_from((1, 2, 1000)),
+)
+async def test_a_rebuild_flushed_in_chunks_stores_the_pure_fold(
+    events: Events, new_store: type[FakeStore], seed: int, capacity: int, flush_chunk: int
+) -> None:
+    store = new_store()
+    rng = random.Random(seed)
+    distinct = [e for n in range(5) for e in history_of(events, f"m{n}", rng)]
+    stream = list(distinct)
+    rng.shuffle(stream)
+    messages = [(i + 1, event_subject(e), encode(e)) for i, e in enumerate(stream)]
+
+    async def batches() -> AsyncIterator[list[RawMessage]]:
+        at = 0
+        while at < len(messages):
+            size = rng.randrange(1, 6)
+            yield messages[at : at + size]
+            at += size
+
+    report = await rebuild(
+        batches(), store, store, start_seq=0, cache_size=capacity, flush_chunk=flush_chunk
+    )
+
+    assert report.messages == len(messages)
+    assert report.events == len(distinct)
     assert_store_is_the_fold(store, distinct)
 
 

@@ -140,7 +140,14 @@ class PgBatchWriter:
                     raise DuplicateEventIds(str(exc)) from exc
             if batch.decision_rows:
                 await conn.executemany(self._update_decision, batch.decision_rows)
-            if batch.email_rows:
+            if batch.email_rows and batch.emails_new:
+                await conn.copy_records_to_table(
+                    "emails",
+                    schema_name=self._schema,
+                    records=batch.email_rows,
+                    columns=EMAIL_COLUMNS,
+                )
+            elif batch.email_rows:
                 await conn.copy_records_to_table(
                     _EMAILS_STAGE, records=batch.email_rows, columns=EMAIL_COLUMNS
                 )

@@ -15,9 +15,12 @@ _NUL_ESCAPE: Final = b"\\u0000"
 _ANY_JSON: Final = msgspec.json.Decoder()
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A valid event, with where it sits in the stream and its wire form (kept for audit)."""
+class Accepted(msgspec.Struct, frozen=True, gc=False):
+    """A valid event, with where it sits in the stream and its wire form (kept for audit).
+
+    A Struct rather than a frozen dataclass: one is built per event, at a tenth of the cost, and
+    (holding only strings and an event) it needs no tracking by the cyclic collector.
+    """
 
     seq: int
     subject: str

@@ -71,6 +71,14 @@ class Pipeline:
         await self._wait()
         await self._writer.write(writes)
 
+    async def submit_writes(self, writes: WriteSet) -> None:
+        """Like `write_extra`, but the write runs in the background as a batch's commit does."""
+        await self._wait()
+        self._in_flight = asyncio.create_task(self._write_extra(writes))
+
+    async def _write_extra(self, writes: WriteSet) -> None:
+        await self._writer.write(writes)
+
     async def close(self) -> None:
         """Cancel a commit in flight (its transaction rolls back) without raising."""
         task, self._in_flight = self._in_flight, None

@@ -23,6 +23,8 @@ class WriteSet:
     poison: list[Poison] = field(default_factory=list)
     expected_seq: int = 0  # the position this batch starts from
     last_seq: int = 0  # the position after this batch
+    # None of `email_rows` is stored yet (a rebuild's final flush): plain inserts, no upsert.
+    emails_new: bool = False
 
 
 class StateReader(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -212,9 +212,26 @@ class Projection:
     def flush(self) -> WriteSet:
         """Write-behind, once every batch is committed: the rows of every state not stored yet."""
         writes = WriteSet(expected_seq=self._position, last_seq=self._position)
-        for email_id, (state, _) in self._spilled.items():
-            self._add_email(writes, email_id, state)
-        self._spilled.clear()
-        for email_id in list(self._dirty):
-            self._add_email(writes, email_id, self._cache[email_id])
+        for chunk in self.flush_chunks(None):
+            writes.email_rows.extend(chunk.email_rows)
+            writes.unlinked.extend(chunk.unlinked)
+            writes.record_rows.extend(chunk.record_rows)
+            writes.emails_new = chunk.emails_new
         return writes
+
+    def flush_chunks(self, size: int | None) -> Iterator[WriteSet]:
+        """`flush` in WriteSets of at most `size` emails (all at once with None), so that one is
+        written while the next is built."""
+        # Nothing ever left the cache of a store that started empty: no email row exists yet.
+        emails_new = self._complete and self._write_behind
+        spilled, self._spilled = self._spilled, {}
+        pending = [(e, state) for e, (state, _) in spilled.items()]
+        pending.extend((e, self._cache[e]) for e in list(self._dirty) if e not in spilled)
+        step = size or max(len(pending), 1)
+        for start in range(0, len(pending), step):
+            writes = WriteSet(
+                expected_seq=self._position, last_seq=self._position, emails_new=emails_new
+            )
+            for email_id, state in pending[start : start + step]:
+                self._add_email(writes, email_id, state)
+            yield writes

@@ -7,6 +7,7 @@ leave the cache or at the end, instead of after every batch.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from mailfold.projector.service_layer.projection import Projection
 
 REPLAY_BATCH = 5000
 REPLAY_CACHE = 200_000
+REPLAY_FLUSH_CHUNK = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ async def rebuild(
     *,
     start_seq: int,
     cache_size: int = REPLAY_CACHE,
+    flush_chunk: int = REPLAY_FLUSH_CHUNK,
     look_up_ids: bool = False,
 ) -> ReplayReport:
     """Fold every batch into the (empty) store behind `writer`; returns what was done.
@@ -60,9 +63,11 @@ async def rebuild(
         async for batch in batches:
             messages += len(batch)
             await pipeline.submit(batch)
+        await pipeline.drain()  # flushing reads the cache as every commit left it
+        for writes in projection.flush_chunks(flush_chunk):
+            await pipeline.submit_writes(writes)
+            await asyncio.sleep(0)  # let the write start before the next chunk is built
         await pipeline.drain()
-        final = projection.flush()
-        await pipeline.write_extra(final)
     finally:
         await pipeline.close()
     return ReplayReport(
