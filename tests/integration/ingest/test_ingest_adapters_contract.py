@@ -7,11 +7,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from mailfold.events import AttachmentRef, ContentRef, Module, RecordRef
 from mailfold.ingest.adapters.memory import MemoryContentStore, MemoryDirectory, MemoryIdempotency
-from mailfold.ingest.adapters.nats import KvDirectory, KvIdempotency, ObjectContentStore, OrgCache
+from mailfold.ingest.adapters.nats import (
+    AddressCache,
+    KvDirectory,
+    KvIdempotency,
+    ObjectContentStore,
+    OrgCache,
+)
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.service_layer.ports import (
     ContentStore,
@@ -21,7 +28,13 @@ from mailfold.ingest.service_layer.ports import (
 )
 from mailfold.runtime import bus
 from mailfold.runtime.content import get_content
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry, save_settings
+from mailfold.runtime.directory import (
+    MailboxSettings,
+    OrgSettings,
+    RecordEntry,
+    put_record,
+    save_settings,
+)
 from mailfold.runtime.orgs import create_org
 
 
@@ -35,7 +48,7 @@ class Adapters:
 
 @pytest.fixture(params=["memory", "nats"])
 async def adapters(
-    request: pytest.FixtureRequest, js: JetStreamContext, org_id: str
+    request: pytest.FixtureRequest, nats_client: Client, js: JetStreamContext, org_id: str
 ) -> AsyncIterator[Adapters]:
     if request.param == "memory":
         yield Adapters(MemoryDirectory([org_id]), MemoryIdempotency(), MemoryContentStore(), org_id)
@@ -44,12 +57,15 @@ async def adapters(
     await create_org(orgs, org_id)
     cache = OrgCache(orgs)
     await cache.start()
+    addresses = AddressCache(nats_client)
+    await addresses.start()
     yield Adapters(
-        KvDirectory(orgs, await bus.kv(js, bus.BUCKET_DIRECTORY), cache),
+        KvDirectory(orgs, await bus.kv(js, bus.BUCKET_DIRECTORY), cache, addresses),
         KvIdempotency(await bus.kv(js, bus.BUCKET_IDEMPOTENCY)),
         ObjectContentStore(await bus.objects(js), js),
         org_id,
     )
+    await addresses.stop()
     await cache.stop()
 
 
@@ -171,3 +187,30 @@ async def test_the_org_cache_follows_writes_made_elsewhere(
     finally:
         await cache.stop()
     assert not cache.live
+
+
+async def test_the_address_cache_follows_record_writes_made_elsewhere(
+    nats_client: Client, js: JetStreamContext, org_id: str
+) -> None:
+    records = await bus.kv(js, bus.BUCKET_DIRECTORY)
+    addresses = AddressCache(nats_client)
+    await addresses.start()
+    try:
+        directory = KvDirectory(await bus.kv(js, bus.BUCKET_ORGS), records, None, addresses)
+        assert addresses.live
+        # a miss is remembered too: most senders have no record
+        assert await directory.records_for_addresses(org_id, ["new@x.example"]) == ()
+        # a record written by another process reaches the cached lookup through the watch
+        lead = RecordEntry(record_id="l9", module=Module.LEADS, addresses=("New@x.example",))
+        await put_record(records, org_id, lead)
+        for _ in range(100):
+            if await directory.records_for_addresses(org_id, ["new@x.example"]):
+                break
+            await asyncio.sleep(0.02)
+        assert await directory.records_for_addresses(org_id, ["NEW@x.example"]) == (lead.ref,)
+        # and this service's own writes show at once
+        await directory.delete_record(org_id, "l9")
+        assert await directory.records_for_addresses(org_id, ["new@x.example"]) == ()
+    finally:
+        await addresses.stop()
+    assert not addresses.live

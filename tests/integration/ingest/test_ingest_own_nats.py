@@ -15,9 +15,11 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mailfold.events import AnyEvent, EmailComposed, EmailReceived
+from mailfold.events import AnyEvent, EmailComposed, EmailReceived, Module
+from mailfold.ingest.adapters.nats import AddressCache, KvDirectory
 from mailfold.ingest.bootstrap import IngestService, Settings, start
 from mailfold.runtime import bus
+from mailfold.runtime.directory import RecordEntry, put_record
 from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.orgs import create_org
 
@@ -199,3 +201,47 @@ async def test_nats_lost_during_data_is_451_and_nothing_is_published_twice(
         )
     (event,) = await read_stream(stack.nc.jetstream(), stack.org_id)
     assert isinstance(event, EmailReceived)
+
+
+async def test_the_address_cache_watches_again_after_nats_restarts(
+    fresh_nats: EmbeddedNats, org_id: str
+) -> None:
+    nc = await bus.connect(fresh_nats.url, "ingest-address-cache")
+    writer = await bus.connect(fresh_nats.url, "ingest-address-writer")
+    addresses = AddressCache(nc)
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+        await addresses.start()
+        directory = KvDirectory(
+            await bus.kv(js, bus.BUCKET_ORGS),
+            await bus.kv(js, bus.BUCKET_DIRECTORY),
+            None,
+            addresses,
+        )
+        assert await directory.records_for_addresses(org_id, ["carol@x.example"]) == ()
+        await asyncio.to_thread(fresh_nats.restart)
+        for _ in range(300):
+            if nc.is_connected and writer.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        # the first lookup after the reconnect reads the bucket and starts a new watch
+        assert await directory.records_for_addresses(org_id, ["carol@x.example"]) == ()
+        for _ in range(200):
+            if addresses.live:
+                break
+            await asyncio.sleep(0.05)
+        assert addresses.live
+        assert await directory.records_for_addresses(org_id, ["carol@x.example"]) == ()
+        # a record written elsewhere after the restart reaches the cached lookup
+        carol = RecordEntry(record_id="c7", module=Module.CONTACTS, addresses=("carol@x.example",))
+        await put_record(await bus.kv(writer.jetstream(), bus.BUCKET_DIRECTORY), org_id, carol)
+        for _ in range(100):
+            if await directory.records_for_addresses(org_id, ["carol@x.example"]):
+                break
+            await asyncio.sleep(0.02)
+        assert await directory.records_for_addresses(org_id, ["carol@x.example"]) == (carol.ref,)
+    finally:
+        await addresses.stop()
+        await bus.close(writer)
+        await bus.close(nc)

@@ -265,3 +265,20 @@ async def test_a_publish_failure_propagates_so_the_sender_retries(
     publisher.down = True
     with pytest.raises(PublishFailed):
         await mail.deliver("bob@x.example", ["in+acme@x.example"], message())
+
+
+async def test_a_failure_to_keep_the_message_propagates_and_the_retry_completes_it(
+    mail: MailIngress, publisher: MemoryPublisher, content: MemoryContentStore
+) -> None:
+    raw = message()
+    content.down = True
+    with pytest.raises(PublishFailed):
+        await mail.deliver("bob@x.example", ["in+acme@x.example"], raw)
+    assert content.objects == {}
+    content.down = False
+    delivery = await mail.deliver("bob@x.example", ["in+acme@x.example"], raw)
+    assert delivery.reply is replies.ACCEPTED
+    assert delivery.raw is not None
+    assert content.objects[delivery.raw.sha256] == raw
+    # the event the first attempt may have published carries the same id: one event in all
+    assert [e.event_id for e in publisher.events] == [delivery.events[0].event_id]

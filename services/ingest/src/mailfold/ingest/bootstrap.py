@@ -10,6 +10,7 @@ from nats.aio.client import Client
 
 from mailfold.events import Keyring
 from mailfold.ingest.adapters.nats import (
+    AddressCache,
     JetStreamPublisher,
     KvDirectory,
     KvIdempotency,
@@ -67,11 +68,19 @@ class Settings:
 class IngestService:
     """A running ingest service: the HTTP API and the SMTP server, on one NATS connection."""
 
-    def __init__(self, nc: Client, http: HttpServer, smtp: SmtpServer, cache: OrgCache) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        http: HttpServer,
+        smtp: SmtpServer,
+        cache: OrgCache,
+        addresses: AddressCache,
+    ) -> None:
         self._nc = nc
         self._http = http
         self._smtp = smtp
         self._cache = cache
+        self._addresses = addresses
 
     @property
     def http_port(self) -> int:
@@ -90,6 +99,7 @@ class IngestService:
         with contextlib.suppress(Exception):
             await self._http.stop()
         await self._cache.stop()
+        await self._addresses.stop()
         await bus.close(self._nc)
         log.info("stopped")
 
@@ -99,16 +109,21 @@ async def start(settings: Settings) -> IngestService:
     keyring = Keyring.parse(settings.common.tracking_keys)
     nc = await bus.connect(settings.common.nats_url, f"mailfold-{SERVICE}")
     cache: OrgCache | None = None
+    addresses: AddressCache | None = None
     try:
         js = nc.jetstream()
         await bus.ensure_topology(js)
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
         cache = OrgCache(orgs)
         await cache.start()
+        addresses = AddressCache(nc)
+        await addresses.start()
         ports = Ports(
             publisher=JetStreamPublisher(nc, timeout=settings.publish_timeout_s),
-            content=ObjectContentStore(await bus.objects(js), js),
-            directory=KvDirectory(orgs, await bus.kv(js, bus.BUCKET_DIRECTORY), cache),
+            content=ObjectContentStore(
+                await bus.objects(js), js, timeout=settings.publish_timeout_s
+            ),
+            directory=KvDirectory(orgs, await bus.kv(js, bus.BUCKET_DIRECTORY), cache, addresses),
             idempotency=KvIdempotency(await bus.kv(js, bus.BUCKET_IDEMPOTENCY)),
         )
 
@@ -141,10 +156,12 @@ async def start(settings: Settings) -> IngestService:
     except BaseException:
         if cache is not None:
             await cache.stop()
+        if addresses is not None:
+            await addresses.stop()
         await bus.close(nc)
         raise
     log.info("started", http_port=http.port, smtp_port=smtp.port)
-    return IngestService(nc, http, smtp, cache)
+    return IngestService(nc, http, smtp, cache, addresses)
 
 
 def main() -> None:

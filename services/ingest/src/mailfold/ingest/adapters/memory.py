@@ -38,10 +38,17 @@ class MemoryContentStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.puts = 0
+        self.down = False
 
-    async def put(self, data: bytes, content_type: str, *, fresh: bool = False) -> ContentRef:
-        """Store bytes once under their SHA-256."""
+    async def put(
+        self, data: bytes, content_type: str, *, fresh: bool = False, sha256: str | None = None
+    ) -> ContentRef:
+        """Store bytes once under their SHA-256; raises while `down`."""
+        if self.down:
+            raise PublishFailed("the object store is down")
         digest = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and sha256 != digest:
+            raise ValueError("sha256 is not the digest of data")
         if digest not in self.objects:
             self.objects[digest] = data
             self.puts += 1

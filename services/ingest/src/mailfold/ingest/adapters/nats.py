@@ -6,31 +6,34 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import json
-import uuid
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
+from nats.nuid import NUID
 
-from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.events import ContentRef, Event, RecordRef, encode, event_subject, publish_headers
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
 from mailfold.runtime import bus, directory
 from mailfold.runtime.content import put_content
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
+from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry, address_key
+from mailfold.runtime.logging import get_logger
 
 _template_dec: Final = msgspec.json.Decoder(Template)
 _settings_dec: Final = msgspec.json.Decoder(OrgSettings)
 _claim_dec: Final = msgspec.json.Decoder(IdempotencyClaim)
 _enc: Final = msgspec.json.Encoder()
+log = get_logger("mailfold.ingest.nats")
 _CHUNK: Final = 128 * 1024  # the object store's default chunk size
 
 
@@ -66,11 +69,17 @@ class JetStreamPublisher:
         While the connection is down the client would buffer the publish and send it after
         reconnecting, after the caller was told it failed; refusing it at once keeps "failed"
         meaning "not published" (a retry publishes the same event id anyway).
+
+        The same publish as `bus.publish_event` (subject, Nats-Msg-Id = event_id), sent with the
+        client's asynchronous publish: the ack resolves a future instead of a request task.
         """
         try:
             if not self._nc.is_connected:
                 raise ConnectionError("not connected to NATS")
-            await bus.publish_event(self._js, event, timeout=self._timeout)
+            ack = await self._js.publish_async(
+                event_subject(event), encode(event), headers=publish_headers(event)
+            )
+            await asyncio.wait_for(ack, self._timeout)
         except Exception:
             PUBLISH_FAILURES.inc()
             raise
@@ -80,44 +89,59 @@ class JetStreamPublisher:
 class ObjectContentStore:
     """The content object store, addressed by SHA-256."""
 
-    def __init__(self, store: ObjectStore, js: JetStreamContext) -> None:
+    def __init__(self, store: ObjectStore, js: JetStreamContext, *, timeout: float = 5.0) -> None:
         self._store = store
         self._js = js
+        self._timeout = timeout
+        # Unique chunk-subject ids as the object store makes them, without a syscall each.
+        self._nuids = NUID()
 
-    async def put(self, data: bytes, content_type: str, *, fresh: bool = False) -> ContentRef:
+    async def put(
+        self, data: bytes, content_type: str, *, fresh: bool = False, sha256: str | None = None
+    ) -> ContentRef:
         """Store bytes once under their SHA-256.
 
         `fresh` says the bytes are most likely not stored yet (a raw message that just arrived):
         they are then written without first asking whether they exist, the chunks and the
         metadata in one pipelined batch (the client library's put takes four sequential round
         trips). The layout is the object store's own, so any object-store client reads it.
+        `sha256` is the caller's digest of `data`, when it has one (a big message is not hashed
+        twice).
         """
         if not fresh:
             return await put_content(self._store, data, content_type)
-        digest = hashlib.sha256(data)
-        name = digest.hexdigest()
-        nuid = uuid.uuid4().hex
+        name = sha256 if sha256 is not None else hashlib.sha256(data).hexdigest()
+        nuid = self._nuids.next().decode()
         chunk_subject = f"$O.{bus.OBJECT_STORE}.C.{nuid}"
         chunks = [data[i : i + _CHUNK] for i in range(0, len(data), _CHUNK)]
-        info = api.ObjectInfo(
-            name=name,
-            bucket=bus.OBJECT_STORE,
-            nuid=nuid,
-            size=len(data),
-            chunks=len(chunks),
-            mtime=datetime.now(UTC).isoformat(),
-            digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
-            options=api.ObjectMetaOptions(max_chunk_size=_CHUNK),
-        )
+        # ObjectInfo's fields as the object store writes them (`api.ObjectInfo.as_dict()`),
+        # built directly: the dataclass round trip costs more than the rest of the put.
+        info = {
+            "name": name,
+            "bucket": bus.OBJECT_STORE,
+            "nuid": nuid,
+            "size": len(data),
+            "mtime": datetime.now(UTC).isoformat(),
+            "chunks": len(chunks),
+            "digest": "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(name)).decode(),
+            "deleted": False,
+            "options": {"max_chunk_size": _CHUNK},
+        }
         meta_subject = f"$O.{bus.OBJECT_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
         # Published in this order on one connection, so the stream stores the chunks before the
-        # metadata that makes them visible; every ack is awaited before the caller goes on.
-        await asyncio.gather(
-            *(self._js.publish(chunk_subject, chunk) for chunk in chunks),
-            self._js.publish(
-                meta_subject, json.dumps(info.as_dict()).encode(), headers={"Nats-Rollup": "sub"}
-            ),
+        # metadata that makes them visible; every ack is awaited before the caller goes on. The
+        # client's asynchronous publish resolves a future per ack, without a task per publish.
+        acks = [await self._js.publish_async(chunk_subject, chunk) for chunk in chunks]
+        acks.append(
+            await self._js.publish_async(
+                meta_subject, _enc.encode(info), headers={"Nats-Rollup": "sub"}
+            )
         )
+        try:
+            await asyncio.wait_for(asyncio.gather(*acks), self._timeout)
+        finally:
+            for ack in acks:
+                ack.cancel()  # after a failure or a timeout: stop waiting for the others
         return ContentRef(sha256=name, size=len(data), content_type=content_type)
 
 
@@ -208,13 +232,128 @@ class OrgCache:
         return OrgSettings() if current is None else current[1]
 
 
+class AddressCache:
+    """Which records have an address: lookups of the address index, held in memory.
+
+    Inbound mail looks up its sender's records; the same senders write again and again, and most
+    have no record at all. A lookup is kept once read and dropped when its key changes: a
+    headers-only watch of the index's updates (new ones only, so starting it costs nothing however
+    big the index is) delivers every change within milliseconds, and this service's own record
+    writes drop the cache at once. A lookup that raced with a change is not kept. While the watch
+    is not running, after the connection was lost and for entries older than `ttl` seconds, the
+    bucket is read again.
+    """
+
+    def __init__(self, nc: Client, *, ttl: float = 300.0, max_entries: int = 100_000) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._prefix = f"$KV.{bus.BUCKET_DIRECTORY}."
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, tuple[RecordRef, ...]]] = {}
+        self._changes = 0
+        self._reconnects = 0
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._watching = False
+        self._rewatch: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        """True while the watch follows the index since the connection was last (re)made."""
+        return self._sub is not None and self._nc.stats["reconnects"] == self._reconnects
+
+    async def start(self) -> None:
+        """Start the watch of the address index's updates."""
+        self._watching = True
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        self._reconnects = self._nc.stats["reconnects"]
+        self._sub = await self._js.subscribe(
+            f"{self._prefix}*.addr.*",
+            stream=f"KV_{bus.BUCKET_DIRECTORY}",
+            cb=self._changed,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            headers_only=True,
+            inactive_threshold=300.0,
+        )
+
+    async def stop(self) -> None:
+        """Stop the watch and forget every lookup."""
+        self._watching = False
+        if self._rewatch is not None:
+            self._rewatch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rewatch
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        self.clear()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _after_reconnect(self) -> None:
+        # Changes made while the connection was down may never reach the old watch in time: the
+        # cache starts empty again with a new watch of the changes from now on.
+        if self._watching and self._rewatch is None and self._nc.is_connected:
+            self._rewatch = asyncio.create_task(self._watch_again())
+
+    async def _watch_again(self) -> None:
+        try:
+            await self._unsubscribe()
+            await self._subscribe()
+        except Exception as exc:  # the next lookup tries again
+            log.warning("address_watch_failed", error=repr(exc))
+        finally:
+            self._rewatch = None
+
+    async def _changed(self, msg: Msg) -> None:
+        self._changes += 1
+        self._entries.pop(msg.subject[len(self._prefix) :], None)
+
+    def clear(self) -> None:
+        """Forget every lookup, and keep none of those under way (the index is being written)."""
+        self._changes += 1
+        self._entries.clear()
+
+    async def records(self, records: KeyValue, org_id: str, address: str) -> tuple[RecordRef, ...]:
+        """The records of one address, from memory when the cache can say."""
+        if not self.live:
+            if self._entries:
+                self.clear()
+            self._after_reconnect()
+            return await directory.records_for_address(records, org_id, address)
+        key = address_key(org_id, address)
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        changes = self._changes
+        found = await directory.records_for_address(records, org_id, address)
+        if changes == self._changes and self.live:
+            if len(self._entries) >= self._max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (now + self._ttl, found)
+        return found
+
+
 class KvDirectory:
     """Orgs and settings in mailfold_orgs; records, addresses and templates in mailfold_directory."""
 
-    def __init__(self, orgs: KeyValue, records: KeyValue, cache: OrgCache | None = None) -> None:
+    def __init__(
+        self,
+        orgs: KeyValue,
+        records: KeyValue,
+        cache: OrgCache | None = None,
+        addresses: AddressCache | None = None,
+    ) -> None:
         self._orgs = orgs
         self._records = records
         self._cache = cache
+        self._addresses = addresses
 
     async def org_exists(self, org_id: str) -> bool:
         """True when the org has an API token."""
@@ -249,17 +388,39 @@ class KvDirectory:
 
     async def put_record(self, org_id: str, record: RecordEntry) -> None:
         """Create or replace a record and its entries in the address index."""
-        await directory.put_record(self._records, org_id, record)
+        try:
+            await directory.put_record(self._records, org_id, record)
+        finally:
+            self._forget_addresses()
 
     async def delete_record(self, org_id: str, record_id: str) -> bool:
         """Delete a record; False when it did not exist."""
-        return await directory.delete_record(self._records, org_id, record_id)
+        try:
+            return await directory.delete_record(self._records, org_id, record_id)
+        finally:
+            self._forget_addresses()
+
+    def _forget_addresses(self) -> None:
+        # This service's own writes show at once, without waiting for the watch.
+        if self._addresses is not None:
+            self._addresses.clear()
 
     async def records_for_addresses(
         self, org_id: str, addresses: Sequence[str]
     ) -> tuple[RecordRef, ...]:
-        """Every record that has one of these addresses, each once."""
-        return await directory.records_for_addresses(self._records, org_id, tuple(addresses))
+        """Every record that has one of these addresses, each once, in a stable order."""
+        if self._addresses is None:
+            return await directory.records_for_addresses(self._records, org_id, tuple(addresses))
+        cache, bucket = self._addresses, self._records
+        if len(addresses) == 1:  # inbound mail: one sender, most often known already
+            lists = [await cache.records(bucket, org_id, addresses[0])]
+        else:
+            lists = await asyncio.gather(*(cache.records(bucket, org_id, a) for a in addresses))
+        found: dict[tuple[str, str], RecordRef] = {}
+        for refs in lists:
+            for ref in refs:
+                found.setdefault((ref.module.value, ref.record_id), ref)
+        return tuple(found[k] for k in sorted(found))
 
     async def load_template(self, org_id: str, template_id: str) -> Template | None:
         """A template, if it exists."""

@@ -6,6 +6,7 @@ import email.header
 import email.parser
 import email.policy
 import email.utils
+import functools
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -16,6 +17,7 @@ from mailfold.ingest.domain.addresses import is_address
 MAX_SUBJECT: Final = 998  # RFC 5322's line limit; a longer subject is cut, not refused
 MAX_MESSAGE_ID: Final = 998
 MAX_ADDRESSES: Final = 500  # per header; more is a mailing-list blast, the rest is ignored
+_CACHED_HEADER: Final = 256  # address headers up to this length are remembered (they repeat)
 
 _WS = re.compile(r"\s+")
 _HEADER_PARSER: Final = email.parser.BytesHeaderParser(policy=email.policy.compat32)
@@ -64,6 +66,19 @@ def addresses_in(value: str) -> tuple[str, ...]:
     """The valid addresses of an address-list header, each once (case-insensitively), in order."""
     if not value:
         return ()
+    if len(value) <= _CACHED_HEADER:
+        return _cached_addresses(value)
+    return _addresses(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_addresses(value: str) -> tuple[str, ...]:
+    # The same From: and To: values come back message after message (a customer, the mailbox);
+    # splitting them is most of the cost of reading the headers.
+    return _addresses(value)
+
+
+def _addresses(value: str) -> tuple[str, ...]:
     try:
         pairs = email.utils.getaddresses([value])
     except Exception:  # a header the stdlib cannot split holds no address we can trust

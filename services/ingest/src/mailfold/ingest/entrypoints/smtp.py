@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -36,6 +37,16 @@ _REWRITES: Final = {
 }
 
 
+# `<local@domain>` with dot-atom parts, then nothing or one space and parameters: what nearly every
+# MAIL FROM and RCPT TO looks like. aiosmtpd's general parser (RFC 5322 tokens) takes about 45 us
+# per address; for this shape its answer is the text between the brackets and the rest as it is.
+_ATEXT: Final = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH: Final = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    r"(?: ([!-'*-~](?:[ -'*-~]*[!-'*-~])?))?"
+)
+
+
 class IngestSMTP(SMTP):
     """aiosmtpd's protocol, with enhanced status codes and a registry of open connections."""
 
@@ -52,6 +63,16 @@ class IngestSMTP(SMTP):
         """Forget the connection."""
         self._connections.discard(self)
         super().connection_lost(error)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address and the parameters of MAIL FROM / RCPT TO, the plain shape read directly."""
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address = plain.group(1)
+        if self.local_part_limit and address.rindex("@") > self.local_part_limit:
+            return None, None
+        return address, plain.group(2) or ""
 
     async def push(self, status: str | bytes) -> None:
         """Send a reply, with an enhanced status code where aiosmtpd's own reply has none."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -53,6 +54,11 @@ class Delivery:
     events: tuple[Event, ...] = ()
     raw: ContentRef | None = None
     bounces: tuple[BounceOutcome, ...] = ()
+
+
+def raw_content(raw: bytes) -> ContentRef:
+    """The reference of a raw message, as the content store will keep it (by SHA-256)."""
+    return ContentRef(sha256=hashlib.sha256(raw).hexdigest(), size=len(raw), content_type=RFC822)
 
 
 class MailIngress:
@@ -118,6 +124,25 @@ class MailIngress:
         for event in events:
             await self._ports.publisher.publish(event)
 
+    async def _keep_and_publish(
+        self, raw: bytes, raw_ref: ContentRef, events: Sequence[Event]
+    ) -> None:
+        """Store the raw message and publish its events at the same time; both must succeed.
+
+        The events only need the raw message's reference, known before it is stored, so the
+        writes are in flight together (one round trip instead of two). The reply waits for both
+        acks; when either fails the sender is told to retry (451) and its retry stores and
+        publishes the same bytes and event ids again.
+        """
+        stored, published = await asyncio.gather(
+            self._ports.content.put(raw, RFC822, fresh=True, sha256=raw_ref.sha256),
+            self._publish(events),
+            return_exceptions=True,
+        )
+        for outcome in (stored, published):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
     async def _dropbox(self, routes: list[Route], raw: bytes, summary: MessageSummary) -> Delivery:
         org_id = routes[0].org_id
         settings = await self._ports.directory.load_settings(org_id)
@@ -125,9 +150,9 @@ class MailIngress:
         if refusal is not None:
             return Delivery(refusal, RouteKind.DROPBOX)
         own = [r.address for r in routes]
-        raw_ref, records = await asyncio.gather(
-            self._ports.content.put(raw, RFC822, fresh=True),
-            self._ports.directory.records_for_addresses(org_id, dropbox_recipients(summary, own)),
+        raw_ref = raw_content(raw)
+        records = await self._ports.directory.records_for_addresses(
+            org_id, dropbox_recipients(summary, own)
         )
         events = dropbox_events(
             org_id=org_id,
@@ -137,7 +162,7 @@ class MailIngress:
             own=own,
             occurred_at=self._ports.clock(),
         )
-        await self._publish(events)
+        await self._keep_and_publish(raw, raw_ref, events)
         return Delivery(ACCEPTED, RouteKind.DROPBOX, events, raw_ref)
 
     async def _inbound(
@@ -149,9 +174,9 @@ class MailIngress:
         if refusal is not None:
             return Delivery(refusal, RouteKind.INBOUND)
         sender = sender_of(summary, mail_from)
-        raw_ref, records = await asyncio.gather(
-            self._ports.content.put(raw, RFC822, fresh=True),
-            self._ports.directory.records_for_addresses(org_id, [sender] if sender else []),
+        raw_ref = raw_content(raw)
+        records = await self._ports.directory.records_for_addresses(
+            org_id, [sender] if sender else []
         )
         now = self._ports.clock()
         events = [
@@ -166,11 +191,11 @@ class MailIngress:
             )
             for user in dict.fromkeys(r.user for r in routes)
         ]
-        await self._publish(events)
+        await self._keep_and_publish(raw, raw_ref, events)
         return Delivery(ACCEPTED, RouteKind.INBOUND, tuple(events), raw_ref)
 
     async def _reports(self, routes: list[Route], raw: bytes, summary: MessageSummary) -> Delivery:
-        raw_ref = await self._ports.content.put(raw, RFC822, fresh=True)
+        raw_ref = raw_content(raw)
         report: ParsedReport | None = None
         events: list[Event] = []
         outcomes: list[BounceOutcome] = []
@@ -195,5 +220,5 @@ class MailIngress:
             )
             outcomes.append(BounceOutcome.PUBLISHED if found else BounceOutcome.UNPARSED)
             events.extend(found)
-        await self._publish(events)
+        await self._keep_and_publish(raw, raw_ref, events)
         return Delivery(ACCEPTED, RouteKind.BOUNCE, tuple(events), raw_ref, tuple(outcomes))

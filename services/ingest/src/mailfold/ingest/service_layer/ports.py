@@ -24,11 +24,14 @@ class Publisher(Protocol):
 class ContentStore(Protocol):
     """Bodies, attachments and raw messages by SHA-256."""
 
-    async def put(self, data: bytes, content_type: str, *, fresh: bool = False) -> ContentRef:
+    async def put(
+        self, data: bytes, content_type: str, *, fresh: bool = False, sha256: str | None = None
+    ) -> ContentRef:
         """Store bytes once under their SHA-256 and return the reference.
 
         `fresh`: the bytes are most likely new (a message that just arrived); the store may
-        skip checking whether it holds them already.
+        skip checking whether it holds them already. `sha256`: the hex digest of `data`, when
+        the caller computed it already.
         """
 
 
