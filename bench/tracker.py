@@ -169,14 +169,14 @@ def serve_bare(port: int) -> None:
     from starlette.types import Receive, Scope, Send
 
     from mailfold.tracker.entrypoints.http import PIXEL, PIXEL_HEADERS
-    from mailfold.tracker.entrypoints.server import TrackerHttpServer
+    from mailfold.runtime.ops import HttpServer
 
     async def bare(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": PIXEL_HEADERS})
         await send({"type": "http.response.body", "body": PIXEL})
 
     async def main() -> None:
-        server = TrackerHttpServer(bare, HOST, port)
+        server = HttpServer(bare, HOST, port)
         await server.start()
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from mailfold.tracker.domain.behaviour import BurstWindow
 from mailfold.tracker.domain.network import IPNetwork, NetworkSet, parse_networks
 from mailfold.tracker.domain.rules import RULES, Classifier, Rule, apple_egress_rule
 from mailfold.tracker.entrypoints.http import tracker_app
-from mailfold.tracker.entrypoints.server import TrackerHttpServer
+from mailfold.runtime.ops import HttpServer
 from mailfold.tracker.metrics import count_recorded
 from mailfold.tracker.service_layer.handlers import Tracker
 
@@ -96,7 +96,7 @@ class Service:
     nc: Client
     publisher: Publisher
     tracker: Tracker
-    http: TrackerHttpServer
+    http: HttpServer
     flush_timeout_s: float
 
     @property
@@ -145,7 +145,7 @@ async def start(settings: Settings) -> Service:
             }
 
         app = tracker_app(tracker, ops_app(health), NetworkSet(settings.trusted_proxies))
-        http = TrackerHttpServer(app, settings.host, settings.port)
+        http = HttpServer(app, settings.host, settings.port)
         await http.start()
     except BaseException:
         if publisher is not None:
