@@ -168,8 +168,8 @@ def serve_bare(port: int) -> None:
     """The baseline: an ASGI app that only answers the GIF, on the tracker's HTTP server class."""
     from starlette.types import Receive, Scope, Send
 
-    from mailfold.tracker.entrypoints.http import PIXEL, PIXEL_HEADERS
     from mailfold.runtime.ops import HttpServer
+    from mailfold.tracker.entrypoints.http import PIXEL, PIXEL_HEADERS
 
     async def bare(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": PIXEL_HEADERS})

@@ -11,7 +11,7 @@ from nats.aio.client import Client
 from mailfold.events import Keyring
 from mailfold.runtime import bus
 from mailfold.runtime.logging import configure_logging, get_logger
-from mailfold.runtime.ops import ops_app
+from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
 from mailfold.runtime.settings import (
     CommonSettings,
@@ -26,7 +26,6 @@ from mailfold.tracker.domain.behaviour import BurstWindow
 from mailfold.tracker.domain.network import IPNetwork, NetworkSet, parse_networks
 from mailfold.tracker.domain.rules import RULES, Classifier, Rule, apple_egress_rule
 from mailfold.tracker.entrypoints.http import tracker_app
-from mailfold.runtime.ops import HttpServer
 from mailfold.tracker.metrics import count_recorded
 from mailfold.tracker.service_layer.handlers import Tracker
 
