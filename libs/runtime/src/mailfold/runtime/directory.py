@@ -92,7 +92,8 @@ def address_key(org_id: str, address: str) -> str:
     return f"{org_id}.addr.{key_token(address.strip().lower())}"
 
 
-async def _get(bucket: KeyValue, key: str) -> bytes | None:
+async def get_value(bucket: KeyValue, key: str) -> bytes | None:
+    """A key's value, or None when the key is absent (or deleted)."""
     try:
         entry = await bucket.get(key)
     except KeyNotFoundError:
@@ -102,7 +103,7 @@ async def _get(bucket: KeyValue, key: str) -> bytes | None:
 
 async def load_settings(orgs: KeyValue, org_id: str) -> OrgSettings:
     """The org's settings, defaults where none were set."""
-    raw = await _get(orgs, settings_key(org_id))
+    raw = await get_value(orgs, settings_key(org_id))
     return OrgSettings() if raw is None else _settings_dec.decode(raw)
 
 
@@ -113,7 +114,7 @@ async def save_settings(orgs: KeyValue, org_id: str, settings: OrgSettings) -> N
 
 async def load_mailbox(orgs: KeyValue, org_id: str, user: str) -> MailboxSettings | None:
     """A user's integrated mailbox, if configured."""
-    raw = await _get(orgs, mailbox_key(org_id, user))
+    raw = await get_value(orgs, mailbox_key(org_id, user))
     return None if raw is None else _mailbox_dec.decode(raw)
 
 
@@ -124,7 +125,7 @@ async def save_mailbox(orgs: KeyValue, org_id: str, user: str, mailbox: MailboxS
 
 async def load_record(directory: KeyValue, org_id: str, record_id: str) -> RecordEntry | None:
     """One record, if it exists."""
-    raw = await _get(directory, record_key(org_id, record_id))
+    raw = await get_value(directory, record_key(org_id, record_id))
     return None if raw is None else _record_dec.decode(raw)
 
 
@@ -132,7 +133,7 @@ async def records_for_address(
     directory: KeyValue, org_id: str, address: str
 ) -> tuple[RecordRef, ...]:
     """Every record that has this address, primary or secondary."""
-    raw = await _get(directory, address_key(org_id, address))
+    raw = await get_value(directory, address_key(org_id, address))
     return () if raw is None else _refs_dec.decode(raw)
 
 

@@ -15,7 +15,7 @@ import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
@@ -26,7 +26,13 @@ from mailfold.ingest.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
 from mailfold.runtime import bus, directory
 from mailfold.runtime.content import put_content
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry, address_key
+from mailfold.runtime.directory import (
+    MailboxSettings,
+    OrgSettings,
+    RecordEntry,
+    address_key,
+    get_value,
+)
 from mailfold.runtime.logging import get_logger
 
 _template_dec: Final = msgspec.json.Decoder(Template)
@@ -45,14 +51,6 @@ def template_key(org_id: str, template_id: str) -> str:
 def idempotency_key(org_id: str, key: str) -> str:
     """`<org>.<key>` in mailfold_idempotency: keys are per org."""
     return f"{org_id}.{bus.key_token(key)}"
-
-
-async def _get(bucket: KeyValue, key: str) -> bytes | None:
-    try:
-        entry = await bucket.get(key)
-    except KeyNotFoundError:
-        return None
-    return entry.value or None
 
 
 class JetStreamPublisher:
@@ -359,7 +357,7 @@ class KvDirectory:
         """True when the org has an API token."""
         if self._cache is not None and self._cache.live and self._cache.known(org_id):
             return True
-        return await _get(self._orgs, f"{org_id}.token") is not None
+        return await get_value(self._orgs, f"{org_id}.token") is not None
 
     async def load_settings(self, org_id: str) -> OrgSettings:
         """The org's settings, defaults where none were set."""
@@ -424,7 +422,7 @@ class KvDirectory:
 
     async def load_template(self, org_id: str, template_id: str) -> Template | None:
         """A template, if it exists."""
-        raw = await _get(self._records, template_key(org_id, template_id))
+        raw = await get_value(self._records, template_key(org_id, template_id))
         return None if raw is None else _template_dec.decode(raw)
 
     async def save_template(self, org_id: str, template: Template) -> None:
@@ -440,7 +438,7 @@ class KvIdempotency:
 
     async def get(self, org_id: str, key: str) -> IdempotencyClaim | None:
         """The claim on a key, if any."""
-        raw = await _get(self._bucket, idempotency_key(org_id, key))
+        raw = await get_value(self._bucket, idempotency_key(org_id, key))
         return None if raw is None else _claim_dec.decode(raw)
 
     async def claim(self, org_id: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim:
