@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import ctypes
 import hashlib
@@ -124,8 +125,47 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
-class EmbeddedNats:
+class _ChildServer(abc.ABC):
+    """What both embedded servers share: a child process, a context manager, a restart."""
+
+    _proc: subprocess.Popen[bytes] | None
+    _start_timeout: float
+
+    @abc.abstractmethod
+    def start(self, timeout: float) -> None:
+        """Launch the server and return once it serves."""
+
+    @abc.abstractmethod
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the server; a no-op when it is not running."""
+
+    def restart(self, timeout: float | None = None) -> None:
+        """Stop if running, then start again on the same port(s) and data dir."""
+        self.stop()
+        self.start(self._start_timeout if timeout is None else timeout)
+
+    def _discard_exited(self) -> None:
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> Self:
+        self.start(self._start_timeout)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedNats(_ChildServer):
     """A nats-server with JetStream on 127.0.0.1, its config, store and log kept in `data_dir`."""
+
+    _start_timeout = NATS_START_TIMEOUT
 
     def __init__(
         self,
@@ -291,28 +331,6 @@ class EmbeddedNats:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-
-    def restart(self, timeout: float = NATS_START_TIMEOUT) -> None:
-        """Stop if running, then start on the same ports and store dir."""
-        self.stop()
-        self.start(timeout)
-
-    def _discard_exited(self) -> None:
-        if self._proc is not None:
-            self._proc.wait()
-            self._proc = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedNats(url={self.url!r}, data_dir={str(self.data_dir)!r}, pid={self.pid})"
@@ -493,12 +511,14 @@ def _ensure_readable_tree(root: Path) -> None:
                 file_path.chmod(wanted)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_ChildServer):
     """A PostgreSQL 16 server on 127.0.0.1 whose PGDATA is `data_dir`, trusting local connections.
 
     `fast=True` turns off fsync and friends: only for throwaway test clusters, a crash of the
     machine (not of postgres) can corrupt the data.
     """
+
+    _start_timeout = POSTGRES_START_TIMEOUT
 
     def __init__(self, data_dir: Path, *, port: int | None = None, fast: bool = False) -> None:
         self.data_dir = Path(data_dir).absolute()
@@ -800,11 +820,6 @@ class EmbeddedPostgres:
             proc.wait()
             _reap_orphans(backends)
 
-    def restart(self, timeout: float = POSTGRES_START_TIMEOUT) -> None:
-        """Stop if running, then start on the same port and data dir."""
-        self.stop()
-        self.start(timeout)
-
     def _await_exit(self, pid: int, timeout: float) -> None:
         proc, self._proc = self._proc, None
         self._adopted_pid = None
@@ -821,23 +836,6 @@ class EmbeddedPostgres:
             with contextlib.suppress(psutil.NoSuchProcess):
                 adopted.kill()
                 adopted.wait(timeout)
-
-    def _discard_exited(self) -> None:
-        if self._proc is not None:
-            self._proc.wait()
-            self._proc = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return (
