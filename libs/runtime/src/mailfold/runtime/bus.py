@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 from typing import Final
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
+    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -121,12 +124,29 @@ async def objects(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:
         )
 
 
-async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 5.0) -> int:
-    """Publish one event with Nats-Msg-Id = event_id; returns its stream sequence."""
-    ack = await js.publish(
-        event_subject(event), encode(event), timeout=timeout, headers=publish_headers(event)
+async def start_publish(js: JetStreamContext, event: Event) -> asyncio.Future[PubAck]:
+    """Send one event (Nats-Msg-Id = event_id) without waiting; the future resolves with its ack.
+
+    Callers that publish several events send them all, then await the futures together.
+    """
+    return await js.publish_async(
+        event_subject(event), encode(event), headers=publish_headers(event)
     )
-    return int(ack.seq)
+
+
+async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 5.0) -> int:
+    """Publish one event with Nats-Msg-Id = event_id and wait for the ack; its stream sequence.
+
+    Raises nats.errors.TimeoutError without an ack in time and NoRespondersError when no stream
+    takes the subject, as a JetStream request would (the asynchronous publish is cheaper).
+    """
+    ack = await start_publish(js, event)
+    try:
+        return int((await asyncio.wait_for(ack, timeout)).seq)
+    except TimeoutError as exc:
+        raise nats.errors.TimeoutError from exc
+    except NoStreamResponseError as exc:
+        raise nats.errors.NoRespondersError from exc
 
 
 def key_token(text: str) -> str:

@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
-from mailfold.events import ContentRef, Event, RecordRef, encode, event_subject, publish_headers
+from mailfold.events import ContentRef, Event, RecordRef
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
@@ -67,17 +67,11 @@ class JetStreamPublisher:
         While the connection is down the client would buffer the publish and send it after
         reconnecting, after the caller was told it failed; refusing it at once keeps "failed"
         meaning "not published" (a retry publishes the same event id anyway).
-
-        The same publish as `bus.publish_event` (subject, Nats-Msg-Id = event_id), sent with the
-        client's asynchronous publish: the ack resolves a future instead of a request task.
         """
         try:
             if not self._nc.is_connected:
                 raise ConnectionError("not connected to NATS")
-            ack = await self._js.publish_async(
-                event_subject(event), encode(event), headers=publish_headers(event)
-            )
-            await asyncio.wait_for(ack, self._timeout)
+            await bus.publish_event(self._js, event, timeout=self._timeout)
         except Exception:
             PUBLISH_FAILURES.inc()
             raise
