@@ -16,6 +16,7 @@ from mailfold.ingest.adapters.memory import (
     MemoryPublisher,
     PublishFailed,
 )
+from mailfold.ingest.adapters.usage import MemoryAttachmentUsage
 from mailfold.ingest.domain import requests as req
 from mailfold.ingest.domain.validation import Invalid, KeyReused, NotFound, TooLarge
 from mailfold.ingest.service_layer import api
@@ -32,6 +33,7 @@ def ports() -> Ports:
         content=MemoryContentStore(),
         directory=MemoryDirectory([ORG]),
         idempotency=MemoryIdempotency(),
+        usage=MemoryAttachmentUsage(),
     )
 
 

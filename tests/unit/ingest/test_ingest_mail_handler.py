@@ -26,6 +26,7 @@ from mailfold.ingest.adapters.memory import (
     MemoryPublisher,
     PublishFailed,
 )
+from mailfold.ingest.adapters.usage import MemoryAttachmentUsage
 from mailfold.ingest.domain import replies
 from mailfold.ingest.service_layer.mail import BounceOutcome, MailIngress
 from mailfold.ingest.service_layer.ports import Ports
@@ -55,7 +56,11 @@ def mail(
     directory: MemoryDirectory, publisher: MemoryPublisher, content: MemoryContentStore
 ) -> MailIngress:
     ports = Ports(
-        publisher=publisher, content=content, directory=directory, idempotency=MemoryIdempotency()
+        publisher=publisher,
+        content=content,
+        directory=directory,
+        idempotency=MemoryIdempotency(),
+        usage=MemoryAttachmentUsage(),
     )
     return MailIngress(ports, KEYS)
 

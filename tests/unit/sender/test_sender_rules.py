@@ -107,6 +107,7 @@ def test_the_sources_that_count_toward_the_limit_are_the_mass_ones() -> None:
         Source.MASS_EMAIL,
         Source.MASS_EMAIL_FOLLOW_UP,
         Source.MASS_EMAIL_SCHEDULER,
+        Source.MULTIPLE,
         Source.AUTORESPONDER,
         Source.AUTORESPONDER_FOLLOW_UP,
     }

@@ -48,6 +48,7 @@ from mailfold.events.model import (
     Status,
     Transport,
     Verdict,
+    one_per_recipient,
     source_info,
 )
 from mailfold.events.policy import POLICY, PolicyRow, reachable, trackable
@@ -115,6 +116,7 @@ __all__ = [
     "fold",
     "json_schema",
     "new_id",
+    "one_per_recipient",
     "publish_headers",
     "reachable",
     "source_info",

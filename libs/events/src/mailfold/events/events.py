@@ -87,6 +87,11 @@ class EmailComposed(Event, frozen=True, kw_only=True, tag="email_composed"):
     template_id: str | None = None
     records: tuple[RecordRef, ...] = ()
     mailbox_user: str | None = None
+    # One email of a bulk send (a mass email and the like): the campaign it belongs to.
+    campaign_id: Ident | None = None
+    # Set when storing the attachments would take this record past its attachment quota: the
+    # sender refuses the email (EmailRejected `record_attachment_quota`) instead of sending it.
+    over_quota_record: Ident | None = None
 
     @property
     def recipients(self) -> tuple[str, ...]:

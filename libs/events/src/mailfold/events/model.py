@@ -94,6 +94,9 @@ class SourceInfo:
     display: str
     channel: Channel
     counts_toward_mass_limit: bool = False
+    # Bulk sources reach many records at once and are sent one email per recipient, each on its
+    # own recipient's records and each tracked; the daily limit counts those emails.
+    one_per_recipient: bool = False
 
     @property
     def crm_originated(self) -> bool:
@@ -101,8 +104,12 @@ class SourceInfo:
         return self.channel is Channel.CRM
 
 
-def _info(source: Source, display: str, channel: Channel, *, mass: bool = False) -> SourceInfo:
-    return SourceInfo(source, display, channel, counts_toward_mass_limit=mass)
+def _info(
+    source: Source, display: str, channel: Channel, *, mass: bool = False, bulk: bool = False
+) -> SourceInfo:
+    return SourceInfo(
+        source, display, channel, counts_toward_mass_limit=mass, one_per_recipient=bulk
+    )
 
 
 _CRM = Channel.CRM
@@ -110,17 +117,19 @@ SOURCES: dict[Source, SourceInfo] = {
     i.source: i
     for i in (
         _info(Source.INDIVIDUAL, "Individual", _CRM),
-        _info(Source.MASS_EMAIL, "Mass Email", _CRM, mass=True),
-        _info(Source.MASS_EMAIL_FOLLOW_UP, "Mass Email Follow-up", _CRM, mass=True),
-        _info(Source.MASS_EMAIL_SCHEDULER, "Mass Email Scheduler", _CRM, mass=True),
-        _info(Source.MULTIPLE, "Multiple", _CRM),
+        _info(Source.MASS_EMAIL, "Mass Email", _CRM, mass=True, bulk=True),
+        _info(Source.MASS_EMAIL_FOLLOW_UP, "Mass Email Follow-up", _CRM, mass=True, bulk=True),
+        _info(Source.MASS_EMAIL_SCHEDULER, "Mass Email Scheduler", _CRM, mass=True, bulk=True),
+        _info(Source.MULTIPLE, "Multiple", _CRM, mass=True, bulk=True),
         _info(Source.WORKFLOW_ALERT, "Workflow Alert", _CRM),
         _info(Source.MEETING_NOTIFICATION, "Meeting Notification", _CRM),
         _info(Source.EVENT_INVITATION, "Event Invitation", _CRM),
         _info(Source.BLUEPRINT_NOTIFICATION, "Blueprint Notification", _CRM),
-        _info(Source.AUTORESPONDER, "Autoresponder", _CRM, mass=True),
-        _info(Source.AUTORESPONDER_FOLLOW_UP, "Autoresponder Follow-up", _CRM, mass=True),
-        _info(Source.CADENCE, "Cadence", _CRM),
+        _info(Source.AUTORESPONDER, "Autoresponder", _CRM, mass=True, bulk=True),
+        _info(
+            Source.AUTORESPONDER_FOLLOW_UP, "Autoresponder Follow-up", _CRM, mass=True, bulk=True
+        ),
+        _info(Source.CADENCE, "Cadence", _CRM, bulk=True),
         _info(Source.CALENDAR_BOOKING_EMAIL, "Calendar Booking Email", _CRM),
         _info(Source.CONSENT_EMAIL, "Consent Email", _CRM),
         _info(Source.ACCESS_EMAIL, "Access Email", _CRM),
@@ -129,7 +138,7 @@ SOURCES: dict[Source, SourceInfo] = {
         _info(Source.INTEGRATION_EMAIL, "Integration Email", _CRM),
         _info(Source.INTEGRATION_TASK_MAIL, "Integration Task Mail", _CRM),
         _info(Source.KIOSK, "Kiosk", _CRM),
-        _info(Source.MAIL_MERGE, "Mail Merge", _CRM),
+        _info(Source.MAIL_MERGE, "Mail Merge", _CRM, bulk=True),
         _info(Source.WEBFORM, "Webform", _CRM),
         _info(Source.OTHER_EMAILS, "Other Emails", _CRM),
         _info(Source.IMAP, "IMAP", Channel.MAILBOX),
@@ -148,6 +157,11 @@ assert set(SOURCES) == set(Source), "every source needs its SourceInfo"
 def source_info(source: Source) -> SourceInfo:
     """The display name, channel and limits of a source."""
     return SOURCES[source]
+
+
+def one_per_recipient(source: Source) -> bool:
+    """True for the bulk sources: one email per recipient, never one message to many."""
+    return SOURCES[source].one_per_recipient
 
 
 class Verdict(enum.StrEnum):

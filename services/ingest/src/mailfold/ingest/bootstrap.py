@@ -17,6 +17,7 @@ from mailfold.ingest.adapters.nats import (
     ObjectContentStore,
     OrgCache,
 )
+from mailfold.ingest.adapters.usage import KvAttachmentUsage
 from mailfold.ingest.entrypoints.http import build_app
 from mailfold.ingest.entrypoints.smtp import SmtpHandler, SmtpServer
 from mailfold.ingest.service_layer.mail import MailIngress
@@ -125,6 +126,7 @@ async def start(settings: Settings) -> IngestService:
             ),
             directory=KvDirectory(orgs, await bus.kv(js, bus.BUCKET_DIRECTORY), cache, addresses),
             idempotency=KvIdempotency(await bus.kv(js, bus.BUCKET_IDEMPOTENCY)),
+            usage=KvAttachmentUsage(await bus.kv(js, bus.BUCKET_DIRECTORY)),
         )
 
         async def health() -> dict[str, object]:

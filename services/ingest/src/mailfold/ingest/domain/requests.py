@@ -12,7 +12,7 @@ from typing import Final
 
 import msgspec
 
-from mailfold.events import SOURCES, Module, Source, Transport
+from mailfold.events import SOURCES, Module, Source, Transport, one_per_recipient
 from mailfold.ingest.domain.addresses import is_address, is_domain, normalise_domain
 from mailfold.ingest.domain.validation import FieldError, Fields, Invalid
 from mailfold.runtime.directory import (
@@ -30,7 +30,8 @@ MAX_EMAIL_ATTACHMENTS_BYTES: Final = 10 * MIB  # per composed email, template at
 MAX_TEMPLATE_ATTACHMENT_BYTES: Final = 3 * MIB  # per template attachment
 MAX_ATTACHMENTS: Final = 100
 MAX_RECIPIENTS: Final = 1000  # To + Cc + Bcc of one composed email
-MAX_RECORD_IDS: Final = 100
+MAX_RECORD_IDS: Final = 100  # of a one-off email; a bulk send names up to MAX_RECIPIENTS
+RECORD_ATTACHMENT_QUOTA_BYTES: Final = 100 * MIB  # attachments stored on one record
 MAX_SUBJECT: Final = 998
 MAX_BODY_CHARS: Final = 8 * MIB
 MAX_BLACKLISTED_DOMAINS: Final = 1000
@@ -224,8 +225,22 @@ def compose_from_json(document: object) -> ComposeEmail:
     to = _addresses(fields, "to")
     cc = _addresses(fields, "cc")
     bcc = _addresses(fields, "bcc")
+    bulk = source is not None and one_per_recipient(source)
     given = sum(len(v) for v in map(fields.raw, ("to", "cc", "bcc")) if isinstance(v, list))
-    if not given:
+    if bulk:
+        assert source is not None
+        display = SOURCES[source].display
+        for name in ("cc", "bcc"):
+            if fields.raw(name) not in (None, []):
+                fields.fail(
+                    name,
+                    f"{display} is sent one email per recipient: name every recipient in to "
+                    "or record_ids, not in cc or bcc",
+                )
+        records_given = fields.raw("record_ids")
+        if not given and not (isinstance(records_given, list) and records_given):
+            fields.fail("to", "at least one recipient is needed in to or record_ids")
+    elif not given:
         fields.fail("to", "at least one recipient is needed in to, cc or bcc")
     if len(to) + len(cc) + len(bcc) > MAX_RECIPIENTS:
         fields.fail("to", f"at most {MAX_RECIPIENTS} recipients in to, cc and bcc together")
@@ -240,7 +255,9 @@ def compose_from_json(document: object) -> ComposeEmail:
     if not content and not fields.failed("html", "text", "template_id"):
         fields.fail("html", "give html, text or a template_id")
     record_ids: tuple[str, ...] | None = None
-    ids = fields.strings("record_ids", max_items=MAX_RECORD_IDS, max_length=64)
+    ids = fields.strings(
+        "record_ids", max_items=MAX_RECIPIENTS if bulk else MAX_RECORD_IDS, max_length=64
+    )
     if ids is not None:
         for i, value in enumerate(ids):
             if not IDENT.match(value):

@@ -14,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from mailfold.events import one_per_recipient
 from mailfold.ingest.domain import requests as req
 from mailfold.ingest.domain.validation import BadKey, FieldError, Refused, TooLarge
 from mailfold.ingest.metrics import EMAILS_COMPOSED, HTTP_REQUESTS, IDEMPOTENT_REPLAYS
-from mailfold.ingest.service_layer import api
+from mailfold.ingest.service_layer import api, campaigns
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime.logging import get_logger
 from mailfold.runtime.ops import HealthCheck, ops_routes
@@ -187,6 +188,8 @@ class IngestApi:
         key = idempotency_key(request)
         document = await read_json(request)
         cmd = req.compose_from_json(document)
+        if one_per_recipient(cmd.source):
+            return await self._campaign(org_id, cmd, key, document)
         composed = await api.compose_email(
             self._ports,
             org_id,
@@ -211,6 +214,35 @@ class IngestApi:
             {"Location": f"/v1/orgs/{org_id}/emails/{composed.email_id}"},
         )
 
+    async def _campaign(
+        self, org_id: str, cmd: req.ComposeEmail, key: str | None, document: object
+    ) -> Response:
+        """A bulk send: one email per recipient, answered as a campaign."""
+        campaign = await campaigns.compose_campaign(
+            self._ports,
+            org_id,
+            cmd,
+            idempotency_key=key,
+            fingerprint=req.fingerprint(document) if key is not None else "",
+        )
+        if campaign.replayed:
+            IDEMPOTENT_REPLAYS.inc()
+        else:
+            sent = sum(1 for e in campaign.view.emails if e.email_id is not None)
+            EMAILS_COMPOSED.labels(cmd.source.value).inc(sent)
+            log.info(
+                "campaign_composed",
+                org_id=org_id,
+                campaign_id=campaign.campaign_id,
+                emails=sent,
+                source=cmd.source.value,
+            )
+        return json_response(
+            campaign.view,
+            202,
+            {"Location": f"/v1/orgs/{org_id}/campaigns/{campaign.campaign_id}"},
+        )
+
     async def template(self, request: Request, org_id: str) -> Response:
         """`GET|PUT /v1/orgs/{org}/templates/{template_id}`."""
         template_id = req.valid_ident("template_id", request.path_params["template_id"])
@@ -223,7 +255,7 @@ class IngestApi:
         """`GET|PUT|DELETE /v1/orgs/{org}/records/{record_id}`."""
         record_id = req.valid_ident("record_id", request.path_params["record_id"])
         if request.method == "GET":
-            return json_response(await api.get_record(self._ports, org_id, record_id))
+            return json_response(await api.record_view(self._ports, org_id, record_id))
         if request.method == "DELETE":
             await api.delete_record(self._ports, org_id, record_id)
             return Response(status_code=204)

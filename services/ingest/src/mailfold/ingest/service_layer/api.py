@@ -20,12 +20,14 @@ from mailfold.events.ids import id_time_ms
 from mailfold.ingest.domain.ids import derived_id
 from mailfold.ingest.domain.requests import (
     MAX_EMAIL_ATTACHMENTS_BYTES,
+    RECORD_ATTACHMENT_QUOTA_BYTES,
     AttachmentUpload,
     ComposeEmail,
     PutTemplate,
 )
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.domain.validation import FieldError, Invalid, KeyReused, NotFound, TooLarge
+from mailfold.ingest.service_layer import quota
 from mailfold.ingest.service_layer.ports import IdempotencyClaim, Ports
 from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
 
@@ -68,17 +70,39 @@ async def _template(ports: Ports, org_id: str, cmd: ComposeEmail) -> Template | 
 async def _records(ports: Ports, org_id: str, cmd: ComposeEmail) -> tuple[RecordRef, ...]:
     if cmd.record_ids is None:
         return await ports.directory.records_for_addresses(org_id, cmd.recipients)
+    return tuple(e.ref for e in await named_records(ports, org_id, cmd.record_ids))
+
+
+async def named_records(
+    ports: Ports, org_id: str, record_ids: tuple[str, ...]
+) -> list[RecordEntry]:
+    """The records a request names, in its order; 422 naming each one that does not exist."""
     entries = await asyncio.gather(
-        *(ports.directory.load_record(org_id, rid) for rid in cmd.record_ids)
+        *(ports.directory.load_record(org_id, rid) for rid in record_ids)
     )
     missing = [
         FieldError(f"record_ids[{i}]", f"no record {rid!r}")
-        for i, (rid, entry) in enumerate(zip(cmd.record_ids, entries, strict=True))
+        for i, (rid, entry) in enumerate(zip(record_ids, entries, strict=True))
         if entry is None
     ]
     if missing:
         raise Invalid(missing)
-    return tuple(e.ref for e in entries if e is not None)
+    return [e for e in entries if e is not None]
+
+
+def _check_size(cmd: ComposeEmail, template: Template | None) -> None:
+    template_bytes = template.attachments_size if template else 0
+    total = cmd.attachments_size + template_bytes
+    if total > MAX_EMAIL_ATTACHMENTS_BYTES:
+        raise TooLarge(
+            [
+                FieldError(
+                    "attachments",
+                    f"attachments total {total} bytes with the template's {template_bytes}; "
+                    f"at most {MAX_EMAIL_ATTACHMENTS_BYTES} allowed",
+                )
+            ]
+        )
 
 
 async def _check_mailbox(ports: Ports, org_id: str, cmd: ComposeEmail) -> None:
@@ -136,18 +160,7 @@ async def compose_email(
     template = await _template(ports, org_id, cmd)
     records = await _records(ports, org_id, cmd)
     await _check_mailbox(ports, org_id, cmd)
-    template_bytes = template.attachments_size if template else 0
-    total = cmd.attachments_size + template_bytes
-    if total > MAX_EMAIL_ATTACHMENTS_BYTES:
-        raise TooLarge(
-            [
-                FieldError(
-                    "attachments",
-                    f"attachments total {total} bytes with the template's {template_bytes}; "
-                    f"at most {MAX_EMAIL_ATTACHMENTS_BYTES} allowed",
-                )
-            ]
-        )
+    _check_size(cmd, template)
 
     email_id = held.email_id if held is not None else new_id()
     if idempotency_key is not None and held is None:
@@ -158,6 +171,13 @@ async def compose_email(
             if held.done:
                 return Composed(held.email_id, composed_event_id(held.email_id), replayed=True)
             email_id = held.email_id
+
+    charge = quota.compose_charge(
+        email_id, cmd.attachments_size, template.attachments if template else ()
+    )
+    over = await quota.reserve(ports.usage, org_id, charge, records)
+    if over is not None:
+        raise TooLarge([FieldError("attachments", quota.over_quota_detail(over))])
 
     html, text, attachments = await asyncio.gather(
         _body(ports, cmd.html, HTML),
@@ -230,6 +250,20 @@ async def get_record(ports: Ports, org_id: str, record_id: str) -> RecordEntry:
     if record is None:
         raise NotFound([FieldError("record_id", f"no record {record_id!r}")])
     return record
+
+
+async def record_view(ports: Ports, org_id: str, record_id: str) -> dict[str, object]:
+    """A record as `GET` shows it: its addresses and the attachment bytes it holds."""
+    record, usage = await asyncio.gather(
+        get_record(ports, org_id, record_id), ports.usage.usage(org_id, record_id)
+    )
+    return {
+        **msgspec.structs.asdict(record),
+        "attachments": {
+            "used_bytes": usage.total,
+            "quota_bytes": RECORD_ATTACHMENT_QUOTA_BYTES,
+        },
+    }
 
 
 async def delete_record(ports: Ports, org_id: str, record_id: str) -> None:

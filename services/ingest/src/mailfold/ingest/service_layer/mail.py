@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from mailfold.events import ContentRef, Event, InvalidToken, Keyring
+from mailfold.events import ContentRef, Event, InvalidToken, Keyring, RecordRef
 from mailfold.ingest.domain.captures import (
     blacklisted,
     dropbox_events,
@@ -30,7 +30,9 @@ from mailfold.ingest.domain.replies import (
 )
 from mailfold.ingest.domain.reports import report_events
 from mailfold.ingest.domain.routes import Route, RouteKind, route_for
+from mailfold.ingest.service_layer import quota
 from mailfold.ingest.service_layer.ports import Ports
+from mailfold.runtime.attachments import attachments_size, may_have_attachments
 
 RFC822: Final = "message/rfc822"
 # Parsing is CPU work: a big report is parsed in a worker thread so other sessions keep moving.
@@ -143,6 +145,23 @@ class MailIngress:
             if isinstance(outcome, BaseException):
                 raise outcome
 
+    async def _count_attachments(
+        self, org_id: str, raw: bytes, raw_ref: ContentRef, records: Sequence[RecordRef]
+    ) -> None:
+        """Count the message's attachments on its records' quota: never refused, always counted.
+
+        Keyed by the raw message, so a copy that arrives again (a retry after 451, the same
+        message for two users) counts once per record.
+        """
+        if not records or not may_have_attachments(raw):
+            return
+        size = (
+            await asyncio.to_thread(attachments_size, raw)
+            if len(raw) > _THREAD_PARSE_BYTES
+            else attachments_size(raw)
+        )
+        await quota.count(self._ports.usage, org_id, f"raw:{raw_ref.sha256}", size, records)
+
     async def _dropbox(self, routes: list[Route], raw: bytes, summary: MessageSummary) -> Delivery:
         org_id = routes[0].org_id
         settings = await self._ports.directory.load_settings(org_id)
@@ -163,6 +182,7 @@ class MailIngress:
             occurred_at=self._ports.clock(),
         )
         await self._keep_and_publish(raw, raw_ref, events)
+        await self._count_attachments(org_id, raw, raw_ref, records)
         return Delivery(ACCEPTED, RouteKind.DROPBOX, events, raw_ref)
 
     async def _inbound(
@@ -192,6 +212,7 @@ class MailIngress:
             for user in dict.fromkeys(r.user for r in routes)
         ]
         await self._keep_and_publish(raw, raw_ref, events)
+        await self._count_attachments(org_id, raw, raw_ref, records)
         return Delivery(ACCEPTED, RouteKind.INBOUND, tuple(events), raw_ref)
 
     async def _reports(self, routes: list[Route], raw: bytes, summary: MessageSummary) -> Delivery:

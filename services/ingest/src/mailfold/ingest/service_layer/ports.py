@@ -10,6 +10,7 @@ from typing import Protocol
 import msgspec
 
 from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.ingest.domain.quota import Charge, RecordUsage
 from mailfold.ingest.domain.template import Template
 from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
 
@@ -77,9 +78,10 @@ class Directory(Protocol):
 class IdempotencyClaim(msgspec.Struct, frozen=True, kw_only=True):
     """What an Idempotency-Key stands for: the email it created and the payload it came with."""
 
-    email_id: str
+    email_id: str  # the email's id, or for a bulk send the campaign's
     fingerprint: str
     done: bool = False
+    answer: str = ""  # a finished bulk send: its JSON answer, given again to a repeat
 
 
 class IdempotencyStore(Protocol):
@@ -95,6 +97,27 @@ class IdempotencyStore(Protocol):
         """Mark the key's email as published."""
 
 
+class AttachmentUsage(Protocol):
+    """The attachment bytes each record holds, updated with compare-and-set against racers."""
+
+    async def usage(self, org_id: str, record_id: str) -> RecordUsage:
+        """What the record holds now (nothing for a record never charged)."""
+
+    async def charge(
+        self, org_id: str, record_id: str, charge: Charge, *, limit: int | None
+    ) -> tuple[RecordUsage, tuple[str, ...]] | None:
+        """Add an email's attachments to the record unless that takes it past `limit` bytes.
+
+        Returns the new usage and the template files first stored by this charge, or None when
+        refused. `limit=None` never refuses (received and dropbox mail is only counted).
+        """
+
+    async def refund(
+        self, org_id: str, record_id: str, charge: Charge, added: Sequence[str]
+    ) -> None:
+        """Take a charge back (an email refused for another of its records)."""
+
+
 def utc_now() -> datetime:
     """The wall clock, in UTC."""
     return datetime.now(UTC)
@@ -108,4 +131,5 @@ class Ports:
     content: ContentStore
     directory: Directory
     idempotency: IdempotencyStore
+    usage: AttachmentUsage
     clock: Callable[[], datetime] = field(default=utc_now)

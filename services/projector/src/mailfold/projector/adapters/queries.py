@@ -10,6 +10,7 @@ from typing import Final
 
 import asyncpg
 
+from mailfold.projector.adapters.campaign_queries import CampaignQueries
 from mailfold.projector.adapters.sql import Connection, quote_ident, table
 
 _SUMMARY: Final = (
@@ -29,6 +30,7 @@ class ProjectionQueries:
 
     def __init__(self, pool: asyncpg.Pool, schema: str = "public") -> None:
         self._pool = pool
+        self.campaigns = CampaignQueries(pool, schema)
         emails = table(schema, "emails")
         records = table(schema, "email_records")
         events = table(schema, "events")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from mailfold.events import SOURCES, Decision, EmailState, Ruling
+from mailfold.events import SOURCES, Decision, EmailComposed, EmailState, Ruling
 from mailfold.projector.domain.messages import Accepted
 
 EVENT_COLUMNS: Final = (
@@ -67,6 +67,7 @@ EMAIL_COLUMNS: Final = (
     "event_count",
     "state",
     "updated_seq",
+    "campaign_id",
 )
 
 RECORD_COLUMNS: Final = ("email_id", "module", "record_id", "org_id")
@@ -196,6 +197,7 @@ def email_row(state: EmailState, encoded: bytes, seq: int) -> EmailRow:
         len(state.seen),
         encoded,
         seq,
+        origin.campaign_id if isinstance(origin, EmailComposed) else None,
     )
 
 

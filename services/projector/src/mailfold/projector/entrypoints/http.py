@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
+from mailfold.projector.entrypoints.campaigns import CampaignEndpoints
 from mailfold.projector.service_layer import views
 from mailfold.runtime.directory import load_record
 from mailfold.runtime.ops import HealthCheck, ops_routes
@@ -169,9 +170,13 @@ class Api:
 
     def routes(self) -> list[BaseRoute]:
         """The API's routes."""
+        campaigns = CampaignEndpoints(
+            self._queries.campaigns, self._authorize, json_response, problem
+        )
         return [
             Route("/v1/orgs/{org}/records/{record_id}/emails", self.record_emails),
             Route("/v1/orgs/{org}/emails/{email_id}", self.email),
+            *campaigns.routes(),
         ]
 
 

@@ -20,9 +20,10 @@ MAX_ATTACHMENTS_TOTAL: Final = 10 * MB  # per composed email, template attachmen
 MAX_TEMPLATE_ATTACHMENT: Final = 3 * MB  # per template attachment
 
 # "A mass email never goes twice to the same address": the sources that are one campaign sent to
-# many records at once. Autoresponders send one template per trigger, so repeats are intended.
+# many records at once (Multiple is a mass email from a list view). Autoresponders send one
+# template per trigger, so repeats are intended.
 DEDUPLICATED_SOURCES: Final = frozenset(
-    {Source.MASS_EMAIL, Source.MASS_EMAIL_FOLLOW_UP, Source.MASS_EMAIL_SCHEDULER}
+    {Source.MASS_EMAIL, Source.MASS_EMAIL_FOLLOW_UP, Source.MASS_EMAIL_SCHEDULER, Source.MULTIPLE}
 )
 
 
@@ -37,6 +38,7 @@ class Reason(enum.StrEnum):
     CONTENT_MISSING = "content_missing"
     DUPLICATE_RECIPIENT = "duplicate_recipient"
     DAILY_LIMIT_REACHED = "daily_limit_reached"
+    RECORD_ATTACHMENT_QUOTA = "record_attachment_quota"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,12 @@ def check(composed: EmailComposed, *, mailbox_configured: bool) -> Rejection | N
             Reason.ATTACHMENTS_TOO_LARGE,
             f"the attachments add up to {_size(total)} (template attachments included); "
             f"an email may carry at most {_size(MAX_ATTACHMENTS_TOTAL)}",
+        )
+    if composed.over_quota_record is not None:
+        return Rejection(
+            Reason.RECORD_ATTACHMENT_QUOTA,
+            f"storing the attachments would take record {composed.over_quota_record!r} past "
+            "its 100 MB attachment quota",
         )
     if composed.transport is Transport.INTEGRATED_MAILBOX and not mailbox_configured:
         who = composed.mailbox_user or "(no mailbox_user given)"

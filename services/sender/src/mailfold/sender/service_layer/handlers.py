@@ -264,6 +264,8 @@ class _Job:
                     Reason.DAILY_LIMIT_REACHED,
                     f"the org's daily limit of {settings.mass_email_daily_limit} mass emails "
                     f"for {admission.day.isoformat()} ({zone}) is reached",
+                    # One email per recipient: the refused recipient is this email's own.
+                    recipient=recipients[0].address if len(recipients) == 1 else None,
                 )
             )
         decided = Admission(
