@@ -15,15 +15,17 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import asyncpg
 from nats.aio.client import Client
+from nats.js.object_store import ObjectStore
+from tqdm import tqdm
 
-from mailfold.events import STREAM, EmailComposed
+from mailfold.events import STREAM, EmailComposed, Origin
 from mailfold.events.fold import decode_state
 from mailfold.projector.adapters import jetstream, postgres
 from mailfold.projector.adapters.migrations import create_schema_copy, drop_schema, migrate
@@ -37,6 +39,7 @@ from mailfold.projector.service_layer.ports import DuplicateEventIds
 from mailfold.projector.service_layer.replay import REPLAY_BATCH, ReplayReport, rebuild
 from mailfold.projector.service_layer.verify import TableSpec, compare
 from mailfold.runtime import bus
+from mailfold.runtime.attachments import mime_attachments
 from mailfold.runtime.content import get_content
 from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL
 
@@ -331,51 +334,93 @@ def _write_file(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-async def export(nc: Client, dsn: str, org_id: str, out: Path) -> tuple[int, int, list[str]]:
+@dataclass(slots=True)
+class ExportTally:
+    """What an export wrote, and what it could not."""
+
+    emails: int = 0
+    files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+async def _email_files(
+    store: ObjectStore, origin: Origin | None, email_id: str, out: Path, tally: ExportTally
+) -> list[str]:
+    """Write one email's attachments under `attachments/<email_id>/`; their relative paths.
+
+    A composed email's attachments are objects of their own; received and captured mail (BCC
+    dropbox copies, mailbox mail) keeps only its raw message, and its attachments are taken out
+    of that.
+    """
+    if origin is None:
+        return []
+    files: list[tuple[str, bytes]] = []
+    if isinstance(origin, EmailComposed):
+        for attachment in origin.attachments:
+            try:
+                files.append((attachment.name, await get_content(store, attachment.sha256)))
+            except Exception as exc:  # missing or corrupt: say so, keep going
+                tally.problems.append(
+                    f"{email_id}: attachment {attachment.name!r} "
+                    f"({attachment.sha256}): {exc or type(exc).__name__}"
+                )
+    elif origin.raw is not None:
+        try:
+            raw = await get_content(store, origin.raw.sha256)
+        except Exception as exc:
+            tally.problems.append(
+                f"{email_id}: raw message ({origin.raw.sha256}): {exc or type(exc).__name__}"
+            )
+            raw = b""
+        files.extend((a.name, a.data) for a in mime_attachments(raw))
+    names: list[str] = []
+    taken: set[str] = set()
+    for name, data in files:
+        safe = attachment_name(name, taken)
+        _write_file(out / "attachments" / email_id / safe, data)
+        names.append(f"attachments/{email_id}/{safe}")
+        tally.files += 1
+    return names
+
+
+async def export(
+    nc: Client, dsn: str, org_id: str, out: Path, *, progress: bool = False
+) -> tuple[int, int, list[str]]:
     """Write the org's emails to `out/emails.csv` and their attachments beside it.
 
-    Returns (emails, attachments written, problems): an attachment missing from the object store
-    is a problem reported, not a reason to stop.
+    Streams: one email at a time from a database cursor, so memory stays flat however large the
+    org. Returns (emails, attachments written, problems): an attachment missing from the object
+    store is a problem reported, not a reason to stop. `progress` shows a bar on stderr.
     """
     store = await bus.objects(nc.jetstream())
     pool = await postgres.create_pool(dsn, max_size=2)
-    emails = files = 0
-    problems: list[str] = []
+    tally = ExportTally()
     try:
         queries = ProjectionQueries(pool)
-        with (out / "emails.csv").open("w", newline="", encoding="utf-8") as handle:
+        total = await queries.org_email_count(org_id) if progress else None
+        with (
+            (out / "emails.csv").open("w", newline="", encoding="utf-8") as handle,
+            tqdm(total=total, unit="email", disable=not progress, file=sys.stderr) as bar,
+        ):
             writer = csv.writer(handle)
             writer.writerow(EXPORT_COLUMNS)
             async for row in queries.org_emails(org_id):
-                emails += 1
+                tally.emails += 1
                 origin = decode_state(row["state"]).origin
-                names: list[str] = []
-                if isinstance(origin, EmailComposed) and origin.attachments:
-                    folder = out / "attachments" / row["email_id"]
-                    taken: set[str] = set()
-                    for attachment in origin.attachments:
-                        name = attachment_name(attachment.name, taken)
-                        try:
-                            data = await get_content(store, attachment.sha256)
-                        except Exception as exc:  # missing or corrupt: say so, keep going
-                            problems.append(
-                                f"{row['email_id']}: attachment {attachment.name!r} "
-                                f"({attachment.sha256}): {exc or type(exc).__name__}"
-                            )
-                            continue
-                        _write_file(folder / name, data)
-                        names.append(f"attachments/{row['email_id']}/{name}")
-                        files += 1
+                names = await _email_files(store, origin, row["email_id"], out, tally)
                 writer.writerow(_export_row(row, names))
+                bar.update(1)
     finally:
         await pool.close()
-    return emails, files, problems
+    return tally.emails, tally.files, tally.problems
 
 
 async def _export_main(args: argparse.Namespace) -> int:
     nc = await bus.connect(nats_url(), "mailfold-export", reconnect=False)
     try:
-        emails, files, problems = await export(nc, database_url(), args.org, Path(args.out))
+        emails, files, problems = await export(
+            nc, database_url(), args.org, Path(args.out), progress=sys.stderr.isatty()
+        )
     finally:
         await bus.close(nc)
     print(f"exported {emails} emails and {files} attachments to {args.out}")

@@ -54,6 +54,7 @@ class ProjectionQueries:
             "SELECT stream_seq, event_id, type, org_id, occurred_at, payload::text AS payload,"
             f" decision, reason, detail FROM {events} WHERE email_id = $1"
         )
+        self._org_count = f"SELECT count(*) FROM {emails} WHERE org_id = $1"
         self._org_emails = (
             f"SELECT {_SUMMARY}, e.state,"
             " (SELECT coalesce(array_agg(r.module || ':' || r.record_id ORDER BY r.module,"
@@ -102,6 +103,10 @@ class ProjectionQueries:
         return await self._pool.fetch(
             self._history + " AND org_id = $2 ORDER BY stream_seq", email_id, org_id
         )
+
+    async def org_email_count(self, org_id: str) -> int:
+        """How many emails the org has (what an export will write)."""
+        return int(await self._pool.fetchval(self._org_count, org_id) or 0)
 
     async def org_emails(self, org_id: str) -> AsyncIterator[asyncpg.Record]:
         """Every email of the org, oldest first, with its state and record links, streamed."""
