@@ -70,7 +70,7 @@ async def test_individual_mail_does_not_count_toward_the_daily_limit(
     (sent,) = _only(events, EmailSent)
     assert sent.recipients == ("ann@example.org",)
     (rejected,) = _rejected(events, "daily_limit_reached")
-    assert rejected.recipient is None
+    assert rejected.recipient == "bob@example.org"
 
 
 async def test_the_daily_limit_resets_at_midnight_in_the_orgs_time_zone(
