@@ -67,7 +67,7 @@ def test_the_demo_is_seeded_and_the_printed_commands_work_as_printed(tmp_path: P
         banner = _wait_ready(first, tmp_path / "first.out")
         assert "demo org 'demo' created; its API token (shown once): mf_demo_" in banner
         commands = _printed_commands(banner)
-        assert len(commands) == 4  # TOKEN=..., the timeline, one email, the audit
+        assert len(commands) == 5  # TOKEN=..., the timeline, one email, the audit, a campaign
         timeline_cmd = commands[0] + " && " + commands[1]
         deadline = time.monotonic() + 60
         while True:
@@ -81,12 +81,13 @@ def test_the_demo_is_seeded_and_the_printed_commands_work_as_printed(tmp_path: P
             assert run.returncode == 0, run.stderr
             items = json.loads(run.stdout)["items"]
             statuses = {(i["source"], i["status"]) for i in items}
-            if ("Individual", "Clicked") in statuses or time.monotonic() > deadline:
+            tracked = {("Individual", "Clicked"), ("Mass Email", "Opened")}
+            if tracked <= statuses or time.monotonic() > deadline:
                 break
             time.sleep(1)
         assert statuses == {
             ("Individual", "Clicked"),
-            ("Mass Email", "Delivered"),
+            ("Mass Email", "Opened"),
             ("BCC Dropbox", "Sent"),
             ("IMAP", "Received"),
         }
@@ -105,6 +106,18 @@ def test_the_demo_is_seeded_and_the_printed_commands_work_as_printed(tmp_path: P
         )
         assert "email_bounced" in audit.stdout
         assert "userunknown" in audit.stdout
+        campaign = subprocess.run(
+            ["bash", "-c", commands[0] + " && " + commands[4]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        counts = json.loads(campaign.stdout)["counts"]
+        assert counts["emails"] == 2
+        assert counts["sent"] == 2
+        assert counts["opened"]["human"] == 2  # Ann opened it; Bob clicked, which implies it
+        assert counts["clicked"]["human"] == 1
     finally:
         _stop(first)
 

@@ -65,6 +65,20 @@ class Api:
         assert r.status_code == 202, r.text
         return str(r.json()["email_id"])
 
+    async def campaign(self, **body: Any) -> dict[str, Any]:
+        r = await self.client.post(f"{self.ingest}/emails", json=body, headers=self.headers)
+        assert r.status_code == 202, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    async def campaign_counts(self, campaign_id: str) -> dict[str, Any] | None:
+        r = await self.client.get(f"{self.query}/campaigns/{campaign_id}", headers=self.headers)
+        if r.status_code == 404:
+            return None
+        assert r.status_code == 200, r.text
+        counts: dict[str, Any] = r.json()["counts"]
+        return counts
+
     async def timeline(self, record_id: str, filter_: str = "all") -> list[dict[str, Any]]:
         r = await self.client.get(
             f"{self.query}/records/{record_id}/emails",
@@ -396,7 +410,7 @@ async def test_multi_recipient_and_integrated_mailbox_mail_carry_no_tracking_and
     a, b, c = (f"{x}.{n}@example.org" for x in ("multi1", "multi2", "mbox"))
     html = '<html><body><a href="https://example.org/x">x</a></body></html>'
     multi = await api.compose(
-        source="mass_email", **{"from": REP}, to=[a, b], subject="News", html=html
+        source="workflow_alert", **{"from": REP}, to=[a, b], subject="News", html=html
     )
     mailbox = await api.compose(
         source="individual",
@@ -473,3 +487,67 @@ async def test_replay_verify_passes_and_audit_shows_each_emails_history(
     audit = await asyncio.to_thread(stack.cli, "audit", email_id)
     for expected in (email_id, "email_composed", "email_sent", "email_delivered", "applied"):
         assert expected in audit.stdout
+
+
+async def test_a_mass_email_reaches_each_recipient_alone_tracked_and_counted_per_campaign(
+    ready_org: Api, stack: Any
+) -> None:
+    api, n = ready_org, _uid()
+    shared, own = f"shared.{n}@example.com", f"own.{n}@example.org"
+    await api.put(f"/records/contact-{n}", {"module": "Contacts", "addresses": [shared]})
+    await api.put(f"/records/account-{n}", {"module": "Accounts", "addresses": [shared.upper()]})
+    await api.put(f"/records/lead-{n}", {"module": "Leads", "addresses": [own]})
+    composed = time.monotonic()
+    html = (
+        '<html><body><p>Read <a href="https://example.com/spring">the news</a>.</p></body></html>'
+    )
+    body = {
+        "source": "mass_email",
+        "from": REP,
+        "record_ids": [f"contact-{n}", f"account-{n}", f"lead-{n}"],
+        "subject": f"Spring {n}",
+        "html": html,
+    }
+    campaign = await api.campaign(**body)
+    emails = {e["recipient"].lower(): e for e in campaign["emails"]}
+    assert set(emails) == {shared, own}
+    assert sorted(emails[shared]["record_ids"]) == [f"account-{n}", f"contact-{n}"]
+    assert emails[own]["record_ids"] == [f"lead-{n}"]
+
+    urls = {}
+    for address in (shared, own):
+        await api.email_with(emails[address]["email_id"], status="Delivered")
+        (msg,) = _sink_messages(stack, address)
+        assert [a.lower() for a in msg.get_all("To", [])] == [address]
+        assert msg["Cc"] is None
+        pixels, links = _tracking_urls(_html(msg))
+        assert len(pixels) == 1
+        assert len(links) == 1
+        urls[address] = (pixels[0], links[0])
+
+    async with httpx.AsyncClient(headers={"User-Agent": BROWSER}, timeout=30) as browser:
+        assert (await browser.get(urls[shared][0])).status_code == 200
+        await asyncio.sleep(max(0.0, 6.0 - (time.monotonic() - composed)))
+        click = await browser.get(urls[own][1], follow_redirects=False)
+        assert click.status_code == 302
+        assert click.headers["location"] == "https://example.com/spring"
+
+    await api.email_with(emails[shared]["email_id"], status="Opened")
+    await api.email_with(emails[own]["email_id"], status="Clicked")
+    for record in (f"contact-{n}", f"account-{n}"):
+        timeline = await api.timeline(record)
+        assert [(e["email_id"], e["status"], e["to"]) for e in timeline] == [
+            (emails[shared]["email_id"], "Opened", [shared])
+        ]
+
+    async def counted() -> dict[str, Any] | None:
+        counts = await api.campaign_counts(campaign["campaign_id"])
+        done = counts is not None and counts["clicked"]["human"] == 1
+        return counts if done and counts["opened"]["human"] == 2 else None
+
+    counts = await eventually(counted)
+    assert counts["emails"] == 2
+    assert counts["sent"] == 2
+    assert counts["delivered"] == 2
+    assert counts["bounced"]["total"] == 0
+    assert counts["rejected"]["total"] == 0

@@ -122,12 +122,14 @@ def _seed(stack: DevStack, token: str) -> dict[str, str]:
     emails: dict[str, str] = {}
     compose = {
         "tracked": {"source": "individual", "from": REP, "to": ["ann@example.com"], "subject": "Our pricing", "html": html},
-        "multi": {"source": "mass_email", "from": REP, "to": ["ann@example.com", "bob@example.org"], "subject": "Spring newsletter", "html": html},
         "mailbox": {"source": "individual", "transport": "integrated_mailbox", "mailbox_user": "rep", "from": REP, "to": ["bob@example.org"], "subject": "Sent through my own mailbox", "text": "Hello Bob"},
         "bounce": {"source": "workflow_alert", "from": REP, "to": ["nobody@example.com"], "subject": "This one bounces", "text": "Nobody reads this."},
     }  # fmt: skip
     for name, body in compose.items():
         emails[name] = str(_http("POST", f"{api}/emails", token, body)["email_id"])
+    # A mass email reaches each record alone: one tracked email per recipient, one campaign.
+    newsletter = {"source": "mass_email", "from": REP, "record_ids": ["contact-ann", "lead-bob"], "subject": "Spring newsletter", "html": html}  # fmt: skip
+    emails["newsletter"] = str(_http("POST", f"{api}/emails", token, newsletter)["campaign_id"])
     smtp_port = stack.ports["ingest_smtp"]
     _smtp(
         smtp_port,
@@ -148,38 +150,61 @@ def _seed(stack: DevStack, token: str) -> dict[str, str]:
     return emails
 
 
-def _follow_tracking(stack: DevStack, timeout: float = 30.0) -> bool:
-    """Load the pixel and follow one link of the tracked demo email, as its recipient would."""
+def _tracking_urls(folder: Path, subject: str) -> tuple[str, str] | None:
+    """The pixel and first tracked link of the message with this subject in a sink folder."""
     import re
 
-    folder = stack.data / "sink" / "ann@example.com"
+    for path in sorted(folder.glob("*.eml")) if folder.exists() else []:
+        text = path.read_bytes().decode(errors="replace").replace("=\r\n", "").replace("=\n", "")
+        text = text.replace("=3D", "=")
+        if f"Subject: {subject}" not in text:
+            continue
+        pixel = re.search(r"(http://[^\"'\s]+/o/[A-Za-z0-9_.-]+\.gif)", text)
+        link = re.search(r"(http://[^\"'\s]+/c/[A-Za-z0-9_.-]+)", text)
+        if pixel and link:
+            return pixel.group(1), link.group(1)
+    return None
+
+
+def _follow_tracking(stack: DevStack, timeout: float = 30.0) -> bool:
+    """Read the tracked demo mail as its recipients would.
+
+    Ann opens the individual email and follows its link, and opens the newsletter; Bob follows
+    the newsletter's link (a click implies an open).
+    """
+    sink = stack.data / "sink"
+    wanted = (
+        ("ann@example.com", "Our pricing", (0, 1)),
+        ("ann@example.com", "Spring newsletter", (0,)),
+        ("bob@example.org", "Spring newsletter", (1,)),
+    )
     started = time.monotonic()
     deadline = started + timeout
-    while time.monotonic() < deadline:
-        for path in sorted(folder.glob("*.eml")) if folder.exists() else []:
-            text = (
-                path.read_bytes().decode(errors="replace").replace("=\r\n", "").replace("=\n", "")
-            )
-            text = text.replace("=3D", "=")
-            pixel = re.search(r"(http://[^\"'\s]+/o/[A-Za-z0-9_.-]+\.gif)", text)
-            link = re.search(r"(http://[^\"'\s]+/c/[A-Za-z0-9_.-]+)", text)
-            if pixel and link:
-                # A person reads mail some seconds after it arrives; a click within the first
-                # seconds after sending is what link scanners do, and the tracker flags it.
-                time.sleep(max(0.0, 6.0 - (time.monotonic() - started)))
-                browser = {
-                    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
-                }
-                for url in (pixel.group(1), link.group(1)):
-                    request = urllib.request.Request(url, headers=browser)  # noqa: S310
-                    try:
-                        with urllib.request.urlopen(request, timeout=5):  # noqa: S310
-                            pass
-                    except urllib.error.URLError:
-                        pass  # the redirect target (example.com) is not reachable from here
-                return True
-        time.sleep(0.5)
-    return False
+    found: dict[int, tuple[str, str]] = {}
+    while len(found) < len(wanted) and time.monotonic() < deadline:
+        for n, (address, subject, _) in enumerate(wanted):
+            urls = found.get(n) or _tracking_urls(sink / address, subject)
+            if urls is not None:
+                found[n] = urls
+        if len(found) < len(wanted):
+            time.sleep(0.5)
+    # A person reads mail some seconds after it arrives; a click within the first seconds after
+    # sending is what link scanners do, and the tracker flags it.
+    time.sleep(max(0.0, 6.0 - (time.monotonic() - started)))
+    browser = {
+        "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    }
+    for n, (_, _, which) in enumerate(wanted):
+        if n not in found:
+            continue
+        for url in (found[n][i] for i in which):
+            request = urllib.request.Request(url, headers=browser)  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=5):  # noqa: S310
+                    pass
+            except urllib.error.URLError:
+                pass  # the redirect target (example.com) is not reachable from here
+    return len(found) == len(wanted)
 
 
 def seed_demo(stack: DevStack) -> list[str]:
@@ -215,4 +240,8 @@ def seed_demo(stack: DevStack) -> list[str]:
         )
         cli = Path(sys.executable).parent / "mailfold"
         lines.append(f"  MAILFOLD_DATA_DIR={data} {cli} audit {emails['bounce']}")
+    if "newsletter" in emails:
+        lines.append(
+            f'  curl -s -H "Authorization: Bearer $TOKEN" "{query}/campaigns/{emails["newsletter"]}" | python3 -m json.tool'
+        )
     return lines
