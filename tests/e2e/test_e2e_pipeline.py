@@ -542,8 +542,9 @@ async def test_a_mass_email_reaches_each_recipient_alone_tracked_and_counted_per
 
     async def counted() -> dict[str, Any] | None:
         counts = await api.campaign_counts(campaign["campaign_id"])
-        done = counts is not None and counts["clicked"]["human"] == 1
-        return counts if done and counts["opened"]["human"] == 2 else None
+        if counts is None or counts["clicked"]["human"] != 1:
+            return None
+        return counts if counts["opened"]["human"] == 2 else None
 
     counts = await eventually(counted)
     assert counts["emails"] == 2
