@@ -149,3 +149,14 @@ def test_a_campaign_is_one_source_template_sender_and_day() -> None:
     assert rules.campaign_key(by_subject, day) != rules.campaign_key(
         _composed(source=Source.MASS_EMAIL, subject="Summer"), day
     )
+
+
+def test_an_email_marked_over_its_records_quota_is_refused_naming_the_record() -> None:
+    email = _composed(
+        to=("ann@example.org",), source=Source.MASS_EMAIL, over_quota_record="contact-7"
+    )
+    rejection = rules.check(email, mailbox_configured=False)
+    assert rejection is not None
+    assert rejection.reason is rules.Reason.RECORD_ATTACHMENT_QUOTA
+    assert "'contact-7'" in rejection.detail
+    assert rules.check(_composed(to=("ann@example.org",)), mailbox_configured=False) is None

@@ -36,7 +36,7 @@ class Wanted:
     record_id: str | None = None
 
 
-class TargetView(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class TargetView(msgspec.Struct, frozen=True, kw_only=True):
     """One target in the answer: its email, its recipient, the records it is attached to."""
 
     email_id: str | None
