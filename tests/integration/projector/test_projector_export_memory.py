@@ -89,3 +89,22 @@ async def test_export_memory_stays_flat_from_10k_to_100k_emails(
     # one email's work, whatever the count.
     assert large_peak < 1.5 * small_peak + 1024 * 1024
     assert large_peak < 64 * 1024 * 1024
+
+
+async def test_export_shows_a_progress_bar_only_when_asked(
+    nc: Client, database_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    org = f"p{new_id()[-8:]}"
+    await _fill(database_url, org, 40)
+    for folder in ("bar", "quiet"):
+        (tmp_path / folder).mkdir()
+
+    await export(nc, database_url, org, tmp_path / "bar", progress=True)
+    shown = capsys.readouterr().err
+    await export(nc, database_url, org, tmp_path / "quiet")
+    quiet = capsys.readouterr()
+
+    assert "40/40" in shown
+    assert "email" in shown
+    assert quiet.err == ""
+    assert quiet.out == ""
