@@ -51,7 +51,9 @@ POLICY: tuple[PolicyRow, ...] = (
         transport=Transport.CRM_SERVERS,
         multi_recipient=True,
         reachable=frozenset({_S.SENT, _S.DELIVERED, _S.BOUNCED}),
-        note="no open/click insights for multi-recipient mail (To+Cc+Bcc > 1)",
+        note="no open/click insights for multi-recipient mail (To+Cc+Bcc > 1); the bulk sources "
+        "(mass email, Multiple, autoresponders, Cadence, Mail Merge) are sent one email per "
+        "recipient, so only one-off mail falls here",
     ),
     PolicyRow(
         name="crm_through_integrated_mailbox",
