@@ -297,3 +297,22 @@ async def test_a_campaign_target_past_its_records_quota_is_refused_and_marked_fo
     marks = {e.to[0]: e.over_quota_record for e in published(ports)}
     assert marks == {"a@x.example": None, "b@x.example": "c2"}
     assert (await ports.usage.usage(ORG, "c1")).total == 4
+
+
+async def test_an_email_that_could_not_be_published_gives_its_bytes_back(ports: Ports) -> None:
+    await records(ports, ("c1", Module.CONTACTS, ("a@x.example",)))
+    assert isinstance(ports.publisher, MemoryPublisher)
+    ports.publisher.down = True
+    body = {
+        "source": "individual",
+        "from": "rep@acme.example",
+        "to": ["a@x.example"],
+        "text": "hi",
+        "attachments": [{"name": "f.txt", "content_base64": base64.b64encode(b"12345").decode()}],
+    }
+    with pytest.raises(ConnectionError):
+        await api.compose_email(ports, ORG, req.compose_from_json(body))
+    assert (await ports.usage.usage(ORG, "c1")).total == 0
+    ports.publisher.down = False
+    await api.compose_email(ports, ORG, req.compose_from_json(body))
+    assert (await ports.usage.usage(ORG, "c1")).total == 5

@@ -172,18 +172,17 @@ async def compose_email(
                 return Composed(held.email_id, composed_event_id(held.email_id), replayed=True)
             email_id = held.email_id
 
+    html, text, attachments = await asyncio.gather(
+        _body(ports, cmd.html, HTML),
+        _body(ports, cmd.text, TEXT),
+        _store_attachments(ports, cmd.attachments, from_template=False),
+    )
     charge = quota.compose_charge(
         email_id, cmd.attachments_size, template.attachments if template else ()
     )
     over = await quota.reserve(ports.usage, org_id, charge, records)
     if over is not None:
         raise TooLarge([FieldError("attachments", quota.over_quota_detail(over))])
-
-    html, text, attachments = await asyncio.gather(
-        _body(ports, cmd.html, HTML),
-        _body(ports, cmd.text, TEXT),
-        _store_attachments(ports, cmd.attachments, from_template=False),
-    )
     event = EmailComposed(
         event_id=composed_event_id(email_id),
         org_id=org_id,
@@ -204,7 +203,11 @@ async def compose_email(
         records=records,
         mailbox_user=cmd.mailbox_user,
     )
-    await ports.publisher.publish(event)
+    try:
+        await ports.publisher.publish(event)
+    except Exception:
+        await quota.release(ports.usage, org_id, charge, records)
+        raise
     if idempotency_key is not None:
         done = IdempotencyClaim(email_id=email_id, fingerprint=fingerprint, done=True)
         await ports.idempotency.complete(org_id, idempotency_key, done)

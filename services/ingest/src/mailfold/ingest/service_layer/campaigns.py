@@ -172,7 +172,12 @@ async def _send_one(
         records=records,
         over_quota_record=None if over is None else over.record_id,
     )
-    await ports.publisher.publish(event)
+    try:
+        await ports.publisher.publish(event)
+    except Exception:
+        if over is None:
+            await quota.release(ports.usage, org_id, charge, records)
+        raise
     record_ids = tuple(r.record_id for r in records)
     if over is not None:
         return TargetView(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from mailfold.events import AttachmentRef, RecordRef
@@ -39,6 +40,18 @@ async def reserve(
             return record
         taken.append((record, result[1]))
     return None
+
+
+async def release(
+    usage: AttachmentUsage, org_id: str, charge: Charge, records: Sequence[RecordRef]
+) -> None:
+    """Take back an email's own bytes after it could not be published (its template files stay:
+    they are counted once per record anyway). Best effort: the publish failure is what matters."""
+    if charge.own_bytes == 0:
+        return
+    with contextlib.suppress(Exception):
+        for record in records:
+            await usage.refund(org_id, record.record_id, charge, ())
 
 
 async def count(
