@@ -9,7 +9,7 @@ import pytest
 
 from mailfold.events import EmailComposed
 
-from .conftest import ReadEvents
+from .conftest import ReadEvents, ReadMetric
 
 BODY: dict[str, Any] = {
     "source": "mass_email",
@@ -33,8 +33,10 @@ async def test_cc_and_bcc_are_refused_for_a_mass_email_naming_the_field(
 
 
 async def test_a_mass_email_answers_its_campaign_and_repeats_it_for_the_same_key(
-    api: httpx.AsyncClient, org_id: str, events: ReadEvents
+    api: httpx.AsyncClient, org_id: str, events: ReadEvents, metric: ReadMetric
 ) -> None:
+    no_address = 'mailfold_ingest_campaign_targets_total{reason="no_address",status="refused"}'
+    before = await metric(no_address)
     for rid, address in (("c1", "Ann@x.example"), ("a1", "ann@x.example"), ("c2", "")):
         r = await api.put(
             f"/v1/orgs/{org_id}/records/{rid}",
@@ -58,6 +60,7 @@ async def test_a_mass_email_answers_its_campaign_and_repeats_it_for_the_same_key
     (refused,) = [e for e in answer["emails"] if e["status"] == "refused"]
     assert refused["reason"] == "no_address"
     assert refused["record_ids"] == ["c2"]
+    assert await metric(no_address) == before + 1  # the repeat is not counted again
     published = [e for e in await events(org_id) if isinstance(e, EmailComposed)]
     assert sorted(e.email_id for e in published) == sorted(e["email_id"] for e in accepted.values())
     assert all(len(e.to) == 1 and not e.cc and not e.bcc for e in published)

@@ -16,6 +16,11 @@ EMAILS_COMPOSED: Final = Counter(
     "Emails composed through the API (idempotent replays not counted), by source.",
     ["source"],
 )
+CAMPAIGN_TARGETS: Final = Counter(
+    "mailfold_ingest_campaign_targets",
+    "Targets of bulk sends (one email per recipient), by status and refusal reason.",
+    ["status", "reason"],
+)
 IDEMPOTENT_REPLAYS: Final = Counter(
     "mailfold_ingest_idempotent_replays",
     "Compose requests answered from an earlier request with the same Idempotency-Key.",

@@ -17,7 +17,12 @@ from starlette.routing import BaseRoute, Route
 from mailfold.events import one_per_recipient
 from mailfold.ingest.domain import requests as req
 from mailfold.ingest.domain.validation import BadKey, FieldError, Refused, TooLarge
-from mailfold.ingest.metrics import EMAILS_COMPOSED, HTTP_REQUESTS, IDEMPOTENT_REPLAYS
+from mailfold.ingest.metrics import (
+    CAMPAIGN_TARGETS,
+    EMAILS_COMPOSED,
+    HTTP_REQUESTS,
+    IDEMPOTENT_REPLAYS,
+)
 from mailfold.ingest.service_layer import api, campaigns
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime.logging import get_logger
@@ -230,6 +235,8 @@ class IngestApi:
         else:
             sent = sum(1 for e in campaign.view.emails if e.email_id is not None)
             EMAILS_COMPOSED.labels(cmd.source.value).inc(sent)
+            for target in campaign.view.emails:
+                CAMPAIGN_TARGETS.labels(target.status, target.reason or "").inc()
             log.info(
                 "campaign_composed",
                 org_id=org_id,
