@@ -532,7 +532,9 @@ async def test_a_mass_email_reaches_each_recipient_alone_tracked_and_counted_per
         assert click.status_code == 302
         assert click.headers["location"] == "https://example.com/spring"
 
-    await api.email_with(emails[shared]["email_id"], status="Opened")
+    await api.email_with(
+        emails[shared]["email_id"], status="Opened", campaign_id=campaign["campaign_id"]
+    )
     await api.email_with(emails[own]["email_id"], status="Clicked")
     for record in (f"contact-{n}", f"account-{n}"):
         timeline = await api.timeline(record)

@@ -21,7 +21,7 @@ _SUMMARY: Final = (
     " e.opens_human, e.opens_machine, e.clicks_human, e.clicks_machine, e.deferrals, e.complaints,"
     " e.bounce_recipient, e.bounce_kind, e.bounce_status, e.bounce_reply_code, e.bounce_reason,"
     " e.bounce_diagnostic, e.bounce_reporting_mta, e.rejection_reason, e.rejection_detail,"
-    " e.waiting_count, e.violation_count, e.event_count"
+    " e.waiting_count, e.violation_count, e.event_count, e.campaign_id"
 )
 
 

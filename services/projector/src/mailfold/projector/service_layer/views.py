@@ -75,6 +75,7 @@ def email_detail(row: Row, links: Sequence[Row]) -> dict[str, Any]:
             "waiting": row["waiting_count"],
             "violations": row["violation_count"],
             "events": row["event_count"],
+            "campaign_id": row["campaign_id"],
             "records": [{"module": r["module"], "record_id": r["record_id"]} for r in links],
         }
     )
