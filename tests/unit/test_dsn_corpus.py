@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailfold.events.bounces import REASONS
-from mailfold.ingest.domain.dsn import ParsedRecipient, parse
+from mailfold.bounces import REASONS, ParsedRecipient, parse
 
 CORPUS = Path(__file__).resolve().parents[1] / "fixtures" / "bounces"
 FIELDS = ("status", "reply_code", "reason", "hard", "feedback_type")

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
+from mailfold.bounces import parse
 from mailfold.events import (
     AnyEvent,
     BounceKind,
@@ -33,7 +34,6 @@ from mailfold.events import (
     new_id,
 )
 from mailfold.ingest.bootstrap import IngestService, Settings, start
-from mailfold.ingest.domain.dsn import parse
 from mailfold.runtime import bus
 from mailfold.runtime.content import get_content, has_content
 

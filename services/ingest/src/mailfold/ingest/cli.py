@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from mailfold.ingest.domain.dsn import parse
+from mailfold.bounces import parse
 
 
 def dsn_parse_command(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from mailfold.bounces import ParsedReport, parse
 from mailfold.events import ContentRef, Event, InvalidToken, Keyring
 from mailfold.ingest.domain.captures import (
     blacklisted,
@@ -19,7 +20,6 @@ from mailfold.ingest.domain.captures import (
     received_event,
     sender_of,
 )
-from mailfold.ingest.domain.dsn import ParsedReport, parse
 from mailfold.ingest.domain.inbound import MessageSummary, summarise
 from mailfold.ingest.domain.replies import (
     ACCEPTED,

@@ -1,0 +1,80 @@
+"""The readers, one per bounce format family, and how the parser chooses one.
+
+`choose` tries the structured formats first (feedback reports, SES JSON), then each family's
+markers in the notification text, then in the sender, then in the subject, then anything else a
+reader looks for; a message none claims is read by the RFC 3464 reader when it has
+delivery-status fields, and by the generic text reader otherwise. Adding a format is adding a
+module with its Reader subclass and a line to FAMILIES.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from mailfold.bounces.message import DSN_FIELD_INLINE, Bounce
+from mailfold.bounces.readers.arf import ArfReader
+from mailfold.bounces.readers.base import Reader, standard_entries
+from mailfold.bounces.readers.courier import CourierReader
+from mailfold.bounces.readers.domino import DominoReader
+from mailfold.bounces.readers.exchange import ExchangeReader
+from mailfold.bounces.readers.exim import EximReader
+from mailfold.bounces.readers.gmail import GmailReader
+from mailfold.bounces.readers.office365 import Office365Reader
+from mailfold.bounces.readers.opensmtpd import OpenSmtpdReader
+from mailfold.bounces.readers.postfix import PostfixReader
+from mailfold.bounces.readers.qmail import QmailReader
+from mailfold.bounces.readers.sendmail import SendmailReader
+from mailfold.bounces.readers.sesjson import SesNotificationReader
+from mailfold.bounces.readers.sestext import AmazonSesTextReader
+from mailfold.bounces.readers.yahoo import YahooReader
+
+__all__ = ["FAMILIES", "GENERIC", "RFC3464", "STRUCTURED", "Reader", "choose", "standard_entries"]
+
+
+class Rfc3464Reader(Reader):
+    """A standard delivery status notification from a server of no family we know."""
+
+    name = "rfc3464"
+
+    def detect(self, bounce: Bounce) -> bool:
+        return bool(bounce.dsn) or bool(DSN_FIELD_INLINE.search(bounce.text))
+
+
+class GenericReader(Reader):
+    """A plain-text notification of no known format: recipients and errors from its lines."""
+
+    name = "text"
+
+
+STRUCTURED: Final[tuple[Reader, ...]] = (ArfReader(), SesNotificationReader())
+FAMILIES: Final[tuple[Reader, ...]] = (
+    QmailReader(),
+    EximReader(),
+    PostfixReader(),
+    SendmailReader(),
+    ExchangeReader(),
+    GmailReader(),
+    CourierReader(),
+    OpenSmtpdReader(),
+    DominoReader(),
+    YahooReader(),
+    Office365Reader(),
+    AmazonSesTextReader(),
+)
+RFC3464: Final = Rfc3464Reader()
+GENERIC: Final = GenericReader()
+
+
+def choose(bounce: Bounce) -> Reader:
+    """The reader for this message: the first whose format it looks like."""
+    for reader in STRUCTURED:
+        if reader.detect(bounce):
+            return reader
+    for where in ("text", "sender", "subject"):
+        for reader in FAMILIES:
+            if reader.marked(bounce, where):
+                return reader
+    for reader in FAMILIES:
+        if reader.detect(bounce):
+            return reader
+    return RFC3464 if RFC3464.detect(bounce) else GENERIC

@@ -1,0 +1,67 @@
+"""The reader interface, and the standard reading every format builds on.
+
+A reader says whether a message looks like its format (`detect`) and reads its entries (`read`).
+The standard reading takes the RFC 3464 fields where there are any, scans the notification text
+for recipients and errors, and merges the two; a format reader adjusts the message first
+(`prepare`: bring its own layout into a shape the scanner reads) or reads it its own way.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailfold.bounces.message import DSN_FIELD_INLINE, Bounce, Entry, header
+from mailfold.bounces.readers.fields import dsn_entries
+from mailfold.bounces.readers.scan import fallback_recipients, merge, scan_text
+
+__all__ = ["Reader", "standard_entries"]
+
+
+def standard_entries(bounce: Bounce) -> list[Entry]:
+    """RFC 3464 fields (in their part or printed inline) merged with what the text says."""
+    entries = dsn_entries(bounce.dsn) if bounce.dsn else []
+    if not bounce.dsn and DSN_FIELD_INLINE.search(bounce.text):
+        # Some MTAs print the RFC 3464 fields inline in a plain-text body.
+        entries = dsn_entries([bounce.text])
+    scanned = scan_text(bounce)
+    entries = merge(entries, scanned)
+    if not entries:
+        entries = fallback_recipients(bounce, scanned)
+    return entries
+
+
+class Reader:
+    """One bounce format: how to recognise it and read it.
+
+        Subclasses set `name` and the markers: `text_markers` (in the notification text),
+        `sender_markers` (in From: or Message-ID:), `subject_markers` (in Subject:). A message
+        matches when any marker does (text markers are tried for every format before sender markers,
+    then subject markers); `detect` is for anything else, tried last.
+    """
+
+    name = "text"
+    text_markers: re.Pattern[str] | None = None
+    sender_markers: re.Pattern[str] | None = None
+    subject_markers: re.Pattern[str] | None = None
+
+    def detect(self, bounce: Bounce) -> bool:
+        """Whether the message looks like this format by anything but its markers."""
+        return False
+
+    def marked(self, bounce: Bounce, where: str) -> bool:
+        """Whether the markers of one kind ("text", "sender", "subject") are in the message."""
+        if where == "text":
+            return self.text_markers is not None and bool(self.text_markers.search(bounce.text))
+        if where == "sender":
+            sender = f"{header(bounce.headers, 'from')} {header(bounce.headers, 'message-id')}"
+            return self.sender_markers is not None and bool(self.sender_markers.search(sender))
+        subject = header(bounce.headers, "subject")
+        return self.subject_markers is not None and bool(self.subject_markers.search(subject))
+
+    def prepare(self, bounce: Bounce) -> None:
+        """Bring the format's layout into shapes the standard reading understands."""
+
+    def read(self, bounce: Bounce) -> list[Entry]:
+        """The recipients the message reports, unclassified."""
+        self.prepare(bounce)
+        return standard_entries(bounce)
