@@ -107,7 +107,8 @@ class Entry:
     reporting_mta: str = ""
     source: str = ""  # where the recipient was found, for --explain
     feedback_type: str = ""  # feedback reports: "abuse", "opt-out", ...
-    reason: str = ""  # a reason the format itself states (a provider's bounce subtype)
+    reason: str = ""  # a reason the format itself states (an auto-reply, a refused group post)
+    reason_is_hint: bool = False  # ... or only suggests, for when the diagnostic says nothing
     message_id: str = ""  # the original's Message-ID when the format states it apart
     return_path: str = ""  # the original's envelope sender when the format states it apart
     fields: dict[str, str] = field(default_factory=dict)

@@ -136,12 +136,14 @@ def finish(e: Entry, *, delayed_notice: bool, message_id: str, return_path: str)
         action=action,
     )
     reason, kind, rule = d.reason, d.kind, d.rule
-    if e.reason and reason in (Reason.ONHOLD, Reason.UNDEFINED):
+    if e.reason and (not e.reason_is_hint or reason in (Reason.ONHOLD, Reason.UNDEFINED)):
         reason, rule = e.reason, "stated by the report format"
         kind = "hard" if reason in (Reason.USERUNKNOWN, Reason.HOSTUNKNOWN) else "soft"
     if reason == Reason.DELIVERED and action in ("failed", "delayed"):
         action = "delivered"
-    if not status and reason not in (Reason.DELIVERED, Reason.FEEDBACK, Reason.VACATION):
+    if reason == Reason.VACATION:
+        status, reply, how_status = "", "", "an automatic reply carries no status"
+    elif not status and reason not in (Reason.DELIVERED, Reason.FEEDBACK):
         evidence = f"{reply} {diagnostic}".strip()
         temporary = is_temporary(evidence) if evidence else action == "delayed"
         status = pseudo_status(reason, temporary=temporary)

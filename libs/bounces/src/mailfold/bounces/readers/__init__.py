@@ -3,7 +3,8 @@
 `choose` tries the structured formats first (feedback reports, SES JSON), then each family's
 markers in the notification text, then in the sender, then in the subject, then anything else a
 reader looks for; a message none claims is read by the RFC 3464 reader when it has
-delivery-status fields, and by the generic text reader otherwise. Adding a format is adding a
+delivery-status fields, as an automatic reply (RFC 3834) when it is one, and by the generic
+text reader otherwise. Adding a format is adding a
 module with its Reader subclass and a line to FAMILIES.
 """
 
@@ -13,12 +14,15 @@ from typing import Final
 
 from mailfold.bounces.message import DSN_FIELD_INLINE, Bounce
 from mailfold.bounces.readers.arf import ArfReader
+from mailfold.bounces.readers.autoreply import AutoReplyReader
 from mailfold.bounces.readers.base import Reader, standard_entries
 from mailfold.bounces.readers.courier import CourierReader
 from mailfold.bounces.readers.domino import DominoReader
+from mailfold.bounces.readers.dragonfly import DragonFlyReader
 from mailfold.bounces.readers.exchange import ExchangeReader
 from mailfold.bounces.readers.exim import EximReader
 from mailfold.bounces.readers.gmail import GmailReader
+from mailfold.bounces.readers.googlegroups import GoogleGroupsReader
 from mailfold.bounces.readers.office365 import Office365Reader
 from mailfold.bounces.readers.opensmtpd import OpenSmtpdReader
 from mailfold.bounces.readers.postfix import PostfixReader
@@ -46,8 +50,13 @@ class GenericReader(Reader):
     name = "text"
 
 
-STRUCTURED: Final[tuple[Reader, ...]] = (ArfReader(), SesNotificationReader())
+STRUCTURED: Final[tuple[Reader, ...]] = (
+    ArfReader(),
+    SesNotificationReader(),
+    GoogleGroupsReader(),
+)
 FAMILIES: Final[tuple[Reader, ...]] = (
+    DragonFlyReader(),
     QmailReader(),
     EximReader(),
     PostfixReader(),
@@ -61,6 +70,7 @@ FAMILIES: Final[tuple[Reader, ...]] = (
     Office365Reader(),
     AmazonSesTextReader(),
 )
+AUTOREPLY: Final = AutoReplyReader()
 RFC3464: Final = Rfc3464Reader()
 GENERIC: Final = GenericReader()
 
@@ -77,4 +87,7 @@ def choose(bounce: Bounce) -> Reader:
     for reader in FAMILIES:
         if reader.detect(bounce):
             return reader
-    return RFC3464 if RFC3464.detect(bounce) else GENERIC
+    if RFC3464.detect(bounce):
+        return RFC3464
+    # Bounces are "auto-replied" too (RFC 3834): an automatic reply is what no format claims.
+    return AUTOREPLY if AUTOREPLY.detect(bounce) else GENERIC

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 
+from mailfold.bounces.extract import find_command
 from mailfold.bounces.message import DSN_FIELD_INLINE, Bounce, Entry, header
 from mailfold.bounces.readers.fields import dsn_entries
 from mailfold.bounces.readers.scan import fallback_recipients, merge, scan_text
 
-__all__ = ["Reader", "standard_entries"]
+__all__ = ["Reader", "entries_after_intro", "standard_entries"]
 
 
 def standard_entries(bounce: Bounce) -> list[Entry]:
@@ -27,6 +28,32 @@ def standard_entries(bounce: Bounce) -> list[Entry]:
     entries = merge(entries, scanned)
     if not entries:
         entries = fallback_recipients(bounce, scanned)
+    return entries
+
+
+def entries_after_intro(
+    bounce: Bounce, intro: re.Pattern[str], end: re.Pattern[str] | None = None
+) -> list[Entry]:
+    """Entries of a layout where a line names the recipient and the next lines say why.
+
+    `intro` captures the address in group 1; the diagnostic runs to the next intro, a line
+    matching `end`, or the end of the notification.
+    """
+    entries: list[Entry] = []
+    current: Entry | None = None
+    for line in bounce.text.split("\n"):
+        m = intro.search(line)
+        if m:
+            current = Entry(recipient=m.group(1).lower(), source="notification text")
+            entries.append(current)
+            continue
+        if current is None:
+            continue
+        if end is not None and end.search(line):
+            current = None
+            continue
+        if line.strip():
+            current.diagnostic = f"{current.diagnostic} {line.strip()}".strip()
     return entries
 
 
@@ -43,6 +70,9 @@ class Reader:
     text_markers: re.Pattern[str] | None = None
     sender_markers: re.Pattern[str] | None = None
     subject_markers: re.Pattern[str] | None = None
+    # The SMTP command a failure answered when the format does not say: formats that report
+    # directory lookups (Exchange's "recipient not recognized") fail at RCPT.
+    default_command = ""
 
     def detect(self, bounce: Bounce) -> bool:
         """Whether the message looks like this format by anything but its markers."""
@@ -64,4 +94,9 @@ class Reader:
     def read(self, bounce: Bounce) -> list[Entry]:
         """The recipients the message reports, unclassified."""
         self.prepare(bounce)
-        return standard_entries(bounce)
+        entries = standard_entries(bounce)
+        if self.default_command:
+            for e in entries:
+                if not e.command and not find_command(e.diagnostic):
+                    e.command = self.default_command
+        return entries

@@ -13,4 +13,5 @@ class Office365Reader(Reader):
     """Office 365 and Outlook.com: Exchange Online's NDR with its diagnostic for administrators."""
 
     name = "office365"
+    default_command = "RCPT"
     sender_markers = re.compile(r"@outlook\.com|\.onmicrosoft\.com|@microsoft\.com", re.I)

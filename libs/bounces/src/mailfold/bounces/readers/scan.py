@@ -29,6 +29,10 @@ __all__ = ["Scanned", "fallback_recipients", "merge", "scan_text"]
 _LINE_ANGLE_COLON = re.compile(
     rf"^[ \t]{{0,4}}<({ADDR})>(?:[ \t]*\(expanded from <?({ADDR})>?\))?[ \t]*:[ \t]*(.*)$"
 )
+# '"rcpt":' on a line of its own (GMX's Exim), "   * rcpt" in a bulleted list
+_LINE_QUOTED = re.compile(rf'^[ \t]{{0,4}}(?:"({ADDR})":|\*[ \t]+<?({ADDR})>?)[ \t]*$')
+# "554 <rcpt>... text": the verdict per recipient after a Sendmail transcript
+_LINE_VERDICT = re.compile(rf"^([245]\d\d) <({ADDR})>\.\.\.[ \t]*(.*)$")
 # "<rcpt>... text" (Sendmail)
 _LINE_ANGLE_DOTS = re.compile(rf"^[ \t]{{0,4}}<({ADDR})>\.\.\.[ \t]*(.*)$")
 # "  rcpt: text" / "  rcpt <alias>: text" (Exim's indented forms, generic "address: error")
@@ -170,6 +174,15 @@ def scan_text(bounce: Bounce) -> Scanned:
         if session:
             _session_line(out, session.group(1).lower(), session.group(2).strip())
             continue
+        m = _LINE_VERDICT.match(stripped)
+        if m and in_transcript:
+            current = ""
+            rcpt = m.group(2).lower()
+            out.add(rcpt, f"{m.group(1)} {m.group(3)}")
+            if out.replies and out.session_command:
+                out.add(rcpt, out.replies[-1])
+                out.command.setdefault(rcpt, out.session_command)
+            continue
         if in_transcript and _transcript_line(out, stripped):
             continue
         # The bracketed shapes are specific enough to trust even for the bounce's own addresses
@@ -187,6 +200,11 @@ def scan_text(bounce: Bounce) -> Scanned:
         m = _LINE_LOCAL_DELIVERY.match(line)
         if m:
             current = (m.group(1) or m.group(2)).strip().strip('"')
+            out.add(current)
+            continue
+        m = _LINE_QUOTED.match(line)
+        if m and _is_rcpt_candidate((m.group(1) or m.group(2)).lower(), own):
+            current = (m.group(1) or m.group(2)).lower()
             out.add(current)
             continue
         m = ADDR_ONLY.match(line) or _LINE_MAILTO.match(line)

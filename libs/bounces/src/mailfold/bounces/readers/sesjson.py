@@ -84,6 +84,7 @@ class SesNotificationReader(Reader):
                         diagnostic=text.strip() if sep and " " not in dtype.strip() else code,
                         reporting_mta=mta,
                         reason=hint,
+                        reason_is_hint=True,
                     )
                 )
         elif kind == "Delivery" and isinstance(note.get("delivery"), dict):
