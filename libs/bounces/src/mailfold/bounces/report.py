@@ -28,6 +28,7 @@ ACTIONS = {
     "expanded": "expanded",
     "expired": "failed",
     "complained": "complained",
+    "autoreplied": "autoreplied",
 }
 
 # "550-5.7.1 text 550-5.7.1 more 550 5.7.1 end": the continuation lines of one SMTP reply.
@@ -44,7 +45,8 @@ class ParsedRecipient:
     """
 
     recipient: str  # lower-cased address, "" if unknown
-    action: str  # "failed" | "delayed" | "delivered" | "relayed" | "expanded" | "complained"
+    # "failed" | "delayed" | "delivered" | "relayed" | "expanded" | "complained" | "autoreplied"
+    action: str
     status: str  # enhanced status "5.1.1" (or sisimai's derived "5.0.9NN"), "" if none
     reply_code: str  # "550" or ""
     reason: str  # one of mailfold.bounces.Reason

@@ -59,7 +59,16 @@ from mailfold.events.subjects import (
     publish_headers,
     subject_for,
 )
-from mailfold.events.tokens import InvalidToken, Keyring, TokenKind, TrackingClaims
+from mailfold.events.tokens import (
+    VERP_TOKEN_LENGTH,
+    InvalidToken,
+    Keyring,
+    TokenKind,
+    TrackingClaims,
+    VerpRecord,
+    VerpTicket,
+    verp_ref,
+)
 
 __all__ = [
     "DLQ_STREAM",
@@ -68,6 +77,7 @@ __all__ = [
     "POLICY",
     "SOURCES",
     "STREAM",
+    "VERP_TOKEN_LENGTH",
     "AnyEvent",
     "AttachmentRef",
     "BounceKind",
@@ -103,6 +113,8 @@ __all__ = [
     "TrackingClaims",
     "Transport",
     "Verdict",
+    "VerpRecord",
+    "VerpTicket",
     "Violation",
     "ViolationReason",
     "apply",
@@ -120,4 +132,5 @@ __all__ = [
     "source_info",
     "subject_for",
     "trackable",
+    "verp_ref",
 ]

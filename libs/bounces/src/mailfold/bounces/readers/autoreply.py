@@ -1,4 +1,7 @@
-"""RFC 3834 automatic replies (vacation notices): the recipient is away, not gone."""
+"""RFC 3834 automatic replies (vacation notices): the recipient is away, not gone.
+
+Their action is "autoreplied": neither a failure nor a delivery report (no event follows).
+"""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ class AutoReplyReader(Reader):
                 recipient=a.group(0).lower(),
                 diagnostic=" ".join(bounce.text.split())[:1000],
                 reason=Reason.VACATION,
-                action="delivered",
+                action="autoreplied",
                 source="From: of the automatic reply",
             )
         ]
