@@ -257,16 +257,23 @@ class Decision:
     rule: str
 
 
+def _quote(reason: str, text: str) -> str:
+    """The words that matched a reason's phrase table, for --explain (or where they stood in)."""
+    m = PHRASES[reason].search(text)
+    return f' "{m.group(0)[:80]}"' if m else " (said to the content)"
+
+
 def _first_pass(facts: Facts) -> tuple[str, str]:
     text = facts.text
     for pattern, vendor_reason in VENDOR_CODES:
-        if text and pattern.search(text):
-            return vendor_reason, f"vendor-code:{pattern.pattern[:40]}"
+        found = pattern.search(text) if text else None
+        if found is not None:
+            return vendor_reason, f'vendor-code:{vendor_reason} "{found.group(0)[:80]}"'
     for rule in RULES:
         if rule.code_proves(facts):
             return rule.reason, f"status-code:{rule.reason}({facts.status})"
         if text and rule.text_proves(facts):
-            return rule.reason, f"phrase:{rule.reason}"
+            return rule.reason, f"phrase:{rule.reason}{_quote(rule.reason, text)}"
     return "", ""
 
 
@@ -276,7 +283,7 @@ def _second_pass(facts: Facts) -> tuple[str, str]:
         return by_status, f"status-code:{facts.status}"
     for rule in FALLBACK_RULES:
         if says(rule.reason, facts.text) and (facts.content_stage or not rule.content_only):
-            return rule.reason, f"fallback-phrase:{rule.reason}"
+            return rule.reason, f"fallback-phrase:{rule.reason}{_quote(rule.reason, facts.text)}"
     if by_status:
         return by_status, f"weak-status-code:{facts.status}"
     if facts.status[:3] in ("5.6", "4.6"):
@@ -294,7 +301,7 @@ def _second_pass(facts: Facts) -> tuple[str, str]:
         # Refused at the greeting: the sending host itself is not welcome.
         return R.BLOCKED, f"command:{facts.command}"
     if says(R.VACATION, facts.text):
-        return R.VACATION, "phrase:vacation"
+        return R.VACATION, f"phrase:vacation{_quote(R.VACATION, facts.text)}"
     return (R.ONHOLD, "no-rule-matched") if facts.text else (R.UNDEFINED, "nothing-to-go-on")
 
 
