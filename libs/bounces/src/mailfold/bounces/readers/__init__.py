@@ -48,6 +48,7 @@ class GenericReader(Reader):
     """A plain-text notification of no known format: recipients and errors from its lines."""
 
     name = "text"
+    words_as_diagnostic = True
 
 
 STRUCTURED: Final[tuple[Reader, ...]] = (

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 
 from mailfold.bounces.extract import find_command
-from mailfold.bounces.message import DSN_FIELD_INLINE, Bounce, Entry, header
+from mailfold.bounces.message import ADDR_RE, DSN_FIELD_INLINE, Bounce, Entry, header
 from mailfold.bounces.readers.fields import dsn_entries
 from mailfold.bounces.readers.scan import fallback_recipients, merge, scan_text
 
-__all__ = ["Reader", "entries_after_intro", "standard_entries"]
+__all__ = ["Reader", "entries_after_intro", "notification_words", "standard_entries"]
 
 
-def standard_entries(bounce: Bounce) -> list[Entry]:
+def standard_entries(bounce: Bounce, *, words_as_diagnostic: bool = False) -> list[Entry]:
     """RFC 3464 fields (in their part or printed inline) merged with what the text says."""
     entries = dsn_entries(bounce.dsn) if bounce.dsn else []
     if not bounce.dsn and DSN_FIELD_INLINE.search(bounce.text):
@@ -28,7 +28,21 @@ def standard_entries(bounce: Bounce) -> list[Entry]:
     entries = merge(entries, scanned)
     if not entries:
         entries = fallback_recipients(bounce, scanned)
+    if (
+        words_as_diagnostic
+        and len(entries) == 1
+        and not entries[0].diagnostic.strip()
+        and not entries[0].status
+    ):
+        # One recipient and no error tied to it: the notification's own words are the error.
+        entries[0].diagnostic = notification_words(bounce)
     return entries
+
+
+def notification_words(bounce: Bounce, limit: int = 1000) -> str:
+    """The notification text as one line, without addresses and the original's headers."""
+    text = ADDR_RE.sub(" ", bounce.text[: limit * 4])
+    return " ".join(text.split())[:limit]
 
 
 def entries_after_intro(
@@ -73,6 +87,10 @@ class Reader:
     # The SMTP command a failure answered when the format does not say: formats that report
     # directory lookups (Exchange's "recipient not recognized") fail at RCPT.
     default_command = ""
+    # Whether the notification's own words stand for the error of a lone recipient with none:
+    # for formats that state the failure in prose (carriers, appliances), not for MTAs whose
+    # notices are boilerplate around the remote server's reply.
+    words_as_diagnostic = False
 
     def detect(self, bounce: Bounce) -> bool:
         """Whether the message looks like this format by anything but its markers."""
@@ -94,7 +112,7 @@ class Reader:
     def read(self, bounce: Bounce) -> list[Entry]:
         """The recipients the message reports, unclassified."""
         self.prepare(bounce)
-        entries = standard_entries(bounce)
+        entries = standard_entries(bounce, words_as_diagnostic=self.words_as_diagnostic)
         if self.default_command:
             for e in entries:
                 if not e.command and not find_command(e.diagnostic):

@@ -33,6 +33,8 @@ _LINE_ANGLE_COLON = re.compile(
 _LINE_QUOTED = re.compile(rf'^[ \t]{{0,4}}(?:"({ADDR})":|\*[ \t]+<?({ADDR})>?)[ \t]*$')
 # "554 <rcpt>... text": the verdict per recipient after a Sendmail transcript
 _LINE_VERDICT = re.compile(rf"^([245]\d\d) <({ADDR})>\.\.\.[ \t]*(.*)$")
+# ">>> rcpt <rcpt>": a recipient in a failed-addresses section (Active!Hunter and others)
+_LINE_ARROWS = re.compile(rf"^>>>[ \t]+<?({ADDR})>?(?:[ \t]+<{ADDR}>)?[ \t]*$")
 # "<rcpt>... text" (Sendmail)
 _LINE_ANGLE_DOTS = re.compile(rf"^[ \t]{{0,4}}<({ADDR})>\.\.\.[ \t]*(.*)$")
 # "  rcpt: text" / "  rcpt <alias>: text" (Exim's indented forms, generic "address: error")
@@ -48,7 +50,10 @@ _LINE_TEXT_THEN_ADDR = re.compile(
     rf"^([A-Za-z][\w'-]*(?:[ \t]+[\w'.,()-]+)+)[ \t]*:[ \t]*<?({ADDR})>?\.?$"
 )
 # ... where the text is only a list heading ("Did not reach the following recipient: x@y")
-_LIST_INTRO = re.compile(r"recipients?$|address(?:es)?$|following", re.IGNORECASE)
+_LIST_INTRO = re.compile(
+    r"recipients?$|address(?:es)?$|following|(?:deliver(?:ed)?|sent|send) (?:\w+ ){0,2}to$",
+    re.IGNORECASE,
+)
 # "  pipe to |/usr/bin/prog" / "  save to /var/mail/x" (Exim), "|/usr/bin/prog" (Sendmail)
 _LINE_LOCAL_DELIVERY = re.compile(
     r'^(?:[ \t]{1,4}((?:pipe to |save to )\S.*)|[ \t]{0,4}("\|[^"]+"|\|/\S.*))$'
@@ -69,7 +74,7 @@ _SECTION_RULE = re.compile(r"^-{3,}.*-{3,}$")
 _DIAG_INTRO = re.compile(
     r"^\s*(?:The error that the other server returned was:|Remote Server returned|Technical details"
     r"|Diagnostic information for administrators:|The following message to <|Reason:|Error:"
-    r"|because:$)",
+    r"|because:$|.* for the following reasons?:$)",
     re.IGNORECASE,
 )
 
@@ -183,6 +188,11 @@ def scan_text(bounce: Bounce) -> Scanned:
                 out.add(rcpt, out.replies[-1])
                 out.command.setdefault(rcpt, out.session_command)
             continue
+        m = _LINE_ARROWS.match(stripped)
+        if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own):
+            current = m.group(1).lower()
+            out.add(current)
+            continue
         if in_transcript and _transcript_line(out, stripped):
             continue
         # The bracketed shapes are specific enough to trust even for the bounce's own addresses
@@ -225,7 +235,12 @@ def scan_text(bounce: Bounce) -> Scanned:
         m = _LINE_TEXT_THEN_ADDR.match(stripped)
         if m and not current and _is_rcpt_candidate(m.group(2).lower(), own):
             # "User's mailbox is full: <rcpt>" / "Did not reach the following recipient: rcpt"
-            out.add(m.group(2).lower(), stripped if _LIST_INTRO.search(m.group(1)) else m.group(1))
+            if _LIST_INTRO.search(m.group(1)):
+                # A heading naming the recipient: the lines below it are its error.
+                current = m.group(2).lower()
+                out.add(current, stripped)
+            else:
+                out.add(m.group(2).lower(), m.group(1))
             continue
         if current:
             alias = _GENERATED.match(stripped)
