@@ -22,7 +22,7 @@ _STATUS_IN_TEXT = re.compile(r"(?<![\d.vV])([245])\.([0-7])\.(\d{1,3})(?!\d)")
 STATUS_SHAPE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 _COMMAND = re.compile(
     r"(?<![A-Za-z0-9@.\-])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|MAIL|RCPT TO|RCPT|DATA|QUIT|XFORWARD)"
-    r"(?![A-Za-z0-9@\-])"
+    r"(?![A-Za-z0-9@=\-])"
 )
 # Phrases that name the SMTP command a failure answered, where the command itself is not spelled.
 _COMMAND_HINTS: Final = (

@@ -123,6 +123,7 @@ class Bounce:
     dsn: list[str] = field(default_factory=list)  # message/delivery-status bodies
     feedback: list[str] = field(default_factory=list)  # message/feedback-report bodies
     original: email.message.Message | None = None  # headers of the returned message
+    names: list[str] = field(default_factory=list)  # file names of the parts, in order
 
 
 _QUOTE = re.compile(r"^> ?", re.MULTILINE)
@@ -256,8 +257,12 @@ def collect(
     elif ctype.startswith("text/") or top:
         if bounce.original is not None and not top:
             return
-        if part.get_filename() and not top:
-            return
+        name = part.get_filename()
+        if name and not top:
+            bounce.names.append(str(name).lower()[:100])
+            # A named text part is an attachment, unless it is the notification itself.
+            if bounce.text or bounce.dsn:
+                return
         text = decode(part)
         if ctype == "text/html":
             if bounce.text:

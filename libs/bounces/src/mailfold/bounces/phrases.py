@@ -84,6 +84,7 @@ _MESGTOOBIG = _rx(
 _EXCEEDLIMIT = _rx(r"message header size exceeds limit", r"message too large")
 
 _SUSPEND = _rx(
+    r"(?:recipient|user)(?:'s)? account is (?:blocked|locked|frozen)",
     r" is currently suspended",
     r" temporary locked",
     r"archived recipient",
@@ -138,6 +139,7 @@ _NORELAYING = _rx(
 )
 
 _AUTHFAILURE = _rx(
+    r"dmarc (?:check|verification|validation|evaluation) fail",
     r"//spf\.pobox\.com",
     r"bad spf records for",
     r"dmarc policy",
@@ -537,6 +539,7 @@ _SPEEDING = _rx(
 )
 
 _TOOMANYCONN = _rx(
+    r"ip frequency limited",
     r"all available ips are at maximum connection limit",
     r"connection rate limit exceeded",
     r"exceeds per-domain connection limit for",
@@ -553,6 +556,7 @@ _TOOMANYCONN = _rx(
 )
 
 _BLOCKED = _rx(
+    r"spamhaus\.org/(?:query|lookup|sbl|xbl|pbl)",
     r" said: 550 blocked",
     r"but my name was rejected",
     r"//www\.spamcop\.net/bl\.",
@@ -748,6 +752,7 @@ _NOTACCEPT = _rx(
 )
 
 _EXPIRED = _rx(
+    r"envelope expired",
     r"connection timed out",
     r"could not find a gateway for",
     r"delivery attempts will continue to be",

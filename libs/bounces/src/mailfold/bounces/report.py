@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailfold.bounces.classifier import decide
+from mailfold.bounces.classifier import decide, kind_of
 from mailfold.bounces.extract import (
     find_command,
     find_reply_code,
@@ -140,7 +140,7 @@ def finish(e: Entry, *, delayed_notice: bool, message_id: str, return_path: str)
     reason, kind, rule = d.reason, d.kind, d.rule
     if e.reason and (not e.reason_is_hint or reason in (Reason.ONHOLD, Reason.UNDEFINED)):
         reason, rule = e.reason, "stated by the report format"
-        kind = "hard" if reason in (Reason.USERUNKNOWN, Reason.HOSTUNKNOWN) else "soft"
+        kind = kind_of(reason, f"{status} {reply} {diagnostic}")
     if reason == Reason.DELIVERED and action in ("failed", "delayed"):
         action = "delivered"
     if reason == Reason.VACATION:

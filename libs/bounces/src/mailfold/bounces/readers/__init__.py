@@ -1,6 +1,8 @@
 """The readers, one per bounce format family, and how the parser chooses one.
 
-`choose` tries the structured formats first (feedback reports, SES JSON), then each family's
+`choose` tries the formats a structural mark identifies for sure first (feedback reports, SES
+JSON, Google Groups' failed-recipient header, PowerMTA's fields, Outlook.com's reporting MTA),
+then each family's
 markers in the notification text, then in the sender, then in the subject, then anything else a
 reader looks for; a message none claims is read by the RFC 3464 reader when it has
 delivery-status fields, as an automatic reply (RFC 3834) when it is one, and by the generic
@@ -23,9 +25,14 @@ from mailfold.bounces.readers.exchange import ExchangeReader
 from mailfold.bounces.readers.exim import EximReader
 from mailfold.bounces.readers.gmail import GmailReader
 from mailfold.bounces.readers.googlegroups import GoogleGroupsReader
+from mailfold.bounces.readers.imailserver import IMailServerReader
+from mailfold.bounces.readers.mcafee import McAfeeReader
+from mailfold.bounces.readers.messagingserver import MessagingServerReader
 from mailfold.bounces.readers.office365 import Office365Reader
 from mailfold.bounces.readers.opensmtpd import OpenSmtpdReader
+from mailfold.bounces.readers.outlook import OutlookReader
 from mailfold.bounces.readers.postfix import PostfixReader
+from mailfold.bounces.readers.powermta import PowerMtaReader
 from mailfold.bounces.readers.qmail import QmailReader
 from mailfold.bounces.readers.sendmail import SendmailReader
 from mailfold.bounces.readers.sesjson import SesNotificationReader
@@ -55,9 +62,14 @@ STRUCTURED: Final[tuple[Reader, ...]] = (
     ArfReader(),
     SesNotificationReader(),
     GoogleGroupsReader(),
+    PowerMtaReader(),
+    OutlookReader(),
+    McAfeeReader(),
 )
 FAMILIES: Final[tuple[Reader, ...]] = (
     DragonFlyReader(),
+    MessagingServerReader(),
+    IMailServerReader(),
     QmailReader(),
     EximReader(),
     PostfixReader(),

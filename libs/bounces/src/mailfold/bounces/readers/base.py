@@ -24,7 +24,7 @@ def standard_entries(bounce: Bounce, *, words_as_diagnostic: bool = False) -> li
     if not bounce.dsn and DSN_FIELD_INLINE.search(bounce.text):
         # Some MTAs print the RFC 3464 fields inline in a plain-text body.
         entries = dsn_entries([bounce.text])
-    scanned = scan_text(bounce)
+    scanned = scan_text(bounce, frozenset(e.recipient for e in entries if e.recipient))
     entries = merge(entries, scanned)
     if not entries:
         entries = fallback_recipients(bounce, scanned)

@@ -129,19 +129,22 @@ class Scanned:
 _NOBODY: frozenset[str] = frozenset()
 
 
-def _is_rcpt_candidate(addr: str, own: frozenset[str]) -> bool:
-    """Not one of `own`, nor a mail system's role address."""
+def _is_rcpt_candidate(addr: str, own: frozenset[str], known: frozenset[str] = _NOBODY) -> bool:
+    """A recipient the report names (`known`), or not one of `own` nor a role address."""
+    if addr in known:
+        return True
     local = addr.partition("@")[0]
     return addr not in own and local not in ("postmaster", "mailer-daemon", "mailer_daemon")
 
 
-def scan_text(bounce: Bounce) -> Scanned:
+def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
     """Read the recipients and their errors from the human-readable part of a bounce.
 
     Recognises the line shapes the common MTAs use rather than each MTA: "<rcpt>: error"
     (Postfix, qmail), an indented address followed by indented error lines (Exim, Gmail),
     "<rcpt>" with "(reason: ...)" and an SMTP transcript (Sendmail), and "In:/Out:" session
-    transcripts (Postfix's SMTP server reports).
+    transcripts (Postfix's SMTP server reports). `known` are the recipients the report's
+    fields name: lines about them count even where they look like role addresses.
     """
     out = Scanned()
     text = bounce.text
@@ -189,7 +192,7 @@ def scan_text(bounce: Bounce) -> Scanned:
                 out.command.setdefault(rcpt, out.session_command)
             continue
         m = _LINE_ARROWS.match(stripped)
-        if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own):
+        if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current)
             continue
@@ -198,12 +201,12 @@ def scan_text(bounce: Bounce) -> Scanned:
         # The bracketed shapes are specific enough to trust even for the bounce's own addresses
         # (a bounce of a message sent to oneself); the looser shapes below are not.
         m = _LINE_ANGLE_COLON.match(line)
-        if m and _is_rcpt_candidate(m.group(1).lower(), _NOBODY):
+        if m and _is_rcpt_candidate(m.group(1).lower(), _NOBODY, known):
             current = m.group(1).lower()
             out.add(current, m.group(3).strip(), (m.group(2) or "").lower())
             continue
         m = _LINE_ANGLE_DOTS.match(line)
-        if m and _is_rcpt_candidate(m.group(1).lower(), _NOBODY):
+        if m and _is_rcpt_candidate(m.group(1).lower(), _NOBODY, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
@@ -213,27 +216,31 @@ def scan_text(bounce: Bounce) -> Scanned:
             out.add(current)
             continue
         m = _LINE_QUOTED.match(line)
-        if m and _is_rcpt_candidate((m.group(1) or m.group(2)).lower(), own):
+        if m and _is_rcpt_candidate((m.group(1) or m.group(2)).lower(), own, known):
             current = (m.group(1) or m.group(2)).lower()
             out.add(current)
             continue
         m = ADDR_ONLY.match(line) or _LINE_MAILTO.match(line)
-        if m and not _SENT_BY.search(previous) and _is_rcpt_candidate(m.group(1).lower(), own):
+        if (
+            m
+            and not _SENT_BY.search(previous)
+            and _is_rcpt_candidate(m.group(1).lower(), own, known)
+        ):
             current = m.group(1).lower()
             out.add(current)
             continue
         m = _LINE_BARE_COLON.match(line) or _LINE_ADDR_ON.match(line)
-        if m and _is_rcpt_candidate(m.group(1).lower(), own):
+        if m and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
         m = _LINE_ADDR_DOTS.match(line)
-        if m and _is_rcpt_candidate(m.group(1).lower(), own):
+        if m and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
         m = _LINE_TEXT_THEN_ADDR.match(stripped)
-        if m and not current and _is_rcpt_candidate(m.group(2).lower(), own):
+        if m and not current and _is_rcpt_candidate(m.group(2).lower(), own, known):
             # "User's mailbox is full: <rcpt>" / "Did not reach the following recipient: rcpt"
             if _LIST_INTRO.search(m.group(1)):
                 # A heading naming the recipient: the lines below it are its error.
