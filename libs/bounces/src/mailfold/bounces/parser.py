@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.message
 import hashlib
 import logging
 from collections.abc import Callable
@@ -66,6 +67,10 @@ def parse(raw: bytes, on_error: Callable[[ParseFailed], None] | None = None) -> 
         return UNKNOWN
 
 
+def _is_report(msg: email.message.Message | None) -> bool:
+    return msg is not None and msg.get_content_type() == "multipart/report"
+
+
 def _parse(raw: bytes, depth: int = 0) -> ParsedReport:
     msg = email.message_from_bytes(raw)
     bounce = Bounce(headers=msg)
@@ -82,6 +87,12 @@ def _parse(raw: bytes, depth: int = 0) -> ParsedReport:
             inner = _parse(embedded.encode("utf-8", errors="replace"), depth + 1)
             if inner.recipients:
                 return inner
+    if not entries and depth == 0 and _is_report(bounce.original):
+        # The returned message is itself a bounce (a report relayed back): read that one.
+        assert bounce.original is not None
+        inner = _parse(bounce.original.as_bytes()[:MAX_BYTES], depth + 1)
+        if inner.recipients:
+            return inner
     if not entries and reader is not GENERIC:
         entries = original_recipient(bounce)
     if not entries:

@@ -35,6 +35,13 @@ _LINE_QUOTED = re.compile(rf'^[ \t]{{0,4}}(?:"({ADDR})":|\*[ \t]+<?({ADDR})>?)[ 
 _LINE_VERDICT = re.compile(rf"^([245]\d\d) <({ADDR})>\.\.\.[ \t]*(.*)$")
 # ">>> rcpt <rcpt>": a recipient in a failed-addresses section (Active!Hunter and others)
 _LINE_ARROWS = re.compile(rf"^>>>[ \t]+<?({ADDR})>?(?:[ \t]+<{ADDR}>)?[ \t]*$")
+# "rcpt Invalid Address, ERROR_CODE :550" / "rcpt [User unknown]": the address, then its error
+_LINE_ADDR_TEXT = re.compile(rf"^<?({ADDR})>?[ \t]+([\[(]?[A-Za-z].*)$")
+# "The following recipients returned permanent errors: rcpt. Reason: text" (one line)
+_LINE_LIST_REASON = re.compile(
+    rf"^.*\b(?:recipients?|address(?:es)?)\b[^:]*:[ \t]*<?({ADDR})>?[.,;]?[ \t]+(?:Reason:[ \t]*)?(\S.*)$",
+    re.IGNORECASE,
+)
 # "<rcpt>... text" (Sendmail)
 _LINE_ANGLE_DOTS = re.compile(rf"^[ \t]{{0,4}}<({ADDR})>\.\.\.[ \t]*(.*)$")
 # "  rcpt: text" / "  rcpt <alias>: text" (Exim's indented forms, generic "address: error")
@@ -236,6 +243,11 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
             continue
         m = _LINE_ADDR_DOTS.match(line)
         if m and _is_rcpt_candidate(m.group(1).lower(), own, known):
+            current = m.group(1).lower()
+            out.add(current, m.group(2).strip())
+            continue
+        m = _LINE_ADDR_TEXT.match(line) or _LINE_LIST_REASON.match(stripped)
+        if m and not current and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
