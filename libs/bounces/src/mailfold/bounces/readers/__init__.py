@@ -18,6 +18,7 @@ from mailfold.bounces.message import DSN_FIELD_INLINE, Bounce
 from mailfold.bounces.readers.arf import ArfReader
 from mailfold.bounces.readers.autoreply import AutoReplyReader
 from mailfold.bounces.readers.base import Reader, standard_entries
+from mailfold.bounces.readers.carriers import EzwebReader, VerizonReader
 from mailfold.bounces.readers.courier import CourierReader
 from mailfold.bounces.readers.domino import DominoReader
 from mailfold.bounces.readers.dragonfly import DragonFlyReader
@@ -82,6 +83,8 @@ FAMILIES: Final[tuple[Reader, ...]] = (
     YahooReader(),
     Office365Reader(),
     AmazonSesTextReader(),
+    EzwebReader(),
+    VerizonReader(),
 )
 AUTOREPLY: Final = AutoReplyReader()
 RFC3464: Final = Rfc3464Reader()

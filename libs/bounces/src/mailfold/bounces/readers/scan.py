@@ -75,6 +75,9 @@ _GENERATED = re.compile(
 _LINE_REASON = re.compile(r"^\s*\(reason:\s*(.*?)\)?\s*$", re.IGNORECASE)
 # The line before the original sender's address in Exim's "A message sent by <x> could not..."
 _SENT_BY = re.compile(r"(?:sent|sender) by:?$|^the sender is:?$", re.IGNORECASE)
+# Section headings over the failed recipients, and over the error itself
+_SECTION_LIST = re.compile(r"following (?:addresses|recipients)", re.IGNORECASE)
+_SECTION_ERROR = re.compile(r"\b(?:information|reasons?|error messages?)\b", re.IGNORECASE)
 # A dashed section heading ("----- The following addresses had permanent fatal errors -----")
 _SECTION_RULE = re.compile(r"^-{3,}.*-{3,}$")
 # Lines introducing the diagnostic of a bounce when no line names the recipient with it
@@ -163,6 +166,7 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
     capture_loose = False
     intro_pending = False
     prev = ""
+    in_list = False
     for raw_line in text.split("\n"):
         line = raw_line.rstrip()
         stripped = line.strip()
@@ -179,6 +183,16 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
         if _SECTION_RULE.match(stripped):
             current = ""
             in_transcript = False
+            # "----- Non-delivered information -----": the error, for whichever recipient.
+            capture_loose = bool(_SECTION_ERROR.search(stripped))
+            intro_pending = False
+            # "----- The following addresses had delivery problems -----": recipients below,
+            # role addresses included.
+            in_list = bool(_SECTION_LIST.search(stripped))
+            continue
+        if in_list and (m := ADDR_ONLY.match(line)):
+            current = m.group(1).lower()
+            out.add(current)
             continue
         if DSN_FIELD.match(stripped):
             # RFC 3464 fields printed in the text (a broken MIME structure): read elsewhere.
