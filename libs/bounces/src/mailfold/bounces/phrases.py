@@ -743,6 +743,7 @@ _NOTACCEPT = _rx(
     r"mail receiving disabled",
     r"name server: \.: host not found",
     r"no mx record found for domain=",
+    r"no mx (?:record )?found for (?:the )?domain",
     r"no route for current request",
     r"smtp protocol returned a permanent error",
     r"an mx or srv record indicated no smtp service",
@@ -752,6 +753,7 @@ _NOTACCEPT = _rx(
 )
 
 _EXPIRED = _rx(
+    r"could not deliver for the last \d+ seconds",
     r"envelope expired",
     r"connection timed out",
     r"could not find a gateway for",

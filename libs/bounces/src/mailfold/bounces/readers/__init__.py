@@ -1,7 +1,8 @@
 """The readers, one per bounce format family, and how the parser chooses one.
 
 `choose` tries the formats a structural mark identifies for sure first (feedback reports, SES
-JSON, Google Groups' failed-recipient header, PowerMTA's fields, Outlook.com's reporting MTA),
+JSON, Google Groups' failed-recipient header, PowerMTA's fields, Outlook.com's reporting MTA,
+McAfee's part names, Zoho's X-Mailer),
 then each family's
 markers in the notification text, then in the sender, then in the subject, then anything else a
 reader looks for; a message none claims is read by the RFC 3464 reader when it has
@@ -39,6 +40,7 @@ from mailfold.bounces.readers.sendmail import SendmailReader
 from mailfold.bounces.readers.sesjson import SesNotificationReader
 from mailfold.bounces.readers.sestext import AmazonSesTextReader
 from mailfold.bounces.readers.yahoo import YahooReader
+from mailfold.bounces.readers.zoho import ZohoReader
 
 __all__ = ["FAMILIES", "GENERIC", "RFC3464", "STRUCTURED", "Reader", "choose", "standard_entries"]
 
@@ -66,6 +68,7 @@ STRUCTURED: Final[tuple[Reader, ...]] = (
     PowerMtaReader(),
     OutlookReader(),
     McAfeeReader(),
+    ZohoReader(),
 )
 FAMILIES: Final[tuple[Reader, ...]] = (
     DragonFlyReader(),
