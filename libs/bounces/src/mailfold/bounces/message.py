@@ -71,7 +71,8 @@ _ORIGINAL_START = re.compile(
     r"^(?:[ \t]*-{2,}[ \t]*This is a copy of the message"
     r"|[ \t]*-{2,}[ \t]*Below (?:this|the next) line is a copy of the (?:message|mail header)"
     r"|[ \t]*-{3,}[ \t]*(?:Original message follows|Message header follows|Original Message"
-    r"|Undelivered message follows|Original message header follows|Returned message)"
+    r"|Undelivered message follows|Original message header follows|Returned message"
+    r"|Unsent message follows)"
     r"|[ \t]*-{2,}[ \t]*Mensaje original adjunto"
     r"|Content-Type:[ \t]*(?:message/rfc822|text/rfc822-headers?)"
     r"|[ \t]*Original message follows\."
@@ -254,7 +255,8 @@ def collect(
     elif ctype in ("text/rfc822-headers", "text/rfc822-header", "message/global-headers"):
         if bounce.original is None:
             bounce.original = email.parser.HeaderParser().parsestr(decode(part).lstrip())
-    elif ctype.startswith("text/") or top:
+    elif ctype.startswith(("text/", "multipart/")) or top:
+        # (A multipart part that is not one has lost its boundary: its body is read as text.)
         if bounce.original is not None and not top:
             return
         name = part.get_filename()

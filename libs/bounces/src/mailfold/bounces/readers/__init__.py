@@ -59,6 +59,7 @@ class GenericReader(Reader):
 
     name = "text"
     words_as_diagnostic = True
+    original_to = False
 
 
 STRUCTURED: Final[tuple[Reader, ...]] = (

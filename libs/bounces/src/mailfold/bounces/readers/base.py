@@ -11,15 +11,28 @@ from __future__ import annotations
 import re
 
 from mailfold.bounces.extract import find_command
-from mailfold.bounces.message import ADDR_RE, DSN_FIELD_INLINE, Bounce, Entry, header
+from mailfold.bounces.message import (
+    ADDR_RE,
+    DSN_FIELD_INLINE,
+    Bounce,
+    Entry,
+    header,
+    original_recipient,
+)
 from mailfold.bounces.readers.fields import dsn_entries
 from mailfold.bounces.readers.scan import fallback_recipients, merge, scan_text
 
 __all__ = ["Reader", "entries_after_intro", "notification_words", "standard_entries"]
 
 
-def standard_entries(bounce: Bounce, *, words_as_diagnostic: bool = False) -> list[Entry]:
-    """RFC 3464 fields (in their part or printed inline) merged with what the text says."""
+def standard_entries(
+    bounce: Bounce, *, words_as_diagnostic: bool = False, original_to: bool = True
+) -> list[Entry]:
+    """RFC 3464 fields (in their part or printed inline) merged with what the text says.
+
+    With `original_to`, a report that names no recipient is taken to be about the returned
+    message's To: (its error still comes from the text).
+    """
     entries = dsn_entries(bounce.dsn) if bounce.dsn else []
     if not bounce.dsn and DSN_FIELD_INLINE.search(bounce.text):
         # Some MTAs print the RFC 3464 fields inline in a plain-text body.
@@ -28,6 +41,8 @@ def standard_entries(bounce: Bounce, *, words_as_diagnostic: bool = False) -> li
     entries = merge(entries, scanned)
     if not entries:
         entries = fallback_recipients(bounce, scanned)
+    if not entries and original_to:
+        entries = merge(original_recipient(bounce), scanned)
     if (
         words_as_diagnostic
         and len(entries) == 1
@@ -91,6 +106,9 @@ class Reader:
     # for formats that state the failure in prose (carriers, appliances), not for MTAs whose
     # notices are boilerplate around the remote server's reply.
     words_as_diagnostic = False
+    # Whether a report naming no recipient is about the returned message's To: (not for the
+    # generic reader: a message of no known format that names nobody is not taken as a bounce).
+    original_to = True
 
     def detect(self, bounce: Bounce) -> bool:
         """Whether the message looks like this format by anything but its markers."""
@@ -112,7 +130,9 @@ class Reader:
     def read(self, bounce: Bounce) -> list[Entry]:
         """The recipients the message reports, unclassified."""
         self.prepare(bounce)
-        entries = standard_entries(bounce, words_as_diagnostic=self.words_as_diagnostic)
+        entries = standard_entries(
+            bounce, words_as_diagnostic=self.words_as_diagnostic, original_to=self.original_to
+        )
         if self.default_command:
             for e in entries:
                 if not e.command and not find_command(e.diagnostic):

@@ -42,6 +42,8 @@ _LINE_LIST_REASON = re.compile(
     rf"^.*\b(?:recipients?|address(?:es)?)\b[^:]*:[ \t]*<?({ADDR})>?[.,;]?[ \t]+(?:Reason:[ \t]*)?(\S.*)$",
     re.IGNORECASE,
 )
+# "  RCPT TO: rcpt" in a summary of the refused transaction (Apache James and others)
+_LINE_RCPT_TO = re.compile(rf"^[ \t]*RCPT TO:[ \t]*<?({ADDR})>?[ \t]*$", re.IGNORECASE)
 # "<rcpt>... text" (Sendmail)
 _LINE_ANGLE_DOTS = re.compile(rf"^[ \t]{{0,4}}<({ADDR})>\.\.\.[ \t]*(.*)$")
 # "  rcpt: text" / "  rcpt <alias>: text" (Exim's indented forms, generic "address: error")
@@ -84,7 +86,7 @@ _SECTION_RULE = re.compile(r"^-{3,}.*-{3,}$")
 _DIAG_INTRO = re.compile(
     r"^\s*(?:The error that the other server returned was:|Remote Server returned|Technical details"
     r"|Diagnostic information for administrators:|The following message to <|Reason:|Error:"
-    r"|because:$|.* for the following reasons?:$)",
+    r"|because:$|.* for the following reasons?:$|.*\bmessages? below:$)",
     re.IGNORECASE,
 )
 
@@ -211,6 +213,11 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
             if out.replies and out.session_command:
                 out.add(rcpt, out.replies[-1])
                 out.command.setdefault(rcpt, out.session_command)
+            continue
+        m = _LINE_RCPT_TO.match(line)
+        if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own, known):
+            out.add(m.group(1).lower())
+            out.command.setdefault(m.group(1).lower(), "")
             continue
         m = _LINE_ARROWS.match(stripped)
         if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own, known):

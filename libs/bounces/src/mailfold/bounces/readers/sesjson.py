@@ -29,13 +29,14 @@ def _json_object(text: str) -> dict[str, Any] | None:
     if start < 0 or end <= start:
         return None
     try:
-        value = json.loads(text[start : end + 1])
+        # Mail systems fold long lines: a line break inside a JSON string is taken as it is.
+        value = json.loads(text[start : end + 1], strict=False)
     except ValueError:
         return None
     if isinstance(value, dict) and isinstance(value.get("Message"), str):
         # An SNS envelope: the SES notification is a JSON string inside it.
         try:
-            value = json.loads(value["Message"])
+            value = json.loads(value["Message"], strict=False)
         except ValueError:
             return None
     return value if isinstance(value, dict) else None
