@@ -1,7 +1,7 @@
 """The readers, one per bounce format family, and how the parser chooses one.
 
 `choose` tries the formats a structural mark identifies for sure first (feedback reports, SES
-JSON, Google Groups' failed-recipient header, PowerMTA's fields, Outlook.com's reporting MTA,
+JSON, Google Groups' failed-recipient header, PowerMTA's fields, Exchange Online's and Outlook.com's reporting MTAs,
 McAfee's part names, Zoho's X-Mailer),
 then each family's
 markers in the notification text, then in the sender, then in the subject, then anything else a
@@ -42,7 +42,16 @@ from mailfold.bounces.readers.sestext import AmazonSesTextReader
 from mailfold.bounces.readers.yahoo import YahooReader
 from mailfold.bounces.readers.zoho import ZohoReader
 
-__all__ = ["FAMILIES", "GENERIC", "RFC3464", "STRUCTURED", "Reader", "choose", "standard_entries"]
+__all__ = [
+    "AUTOREPLY",
+    "FAMILIES",
+    "GENERIC",
+    "RFC3464",
+    "STRUCTURED",
+    "Reader",
+    "choose",
+    "standard_entries",
+]
 
 
 class Rfc3464Reader(Reader):
@@ -67,6 +76,7 @@ STRUCTURED: Final[tuple[Reader, ...]] = (
     SesNotificationReader(),
     GoogleGroupsReader(),
     PowerMtaReader(),
+    Office365Reader(),
     OutlookReader(),
     McAfeeReader(),
     ZohoReader(),
@@ -85,7 +95,6 @@ FAMILIES: Final[tuple[Reader, ...]] = (
     OpenSmtpdReader(),
     DominoReader(),
     YahooReader(),
-    Office365Reader(),
     AmazonSesTextReader(),
     EzwebReader(),
     VerizonReader(),

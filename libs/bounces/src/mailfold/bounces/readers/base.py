@@ -12,7 +12,7 @@ import re
 
 from mailfold.bounces.extract import find_command
 from mailfold.bounces.message import (
-    ADDR_RE,
+    ADDR,
     DSN_FIELD_INLINE,
     Bounce,
     Entry,
@@ -54,9 +54,12 @@ def standard_entries(
     return entries
 
 
+_BRACKETED_ADDR = re.compile(rf"<?{ADDR}>?")
+
+
 def notification_words(bounce: Bounce, limit: int = 1000) -> str:
     """The notification text as one line, without addresses and the original's headers."""
-    text = ADDR_RE.sub(" ", bounce.text[: limit * 4])
+    text = _BRACKETED_ADDR.sub(" ", bounce.text[: limit * 4])
     return " ".join(text.split())[:limit]
 
 

@@ -1,17 +1,27 @@
-"""Office 365 and Outlook.com: Exchange Online's NDR with its diagnostic for administrators."""
+"""Office 365 (Exchange Online): the Exchange NDR, told apart by its reporting MTAs."""
 
 from __future__ import annotations
 
 import re
 
+from mailfold.bounces.message import Bounce, header
 from mailfold.bounces.readers.base import Reader
 
 __all__ = ["Office365Reader"]
 
+_EXCHANGE_ONLINE = re.compile(r"^Reporting-MTA:\s*dns;\s*\S+\.prod\.outlook\.com\b", re.I | re.M)
+_TENANT = re.compile(r"\.onmicrosoft\.com\b|@microsoft\.com\b", re.I)
+
 
 class Office365Reader(Reader):
-    """Office 365 and Outlook.com: Exchange Online's NDR with its diagnostic for administrators."""
+    """Recipient lookups fail at RCPT ("RESOLVER.ADR.RecipientNotFound")."""
 
     name = "office365"
     default_command = "RCPT"
-    sender_markers = re.compile(r"@outlook\.com|\.onmicrosoft\.com|@microsoft\.com", re.I)
+
+    def detect(self, bounce: Bounce) -> bool:
+        # Exchange Online's reporting MTAs are named *.prod.outlook.com; its NDR text is the
+        # same as on-premises Exchange's, so this is what tells the two apart.
+        return any(_EXCHANGE_ONLINE.search(block) for block in bounce.dsn) or bool(
+            _TENANT.search(header(bounce.headers, "from"))
+        )
