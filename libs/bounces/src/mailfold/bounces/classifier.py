@@ -124,27 +124,54 @@ class Rule:
             return False
         return not any(says(r, facts.text) for r in self.code_vetoes)
 
-    def text_proves(self, facts: Facts) -> bool:
-        """The wording proves this reason at the stage the failure happened."""
+    def text_proves(self, facts: Facts) -> str | None:
+        """The words that prove this reason at the stage the failure happened, or None.
+
+        The gates are checked before the phrase table: most rows are ruled out without a search.
+        """
         if facts.status[2:] in self.skip_codes:
-            return False
-        if not says(self.reason, facts.text):
-            return facts.content_stage and any(says(r, facts.text) for r in self.content_aliases)
+            return None
+        if not self._gated(facts):
+            found = wording(self.reason, facts.text)
+            if found is not None:
+                return found
+        elif not (self.content_aliases and facts.content_stage):
+            return None
+        elif wording(self.reason, facts.text) is not None:
+            return None  # its own wording, ruled out by the gates: no alias either
+        if not facts.content_stage:
+            return None
+        for alias in self.content_aliases:
+            if (said := wording(alias, facts.text)) is not None:
+                return f"{said} (said to the content)"
+        return None
+
+    def _gated(self, facts: Facts) -> bool:
+        """The row's stage gates rule its wording out for this failure."""
         if self.content_only and not facts.content_stage:
-            return False
+            return True
         by_status = facts.by_status
         if by_status in self.text_not_status and facts.command != "MAIL":
-            return False
-        if not self.text_commands and not self.text_status:
             return True
-        return facts.command in self.text_commands or by_status in self.text_status
+        if not self.text_commands and not self.text_status:
+            return False
+        return not (facts.command in self.text_commands or by_status in self.text_status)
+
+
+def wording(reason: str, text: str) -> str | None:
+    """The words of `reason`'s phrase table in the text (a sender rejection never names the
+    recipient), or None."""
+    if not text:
+        return None
+    m = PHRASES[reason].search(text)
+    if m is None or (reason == R.REJECTED and REJECTED_NOT.search(text) is not None):
+        return None
+    return m.group(0)[:80]
 
 
 def says(reason: str, text: str) -> bool:
-    """The text uses the wording of `reason` (a sender rejection never names the recipient)."""
-    if not text or PHRASES[reason].search(text) is None:
-        return False
-    return reason != R.REJECTED or REJECTED_NOT.search(text) is None
+    """The text uses the wording of `reason`."""
+    return wording(reason, text) is not None
 
 
 def status_reason(status: str) -> str:
@@ -257,23 +284,17 @@ class Decision:
     rule: str
 
 
-def _quote(reason: str, text: str) -> str:
-    """The words that matched a reason's phrase table, for --explain (or where they stood in)."""
-    m = PHRASES[reason].search(text)
-    return f' "{m.group(0)[:80]}"' if m else " (said to the content)"
-
-
 def _first_pass(facts: Facts) -> tuple[str, str]:
     text = facts.text
     for pattern, vendor_reason in VENDOR_CODES:
-        found = pattern.search(text) if text else None
-        if found is not None:
-            return vendor_reason, f'vendor-code:{vendor_reason} "{found.group(0)[:80]}"'
+        code = pattern.search(text) if text else None
+        if code is not None:
+            return vendor_reason, f'vendor-code:{vendor_reason} "{code.group(0)[:80]}"'
     for rule in RULES:
         if rule.code_proves(facts):
             return rule.reason, f"status-code:{rule.reason}({facts.status})"
-        if text and rule.text_proves(facts):
-            return rule.reason, f"phrase:{rule.reason}{_quote(rule.reason, text)}"
+        if text and (found := rule.text_proves(facts)) is not None:
+            return rule.reason, f'phrase:{rule.reason} "{found}"'
     return "", ""
 
 
@@ -282,8 +303,10 @@ def _second_pass(facts: Facts) -> tuple[str, str]:
     if by_status and by_status not in STATUS_WEAK and not facts.mailer:
         return by_status, f"status-code:{facts.status}"
     for rule in FALLBACK_RULES:
-        if says(rule.reason, facts.text) and (facts.content_stage or not rule.content_only):
-            return rule.reason, f"fallback-phrase:{rule.reason}{_quote(rule.reason, facts.text)}"
+        if rule.content_only and not facts.content_stage:
+            continue
+        if (found := wording(rule.reason, facts.text)) is not None:
+            return rule.reason, f'fallback-phrase:{rule.reason} "{found}"'
     if by_status:
         return by_status, f"weak-status-code:{facts.status}"
     if facts.status[:3] in ("5.6", "4.6"):
@@ -300,8 +323,8 @@ def _second_pass(facts: Facts) -> tuple[str, str]:
     if facts.command in ("EHLO", "HELO"):
         # Refused at the greeting: the sending host itself is not welcome.
         return R.BLOCKED, f"command:{facts.command}"
-    if says(R.VACATION, facts.text):
-        return R.VACATION, f"phrase:vacation{_quote(R.VACATION, facts.text)}"
+    if (found := wording(R.VACATION, facts.text)) is not None:
+        return R.VACATION, f'phrase:vacation "{found}"'
     return (R.ONHOLD, "no-rule-matched") if facts.text else (R.UNDEFINED, "nothing-to-go-on")
 
 

@@ -125,6 +125,14 @@ class Bounce:
     feedback: list[str] = field(default_factory=list)  # message/feedback-report bodies
     original: email.message.Message | None = None  # headers of the returned message
     names: list[str] = field(default_factory=list)  # file names of the parts, in order
+    _heads: dict[str, str] = field(default_factory=dict)
+
+    def head(self, name: str) -> str:
+        """A header of the bounce itself, whitespace-collapsed ("" if absent); read once."""
+        value = self._heads.get(name)
+        if value is None:
+            value = self._heads[name] = header(self.headers, name)
+        return value
 
 
 _QUOTE = re.compile(r"^> ?", re.MULTILINE)

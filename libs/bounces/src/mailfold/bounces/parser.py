@@ -25,6 +25,7 @@ from mailfold.bounces.report import ParsedRecipient, ParsedReport, finish
 __all__ = ["ParseFailed", "parse", "parse_strict"]
 
 UNKNOWN = ParsedReport(format="unknown", recipients=())
+_HEAD = 16 * 1024
 _log = logging.getLogger("mailfold.bounces")
 
 
@@ -98,7 +99,8 @@ def _parse(raw: bytes, depth: int = 0) -> ParsedReport:
     if not entries:
         return UNKNOWN
     subject = header(msg, "subject")
-    delayed = bool(DELAY_TEXT.search(bounce.text) or DELAY_TEXT.search(subject))
+    # A delay notice says so in its first lines.
+    delayed = bool(DELAY_TEXT.search(bounce.text[:_HEAD]) or DELAY_TEXT.search(subject))
     message_id, return_path = original_ids(bounce)
     recipients: tuple[ParsedRecipient, ...] = tuple(
         finish(

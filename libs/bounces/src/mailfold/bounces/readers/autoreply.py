@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from mailfold.bounces.message import ADDR_RE, Bounce, Entry, header
+from mailfold.bounces.message import ADDR_RE, Bounce, Entry
 from mailfold.bounces.readers.base import Reader
 from mailfold.bounces.reasons import Reason
 
@@ -27,16 +27,16 @@ class AutoReplyReader(Reader):
     name = "rfc3834"
 
     def detect(self, bounce: Bounce) -> bool:
-        if _DAEMON.search(header(bounce.headers, "from")):
+        if _DAEMON.search(bounce.head("from")):
             return False
-        if _AUTO.match(header(bounce.headers, "auto-submitted")):
+        if _AUTO.match(bounce.head("auto-submitted")):
             return True
         if bounce.dsn or bounce.feedback:
             return False
-        return bool(_SUBJECT.match(header(bounce.headers, "subject")))
+        return bool(_SUBJECT.match(bounce.head("subject")))
 
     def read(self, bounce: Bounce) -> list[Entry]:
-        a = ADDR_RE.search(header(bounce.headers, "from"))
+        a = ADDR_RE.search(bounce.head("from"))
         if a is None:
             return []
         return [

@@ -16,7 +16,6 @@ from mailfold.bounces.message import (
     DSN_FIELD_INLINE,
     Bounce,
     Entry,
-    header,
     original_recipient,
 )
 from mailfold.bounces.readers.fields import dsn_entries
@@ -122,9 +121,9 @@ class Reader:
         if where == "text":
             return self.text_markers is not None and bool(self.text_markers.search(bounce.text))
         if where == "sender":
-            sender = f"{header(bounce.headers, 'from')} {header(bounce.headers, 'message-id')}"
+            sender = f"{bounce.head('from')} {bounce.head('message-id')}"
             return self.sender_markers is not None and bool(self.sender_markers.search(sender))
-        subject = header(bounce.headers, "subject")
+        subject = bounce.head("subject")
         return self.subject_markers is not None and bool(self.subject_markers.search(subject))
 
     def prepare(self, bounce: Bounce) -> None:

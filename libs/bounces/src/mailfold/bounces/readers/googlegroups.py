@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mailfold.bounces.message import ADDR_RE, Bounce, Entry, header
+from mailfold.bounces.message import ADDR_RE, Bounce, Entry
 from mailfold.bounces.readers.base import Reader
 from mailfold.bounces.reasons import Reason
 
@@ -21,10 +21,10 @@ class GoogleGroupsReader(Reader):
     text_markers = re.compile(r"groups\.google\.com/support")
 
     def detect(self, bounce: Bounce) -> bool:
-        return bool(_GROUP.search(header(bounce.headers, "x-failed-recipients")))
+        return bool(_GROUP.search(bounce.head("x-failed-recipients")))
 
     def read(self, bounce: Bounce) -> list[Entry]:
-        failed = header(bounce.headers, "x-failed-recipients")
+        failed = bounce.head("x-failed-recipients")
         text = " ".join(bounce.text.split())[:1000]
         return [
             Entry(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mailfold.bounces.message import Bounce, Entry, header
+from mailfold.bounces.message import Bounce, Entry
 from mailfold.bounces.readers.base import Reader
 from mailfold.bounces.reasons import Reason
 
@@ -35,7 +35,7 @@ class IMailServerReader(Reader):
     text_markers = re.compile(r"^\s*Body of message generated response:", re.M)
 
     def detect(self, bounce: Bounce) -> bool:
-        return header(bounce.headers, "x-mailer").startswith("<SMTP32 v")
+        return bounce.head("x-mailer").startswith("<SMTP32 v")
 
     def read(self, bounce: Bounce) -> list[Entry]:
         entries: list[Entry] = []

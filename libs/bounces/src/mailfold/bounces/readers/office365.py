@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mailfold.bounces.message import Bounce, header
+from mailfold.bounces.message import Bounce
 from mailfold.bounces.readers.base import Reader
 
 __all__ = ["Office365Reader"]
@@ -23,5 +23,5 @@ class Office365Reader(Reader):
         # Exchange Online's reporting MTAs are named *.prod.outlook.com; its NDR text is the
         # same as on-premises Exchange's, so this is what tells the two apart.
         return any(_EXCHANGE_ONLINE.search(block) for block in bounce.dsn) or bool(
-            _TENANT.search(header(bounce.headers, "from"))
+            _TENANT.search(bounce.head("from"))
         )

@@ -20,7 +20,6 @@ from mailfold.bounces.message import (
     WS,
     Bounce,
     Entry,
-    header,
 )
 
 __all__ = ["Scanned", "fallback_recipients", "merge", "scan_text"]
@@ -109,7 +108,7 @@ def _own_addresses(bounce: Bounce) -> frozenset[str]:
     """Addresses of the bounce itself (its sender and the original sender): never recipients."""
     found = set()
     for name in ("to", "from", "return-path", "reply-to"):
-        for m in ADDR_RE.finditer(header(bounce.headers, name)):
+        for m in ADDR_RE.finditer(bounce.head(name)):
             found.add(m.group(0).lower())
     return frozenset(found)
 
@@ -192,7 +191,9 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
             # role addresses included.
             in_list = bool(_SECTION_LIST.search(stripped))
             continue
-        if in_list and (m := ADDR_ONLY.match(line)):
+        # Most lines name no address: the address shapes are only tried on those that do.
+        has_at = "@" in line
+        if in_list and has_at and (m := ADDR_ONLY.match(line)):
             current = m.group(1).lower()
             out.add(current)
             continue
@@ -205,7 +206,7 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
         if session:
             _session_line(out, session.group(1).lower(), session.group(2).strip())
             continue
-        m = _LINE_VERDICT.match(stripped)
+        m = _LINE_VERDICT.match(stripped) if has_at else None
         if m and in_transcript:
             current = ""
             rcpt = m.group(2).lower()
@@ -214,12 +215,12 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
                 out.add(rcpt, out.replies[-1])
                 out.command.setdefault(rcpt, out.session_command)
             continue
-        m = _LINE_RCPT_TO.match(line)
+        m = _LINE_RCPT_TO.match(line) if has_at else None
         if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own, known):
             out.add(m.group(1).lower())
             out.command.setdefault(m.group(1).lower(), "")
             continue
-        m = _LINE_ARROWS.match(stripped)
+        m = _LINE_ARROWS.match(stripped) if has_at else None
         if m and not in_transcript and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current)
@@ -228,12 +229,12 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
             continue
         # The bracketed shapes are specific enough to trust even for the bounce's own addresses
         # (a bounce of a message sent to oneself); the looser shapes below are not.
-        m = _LINE_ANGLE_COLON.match(line)
+        m = _LINE_ANGLE_COLON.match(line) if has_at else None
         if m and _is_rcpt_candidate(m.group(1).lower(), _NOBODY, known):
             current = m.group(1).lower()
             out.add(current, m.group(3).strip(), (m.group(2) or "").lower())
             continue
-        m = _LINE_ANGLE_DOTS.match(line)
+        m = _LINE_ANGLE_DOTS.match(line) if has_at else None
         if m and _is_rcpt_candidate(m.group(1).lower(), _NOBODY, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
@@ -243,12 +244,12 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
             current = (m.group(1) or m.group(2)).strip().strip('"')
             out.add(current)
             continue
-        m = _LINE_QUOTED.match(line)
+        m = _LINE_QUOTED.match(line) if has_at else None
         if m and _is_rcpt_candidate((m.group(1) or m.group(2)).lower(), own, known):
             current = (m.group(1) or m.group(2)).lower()
             out.add(current)
             continue
-        m = ADDR_ONLY.match(line) or _LINE_MAILTO.match(line)
+        m = (ADDR_ONLY.match(line) or _LINE_MAILTO.match(line)) if has_at else None
         if (
             m
             and not _SENT_BY.search(previous)
@@ -257,22 +258,26 @@ def scan_text(bounce: Bounce, known: frozenset[str] = _NOBODY) -> Scanned:
             current = m.group(1).lower()
             out.add(current)
             continue
-        m = _LINE_BARE_COLON.match(line) or _LINE_ADDR_ON.match(line)
+        m = (_LINE_BARE_COLON.match(line) or _LINE_ADDR_ON.match(line)) if has_at else None
         if m and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
-        m = _LINE_ADDR_DOTS.match(line)
+        m = _LINE_ADDR_DOTS.match(line) if has_at else None
         if m and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
-        m = _LINE_ADDR_TEXT.match(line) or _LINE_LIST_REASON.match(stripped)
+        m = (
+            (_LINE_ADDR_TEXT.match(line) or _LINE_LIST_REASON.match(stripped))
+            if has_at and not current
+            else None
+        )
         if m and not current and _is_rcpt_candidate(m.group(1).lower(), own, known):
             current = m.group(1).lower()
             out.add(current, m.group(2).strip())
             continue
-        m = _LINE_TEXT_THEN_ADDR.match(stripped)
+        m = _LINE_TEXT_THEN_ADDR.match(stripped) if has_at and not current else None
         if m and not current and _is_rcpt_candidate(m.group(2).lower(), own, known):
             # "User's mailbox is full: <rcpt>" / "Did not reach the following recipient: rcpt"
             if _LIST_INTRO.search(m.group(1)):
@@ -441,7 +446,7 @@ def _better_diagnostic(field_text: str, alt: str, status: str) -> str:
 
 def fallback_recipients(bounce: Bounce, scanned: Scanned) -> list[Entry]:
     """Exim's X-Failed-Recipients header, when no line of the text names the recipients."""
-    failed = header(bounce.headers, "x-failed-recipients")
+    failed = bounce.head("x-failed-recipients")
     addrs = [m.group(0).lower() for m in ADDR_RE.finditer(failed)]
     if not addrs or not bounce.text:
         return []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mailfold.bounces.message import Bounce, Entry, header
+from mailfold.bounces.message import Bounce, Entry
 from mailfold.bounces.readers.base import Reader
 from mailfold.bounces.reasons import Reason
 
@@ -25,7 +25,7 @@ class ZohoReader(Reader):
     sender_markers = re.compile(r"@(?:\S+\.)?zoho\.com\b", re.I)
 
     def detect(self, bounce: Bounce) -> bool:
-        return header(bounce.headers, "x-mailer").startswith("Zoho Mail")
+        return bounce.head("x-mailer").startswith("Zoho Mail")
 
     def read(self, bounce: Bounce) -> list[Entry]:
         entries = super().read(bounce)
