@@ -68,6 +68,7 @@ _MMS_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"mailbox (?:is )?full|quota", re.I), Reason.MAILBOXFULL),
 )
 _ORIGINAL = re.compile(r"^\s*Original Message:?\s*$", re.I | re.M)
+_ORIGINAL_TO = re.compile(rf"^\s*To:\s*.*?<?({ADDR})>?", re.I | re.M)
 
 
 class VerizonReader(Reader):
@@ -81,7 +82,7 @@ class VerizonReader(Reader):
         parts = _ORIGINAL.split(bounce.text, 1)
         head = parts[0]
         original = parts[1] if len(parts) > 1 else ""
-        to = re.search(rf"^\s*To:\s*.*?<?({ADDR})>?", original, re.I | re.M)
+        to = _ORIGINAL_TO.search(original)
         if to is None:
             return super().read(bounce)
         diagnostic = " ".join(ADDR_RE.sub(" ", head).split())[:1000]
