@@ -443,6 +443,17 @@ CASES: dict[str, Case] = {
         "userunknown",
         True,
     ),
+    "mailinglist": Case(
+        "mailinglist",
+        b"From: garden-admin@lists.example.org\n"
+        b"Subject: You news@shop.example.org are not member (garden ML)\n\n"
+        b"You are not a member of this mailing list <garden@lists.example.org>.\n"
+        b"Send 'help' to garden-ctl@lists.example.org to learn how to join.\n",
+        "garden@lists.example.org",
+        "5.0.918",
+        "rejected",
+        False,
+    ),
     "text": Case(
         "text",
         b"From: robot@appliance.example\nSubject: Message delivery has failed\n\n"

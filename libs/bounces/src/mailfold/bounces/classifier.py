@@ -248,10 +248,11 @@ RULES: Final[tuple[Rule, ...]] = (
     Rule(R.BLOCKED, codes=_codes("4.2.1", "4.7.1", "4.7.2")),
 )
 
-# Second pass, for text no row explained: failures that are not about the address. Content
-# reasons still need the content to have been sent.
+# Second pass, for text no row explained: failures that are not about the address. Spam
+# wording still needs the content to have been sent (before DATA it is about the sending host);
+# a virus can only have been found in the content, whatever stage the report names.
 FALLBACK_RULES: Final[tuple[Rule, ...]] = tuple(
-    Rule(r, content_only=r in (R.SPAMDETECTED, R.VIRUSDETECTED))
+    Rule(r, content_only=r == R.SPAMDETECTED)
     for r in (
         R.MAILBOXFULL,
         R.AUTHFAILURE,

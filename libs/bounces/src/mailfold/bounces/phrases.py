@@ -846,7 +846,7 @@ VENDOR_CODES: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"resolver\.adr\.reciplimit"), "toomanyconn"),
     (re.compile(r"resolver\.rst\.authrequired"), "securityerror"),
     (re.compile(r"resolver\.rst\.notauthorized"), "rejected"),
-    (re.compile(r"resolver\.rst\.recipsizelimit"), "exceedlimit"),
+    (re.compile(r"resolver\.rst\.recipsizelimit"), "mesgtoobig"),
     (re.compile(r"queue\.expired"), "expired"),
     (
         re.compile(r"dns error: (?:domain name not found|dns server returned answer with no data)"),

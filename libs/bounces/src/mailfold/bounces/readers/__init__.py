@@ -28,6 +28,7 @@ from mailfold.bounces.readers.exim import EximReader
 from mailfold.bounces.readers.gmail import GmailReader
 from mailfold.bounces.readers.googlegroups import GoogleGroupsReader
 from mailfold.bounces.readers.imailserver import IMailServerReader
+from mailfold.bounces.readers.mailinglist import MailingListReader
 from mailfold.bounces.readers.mcafee import McAfeeReader
 from mailfold.bounces.readers.messagingserver import MessagingServerReader
 from mailfold.bounces.readers.office365 import Office365Reader
@@ -98,6 +99,7 @@ FAMILIES: Final[tuple[Reader, ...]] = (
     AmazonSesTextReader(),
     EzwebReader(),
     VerizonReader(),
+    MailingListReader(),
 )
 AUTOREPLY: Final = AutoReplyReader()
 RFC3464: Final = Rfc3464Reader()

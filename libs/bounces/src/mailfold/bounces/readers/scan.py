@@ -85,7 +85,7 @@ _SECTION_RULE = re.compile(r"^-{3,}.*-{3,}$")
 _DIAG_INTRO = re.compile(
     r"^\s*(?:The error that the other server returned was:|Remote Server returned|Technical details"
     r"|Diagnostic information for administrators:|The following message to <|Reason:|Error:"
-    r"|because:$|.* for the following reasons?:$|.*\bmessages? below:$)",
+    r"|because:$|(?:.*\s)?for the following reasons?:$|.*\bmessages? below:$)",
     re.IGNORECASE,
 )
 
