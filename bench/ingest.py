@@ -240,7 +240,7 @@ def _stdlib_walk(raw: bytes) -> int:
 
 
 def bench_dsn_parse() -> None:
-    from mailfold.ingest.domain.dsn import parse
+    from mailfold.bounces import parse
 
     samples = [p.read_bytes() for p in sorted(CORPUS.glob("*.eml"))]
     ours = _parse_rate(samples, parse)

@@ -210,7 +210,12 @@ async def _bare_rate(emails: list[EmailComposed], sink_port: int, *, reuse: bool
         )
         body = Body(html=html, text=TEXT)
         return_path = verp_return_path(
-            keys, org_id=ORG, email_id=e.email_id, recipient=recipient, mail_domain=DOMAIN
+            keys,
+            org_id=ORG,
+            email_id=e.email_id,
+            recipient=recipient,
+            index=0,
+            mail_domain=DOMAIN,
         )
         messages.append((return_path, recipient, build(e, body, mail_domain=DOMAIN, date=now)))
     queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()

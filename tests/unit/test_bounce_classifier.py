@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mailfold.events.bounces import (
+from mailfold.bounces import (
     HARD_REASONS,
     REASONS,
+    RULES,
     STATUS_REASONS,
-    TEXT_RULES,
     classify,
     find_command,
     find_reply_code,
@@ -30,7 +30,7 @@ def kind_of(status: str = "", reply: str = "", text: str = "", **kw: str) -> str
 
 
 def test_every_rule_names_a_known_reason() -> None:
-    assert {reason for reason, _, _ in TEXT_RULES} <= REASONS
+    assert {rule.reason for rule in RULES} <= REASONS
     assert {r for r in STATUS_REASONS.values() if r} <= REASONS
     assert HARD_REASONS <= REASONS
 

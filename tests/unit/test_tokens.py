@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailfold.events import InvalidToken, Keyring, TokenKind, TrackingClaims
+from mailfold.events import (
+    VERP_TOKEN_LENGTH,
+    InvalidToken,
+    Keyring,
+    TokenKind,
+    TrackingClaims,
+    VerpRecord,
+    verp_ref,
+)
+from mailfold.sender.domain.message import verp_return_path
 
 CLAIMS = TrackingClaims(
     TokenKind.CLICK, "acme", "0190f000-0000-7000-8000-000000000001", "ann@example.org",
@@ -78,20 +87,118 @@ def test_a_keyring_refuses_short_secrets_and_bad_specs() -> None:
         Keyring.parse("nocolon")
 
 
+def _record(recipients: tuple[str, ...] = ("Ann@Example.org", "bob@example.org")) -> VerpRecord:
+    return VerpRecord(org_id="acme", email_id=CLAIMS.email_id, recipients=recipients)
+
+
 def test_a_verp_token_round_trips_whatever_the_case_the_mail_system_gives_it() -> None:
     ring = Keyring.parse("k2:a-fairly-long-secret-key")
+    record = _record()
     claims = TrackingClaims(TokenKind.BOUNCE, "acme", CLAIMS.email_id, "Ann@Example.org")
-    token = ring.sign_verp(claims)
+    token = ring.sign_verp(claims, record.index_of("ann@example.org"))
     assert token == token.lower()
-    assert "@" not in token
-    assert "." not in token
+    assert len(token) == VERP_TOKEN_LENGTH
+    assert not set(token) & set("@.-+")
+    for form in (token, token.upper()):
+        ticket = ring.open_verp(form)
+        assert ticket is not None
+        assert ticket.ref == record.ref == verp_ref("acme", CLAIMS.email_id)
+        assert ring.verify_verp_ticket(ticket, record) == claims
+
+
+def test_a_short_verp_token_needs_its_own_record() -> None:
+    ring = Keyring.parse("k2:a-fairly-long-secret-key")
+    record = _record()
+    claims = TrackingClaims(TokenKind.BOUNCE, "acme", CLAIMS.email_id, "bob@example.org")
+    ticket = ring.open_verp(ring.sign_verp(claims, 1))
+    assert ticket is not None
+    assert ring.verify_verp_ticket(ticket, record).recipient == "bob@example.org"
+    with pytest.raises(InvalidToken):
+        ring.verify_verp_ticket(ticket, None)  # expired or never sent
+    other_email = VerpRecord(org_id="acme", email_id="e-other", recipients=record.recipients)
+    with pytest.raises(InvalidToken):
+        ring.verify_verp_ticket(ticket, other_email)
+    swapped = VerpRecord(
+        org_id="acme", email_id=CLAIMS.email_id, recipients=("bob@example.org", "eve@example.org")
+    )
+    with pytest.raises(InvalidToken):  # a tampered record does not verify either
+        ring.verify_verp_ticket(ticket, swapped)
+    with pytest.raises(InvalidToken):  # another key's token
+        Keyring.parse("k2:another-long-secret-key!").verify_verp_ticket(ticket, record)
+
+
+def test_a_short_verp_token_verifies_after_a_key_rotation() -> None:
+    old = Keyring.parse("k1:the-old-secret-key-0001")
+    rotated = Keyring.parse("k2:the-new-secret-key-0002,k1:the-old-secret-key-0001")
+    record = _record()
+    claims = TrackingClaims(TokenKind.BOUNCE, "acme", CLAIMS.email_id, "Ann@Example.org")
+    ticket = rotated.open_verp(old.sign_verp(claims, 0))
+    assert ticket is not None
+    assert rotated.verify_verp_ticket(ticket, record) == claims
+
+
+def _open_and_verify(ring: Keyring, token: str, record: VerpRecord) -> TrackingClaims:
+    ticket = ring.open_verp(token)
+    if ticket is None:
+        raise InvalidToken("not a short token")
+    return ring.verify_verp_ticket(ticket, record)
+
+
+def test_a_tampered_short_verp_token_fails() -> None:
+    ring = Keyring.parse("k2:a-fairly-long-secret-key")
+    record = _record()
+    claims = TrackingClaims(TokenKind.BOUNCE, "acme", CLAIMS.email_id, "Ann@Example.org")
+    token = ring.sign_verp(claims, 0)
+    for i, ch in enumerate(token):
+        forged = token[:i] + ("a" if ch != "a" else "b") + token[i + 1 :]
+        with pytest.raises(InvalidToken):
+            _open_and_verify(ring, forged, record)
+    for bad in ("", "x" * 36, "!" * VERP_TOKEN_LENGTH, token + "a"):
+        with pytest.raises(InvalidToken):
+            ring.open_verp(bad)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    org_id=st.text(min_size=1, max_size=200),
+    email_id=st.text(min_size=1, max_size=300),
+    recipient=st.emails(),
+    index=st.integers(min_value=0, max_value=0xFFFF),
+    kid=st.from_regex(r"[a-z0-9_-]{1,16}", fullmatch=True),
+)
+def test_every_verp_local_part_fits_in_64_octets(
+    org_id: str, email_id: str, recipient: str, index: int, kid: str
+) -> None:
+    ring = Keyring({kid: b"a-fairly-long-secret-key"}, kid)
+    address = verp_return_path(
+        ring,
+        org_id=org_id,
+        email_id=email_id,
+        recipient=recipient,
+        index=index,
+        mail_domain="mail.example.org",
+    )
+    local = address.rpartition("@")[0]
+    assert len(local.encode()) <= 64
+    assert local == local.lower()
+    ticket = ring.open_verp(local.removeprefix("bounce+").upper())
+    assert ticket is not None
+    assert ticket.index == index
+
+
+def test_an_old_long_verp_token_still_verifies_whatever_its_case() -> None:
+    ring = Keyring.parse("k2:a-fairly-long-secret-key")
+    claims = TrackingClaims(TokenKind.BOUNCE, "acme", CLAIMS.email_id, "Ann@Example.org")
+    token = ring.sign_long_verp(claims)
+    assert len("bounce+" + token) > 64  # why the short form exists
+    assert ring.open_verp(token) is None
     assert ring.verify_verp(token) == claims
     assert ring.verify_verp(token.upper()) == claims
 
 
-def test_a_tampered_verp_token_fails() -> None:
+def test_a_tampered_long_verp_token_fails() -> None:
     ring = Keyring.parse("k2:a-fairly-long-secret-key")
-    token = ring.sign_verp(TrackingClaims(TokenKind.BOUNCE, "acme", "e1", "a@b.c"))
+    token = ring.sign_long_verp(TrackingClaims(TokenKind.BOUNCE, "acme", "e1", "a@b.c"))
     for i, ch in enumerate(token):
         if ch == "-":
             continue

@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsn_sub = p.add_subparsers(dest="dsn_command", required=True, metavar="ACTION")
     c = dsn_sub.add_parser("parse", help="one JSON line per reported recipient")
     c.add_argument("files", nargs="+")
+    c.add_argument(
+        "--explain", action="store_true", help="add which reader and rule decided each field"
+    )
     c.set_defaults(func=_delegate("mailfold.ingest.cli", "dsn_parse_command"))
     return parser
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
+from mailfold.bounces import parse
 from mailfold.events import (
     AnyEvent,
     BounceKind,
@@ -30,12 +31,13 @@ from mailfold.events import (
     TokenKind,
     TrackingClaims,
     Transport,
+    VerpRecord,
     new_id,
 )
 from mailfold.ingest.bootstrap import IngestService, Settings, start
-from mailfold.ingest.domain.dsn import parse
 from mailfold.runtime import bus
 from mailfold.runtime.content import get_content, has_content
+from mailfold.runtime.directory import save_verp_record
 
 ReadEvents = Callable[[str], Awaitable[list[AnyEvent]]]
 ReadMetric = Callable[[str], Awaitable[float]]
@@ -113,9 +115,18 @@ def dsn(
     )
 
 
-def verp(keyring: Keyring, org_id: str, email_id: str, recipient: str = "bob@x.example") -> str:
-    token = keyring.sign_verp(TrackingClaims(TokenKind.BOUNCE, org_id, email_id, recipient))
-    return f"bounce+{token}@bounces.acme.example"
+async def verp(
+    js: JetStreamContext,
+    keyring: Keyring,
+    org_id: str,
+    email_id: str,
+    recipient: str = "bob@x.example",
+) -> str:
+    """A short VERP address, its record written to NATS KV as the sender writes it."""
+    record = VerpRecord(org_id=org_id, email_id=email_id, recipients=("amy@x.example", recipient))
+    await save_verp_record(await bus.kv(js, bus.BUCKET_SENDER), record)
+    claims = TrackingClaims(TokenKind.BOUNCE, org_id, email_id, recipient)
+    return f"bounce+{keyring.sign_verp(claims, 1)}@bounces.acme.example"
 
 
 async def send(service: IngestService, raw: bytes, sender: str, *recipients: str) -> None:
@@ -420,7 +431,7 @@ async def test_a_bounce_with_a_valid_verp_token_publishes_email_bounced(
 ) -> None:
     email_id = new_id()
     raw = dsn("bob@x.example")
-    await send(ingest, raw, "", verp(keyring, org_id, email_id))
+    await send(ingest, raw, "", await verp(js, keyring, org_id, email_id))
     (event,) = await events(org_id)
     assert isinstance(event, EmailBounced)
     assert event.email_id == email_id
@@ -437,7 +448,7 @@ async def test_a_bounce_with_a_valid_verp_token_publishes_email_bounced(
 
 
 async def test_a_corpus_bounce_with_its_recipient_rewritten_is_parsed_into_the_event(
-    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents
+    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents, js: JetStreamContext
 ) -> None:
     original = (BOUNCES / "lhost-exim-01.eml").read_bytes()
     raw = crlf(original.replace(b"kijitora@example.ed.jp", b"carol@x.example"))
@@ -448,7 +459,7 @@ async def test_a_corpus_bounce_with_its_recipient_rewritten_is_parsed_into_the_e
         ingest.smtp_port,
         raw,
         "<>",
-        verp(keyring, org_id, email_id, "carol@x.example"),
+        await verp(js, keyring, org_id, email_id, "carol@x.example"),
     )
     (event,) = await events(org_id)
     assert isinstance(event, EmailBounced)
@@ -459,13 +470,13 @@ async def test_a_corpus_bounce_with_its_recipient_rewritten_is_parsed_into_the_e
 
 
 async def test_delay_and_success_reports_become_deferred_and_delivered(
-    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents
+    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents, js: JetStreamContext
 ) -> None:
     email_id = new_id()
     delayed = dsn("bob@x.example", action="delayed", status="4.2.2", code="452 4.2.2 Mailbox full")
     delivered = dsn("bob@x.example", action="delivered", status="2.0.0", code="250 2.0.0 OK")
-    await send(ingest, delayed, "", verp(keyring, org_id, email_id))
-    await send(ingest, delivered, "", verp(keyring, org_id, email_id))
+    await send(ingest, delayed, "", await verp(js, keyring, org_id, email_id))
+    await send(ingest, delivered, "", await verp(js, keyring, org_id, email_id))
     deferred, done = await events(org_id)
     assert isinstance(deferred, EmailDeferred)
     assert (deferred.status, deferred.reply_code) == ("4.2.2", 452)
@@ -475,11 +486,11 @@ async def test_delay_and_success_reports_become_deferred_and_delivered(
 
 
 async def test_an_arf_report_becomes_email_complained_for_the_tokens_recipient(
-    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents
+    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents, js: JetStreamContext
 ) -> None:
     email_id = new_id()
     raw = crlf((BOUNCES / "arf-01.eml").read_bytes())
-    await send(ingest, raw, "", verp(keyring, org_id, email_id, "dave@x.example"))
+    await send(ingest, raw, "", await verp(js, keyring, org_id, email_id, "dave@x.example"))
     (event,) = await events(org_id)
     assert isinstance(event, EmailComplained)
     assert event.email_id == email_id
@@ -488,11 +499,30 @@ async def test_an_arf_report_becomes_email_complained_for_the_tokens_recipient(
     assert event.report is not None
 
 
-async def test_a_redelivered_report_is_published_once(
+async def test_a_dsn_to_an_old_long_token_still_bounces_its_email(
     ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents
 ) -> None:
+    email_id = new_id()
+    claims = TrackingClaims(TokenKind.BOUNCE, org_id, email_id, "bob@x.example")
+    address = f"bounce+{keyring.sign_long_verp(claims)}@bounces.acme.example"
+    assert len(address.split("@")[0]) > 64
+    await asyncio.to_thread(
+        send_with_smtplib, ingest.smtp_port, dsn("bob@x.example"), "<>", address.upper()
+    )
+    (event,) = await events(org_id)
+    assert isinstance(event, EmailBounced)
+    assert (event.email_id, event.recipient, event.reason) == (
+        email_id,
+        "bob@x.example",
+        "userunknown",
+    )
+
+
+async def test_a_redelivered_report_is_published_once(
+    ingest: IngestService, org_id: str, keyring: Keyring, events: ReadEvents, js: JetStreamContext
+) -> None:
     raw = dsn("bob@x.example")
-    address = verp(keyring, org_id, new_id())
+    address = await verp(js, keyring, org_id, new_id())
     await send(ingest, raw, "", address)
     await asyncio.to_thread(send_with_smtplib, ingest.smtp_port, raw, "<>", address)
     assert len(await events(org_id)) == 1
@@ -505,7 +535,7 @@ async def test_a_bounce_with_a_forged_token_is_taken_kept_and_counted_but_not_pu
     sample = 'mailfold_ingest_bounce_reports_total{outcome="invalid_token"}'
     before = await metric(sample)
     raw = dsn("bob@x.example")
-    await send(ingest, raw, "", verp(forger, org_id, new_id()))
+    await send(ingest, raw, "", await verp(js, forger, org_id, new_id()))
     await send(ingest, dsn("bob@x.example"), "", "bounce+not-even-a-token@bounces.acme.example")
     assert await metric(sample) == before + 2
     assert await events(org_id) == []
@@ -523,7 +553,7 @@ async def test_an_unparseable_bounce_is_taken_kept_and_counted(
     sample = 'mailfold_ingest_bounce_reports_total{outcome="unparsed"}'
     before = await metric(sample)
     raw = mail(subject="Out of office", sender="bob@x.example")
-    await send(ingest, raw, "bob@x.example", verp(keyring, org_id, new_id()))
+    await send(ingest, raw, "bob@x.example", await verp(js, keyring, org_id, new_id()))
     assert await metric(sample) == before + 1
     assert await events(org_id) == []
     assert await has_content(await bus.objects(js), hashlib.sha256(raw).hexdigest())

@@ -25,13 +25,20 @@ from mailfold.events import (
     EmailComposed,
     Keyring,
     Source,
+    TrackingClaims,
     Transport,
     decode,
     new_id,
 )
 from mailfold.runtime import bus
 from mailfold.runtime.content import put_content
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, save_mailbox, save_settings
+from mailfold.runtime.directory import (
+    MailboxSettings,
+    OrgSettings,
+    load_verp_record,
+    save_mailbox,
+    save_settings,
+)
 from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.settings import CommonSettings
 from mailfold.sender.bootstrap import Clock, Service, Settings, start, utc_now
@@ -207,6 +214,16 @@ class Bus:
     keys: Keyring = KEYRING
     tracker_url: str = TRACKER_URL
     mail_domain: str = MAIL_DOMAIN
+
+    async def verp_claims(self, mail_from: str) -> TrackingClaims:
+        """The claims of a return path's short VERP token, through the record the sender wrote."""
+        local = mail_from.partition("@")[0]
+        assert local.lower().startswith("bounce+")
+        ticket = self.keys.open_verp(local[len("bounce+") :])
+        assert ticket is not None, f"{mail_from} carries no short VERP token"
+        assert len(local) <= 64
+        sender_kv = await bus.kv(self.js, bus.BUCKET_SENDER)
+        return self.keys.verify_verp_ticket(ticket, await load_verp_record(sender_kv, ticket.ref))
 
     async def settings(self, org_id: str, **fields: Any) -> None:
         orgs = await bus.kv(self.js, bus.BUCKET_ORGS)

@@ -6,6 +6,8 @@ from email.message import EmailMessage
 
 import pytest
 
+from mailfold.bounces import ParseFailed
+from mailfold.bounces import parser as bounce_parser
 from mailfold.events import (
     EmailBounced,
     EmailCaptured,
@@ -17,6 +19,7 @@ from mailfold.events import (
     TokenKind,
     TrackingClaims,
     Transport,
+    VerpRecord,
     new_id,
 )
 from mailfold.ingest.adapters.memory import (
@@ -24,6 +27,7 @@ from mailfold.ingest.adapters.memory import (
     MemoryDirectory,
     MemoryIdempotency,
     MemoryPublisher,
+    MemoryVerpRecords,
     PublishFailed,
 )
 from mailfold.ingest.adapters.usage import MemoryAttachmentUsage
@@ -34,6 +38,7 @@ from mailfold.runtime.directory import OrgSettings, RecordEntry
 
 ORG = "acme"
 KEYS = Keyring.parse("k1:unit-test-key-0123456789")
+VERP_RECORDS = MemoryVerpRecords()
 
 
 @pytest.fixture
@@ -62,7 +67,7 @@ def mail(
         idempotency=MemoryIdempotency(),
         usage=MemoryAttachmentUsage(),
     )
-    return MailIngress(ports, KEYS)
+    return MailIngress(ports, KEYS, VERP_RECORDS)
 
 
 def message(sender: str = "bob@x.example", to: str = "rep@acme.example", **headers: str) -> bytes:
@@ -97,7 +102,16 @@ def dsn(recipient: str) -> bytes:
 
 
 def verp(email_id: str, recipient: str = "bob@x.example", org: str = ORG) -> str:
-    token = KEYS.sign_verp(TrackingClaims(TokenKind.BOUNCE, org, email_id, recipient))
+    """A short VERP address, its record written as the sender writes it before sending."""
+    record = VerpRecord(org_id=org, email_id=email_id, recipients=("first@x.example", recipient))
+    VERP_RECORDS.add(record)
+    claims = TrackingClaims(TokenKind.BOUNCE, org, email_id, recipient)
+    return f"bounce+{KEYS.sign_verp(claims, record.index_of(recipient))}@bounces.example"
+
+
+def long_verp(email_id: str, recipient: str = "bob@x.example", org: str = ORG) -> str:
+    """The long VERP address mail sent before the short tokens carried."""
+    token = KEYS.sign_long_verp(TrackingClaims(TokenKind.BOUNCE, org, email_id, recipient))
     return f"bounce+{token}@bounces.example"
 
 
@@ -240,6 +254,58 @@ async def test_a_bounce_with_a_valid_token_is_published_for_the_tokens_email(
     assert isinstance(event, EmailBounced)
     assert (event.org_id, event.email_id, event.status) == (ORG, email_id, "5.1.1")
     assert event.report == delivery.raw
+
+
+async def test_a_bounce_to_an_old_long_token_is_still_published(
+    mail: MailIngress, publisher: MemoryPublisher
+) -> None:
+    email_id = new_id()
+    address = long_verp(email_id)
+    assert len(address.split("@")[0]) > 64
+    delivery = await mail.deliver("<>", [address.upper()], dsn("bob@x.example"))
+    assert delivery.bounces == (BounceOutcome.PUBLISHED,)
+    (event,) = publisher.events
+    assert isinstance(event, EmailBounced)
+    assert (event.org_id, event.email_id, event.recipient) == (ORG, email_id, "bob@x.example")
+
+
+async def test_a_short_token_whose_record_is_unknown_is_kept_and_counted_as_invalid(
+    mail: MailIngress, publisher: MemoryPublisher
+) -> None:
+    claims = TrackingClaims(TokenKind.BOUNCE, ORG, new_id(), "bob@x.example")
+    address = f"bounce+{KEYS.sign_verp(claims, 0)}@bounces.example"
+    delivery = await mail.deliver("<>", [address], dsn("bob@x.example"))
+    assert delivery.bounces == (BounceOutcome.INVALID_TOKEN,)
+    assert publisher.events == []
+
+
+async def test_a_parser_failure_is_reported_and_the_message_kept(
+    directory: MemoryDirectory,
+    publisher: MemoryPublisher,
+    content: MemoryContentStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(raw: bytes, depth: int = 0) -> object:
+        raise RuntimeError("a bug in a reader")
+
+    monkeypatch.setattr(bounce_parser, "_parse", broken)
+    failures: list[ParseFailed] = []
+    ports = Ports(
+        publisher=publisher,
+        content=content,
+        directory=directory,
+        idempotency=MemoryIdempotency(),
+        usage=MemoryAttachmentUsage(),
+    )
+    mail = MailIngress(ports, KEYS, VERP_RECORDS, on_parse_error=failures.append)
+    delivery = await mail.deliver("<>", [verp(new_id())], dsn("bob@x.example"))
+    assert delivery.bounces == (BounceOutcome.UNPARSED,)
+    assert publisher.events == []
+    assert delivery.raw is not None
+    assert delivery.raw.sha256 in content.objects
+    (failure,) = failures
+    assert failure.digest == delivery.raw.sha256
+    assert isinstance(failure.error, RuntimeError)
 
 
 async def test_a_bounce_with_a_bad_token_is_kept_and_counted_but_not_published(

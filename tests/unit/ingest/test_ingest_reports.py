@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailfold.bounces import ParsedRecipient, ParsedReport
 from mailfold.events import (
     BounceKind,
     ContentRef,
@@ -20,7 +21,6 @@ from mailfold.events import (
     encode,
     new_id,
 )
-from mailfold.ingest.domain.dsn import ParsedRecipient, ParsedReport
 from mailfold.ingest.domain.reports import report_events
 
 RAW = ContentRef(sha256="a" * 64, size=100, content_type="message/rfc822")

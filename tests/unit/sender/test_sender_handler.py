@@ -23,6 +23,7 @@ from mailfold.events import (
     Source,
     Transport,
     new_id,
+    verp_ref,
 )
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender.adapters.memory import MemoryLedger
@@ -283,6 +284,23 @@ async def test_an_address_given_twice_gets_one_message() -> None:
     await world.handle(composed(to=("ann@example.org",), bcc=("ANN@example.org",)))
     assert len(world.direct.sent) == 1
     assert world.of(EmailSent)[0].recipients == ("ann@example.org",)
+
+
+async def test_every_return_path_is_a_short_verp_address_its_record_resolves() -> None:
+    world = World()
+    email = composed(to=("ann@example.org",), cc=("Bob@Example.org",), bcc=("cat@example.org",))
+    await world.handle(email)
+    record = world.ledger.verp[verp_ref("acme", email.email_id)]
+    assert record.recipients == ("ann@example.org", "Bob@Example.org", "cat@example.org")
+    assert len(world.direct.sent) == 3
+    for envelope in world.direct.sent:
+        local = envelope.mail_from.partition("@")[0]
+        assert len(local.encode()) <= 64
+        ticket = KEYS.open_verp(local.removeprefix("bounce+").upper())
+        assert ticket is not None
+        claims = KEYS.verify_verp_ticket(ticket, record)
+        assert (claims.org_id, claims.email_id) == ("acme", email.email_id)
+        assert claims.recipient.lower() == envelope.recipient.address.lower()
 
 
 async def test_only_one_recipient_crm_mail_gets_a_pixel() -> None:

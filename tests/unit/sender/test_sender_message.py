@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailfold.events import AttachmentRef, EmailComposed, Keyring, Source, TokenKind, new_id
+from mailfold.events import (
+    AttachmentRef,
+    EmailComposed,
+    Keyring,
+    Source,
+    TokenKind,
+    VerpRecord,
+    new_id,
+)
 from mailfold.sender.domain.message import (
     Body,
     build,
@@ -127,13 +135,22 @@ def test_a_composite_attachment_type_travels_as_opaque_data() -> None:
 
 def test_the_verp_return_path_carries_a_verifiable_token() -> None:
     keys = Keyring.parse("k1:unit-test-signing-key-0001")
+    record = VerpRecord(org_id="acme", email_id="e-1", recipients=("x@y.test", "Ann@Example.org"))
     path = verp_return_path(
-        keys, org_id="acme", email_id="e-1", recipient="Ann@Example.org", mail_domain="m.test"
+        keys,
+        org_id="acme",
+        email_id="e-1",
+        recipient="Ann@Example.org",
+        index=1,
+        mail_domain="m.test",
     )
     local, domain = path.split("@")
     assert domain == "m.test"
     assert local.startswith("bounce+")
-    claims = keys.verify_verp(local.removeprefix("bounce+").upper())
+    assert len(local) <= 64
+    ticket = keys.open_verp(local.removeprefix("bounce+").upper())
+    assert ticket is not None
+    claims = keys.verify_verp_ticket(ticket, record)
     assert (claims.kind, claims.org_id, claims.email_id, claims.recipient) == (
         TokenKind.BOUNCE, "acme", "e-1", "Ann@Example.org",
     )  # fmt: skip

@@ -60,7 +60,16 @@ from mailfold.events.subjects import (
     publish_headers,
     subject_for,
 )
-from mailfold.events.tokens import InvalidToken, Keyring, TokenKind, TrackingClaims
+from mailfold.events.tokens import (
+    VERP_TOKEN_LENGTH,
+    InvalidToken,
+    Keyring,
+    TokenKind,
+    TrackingClaims,
+    VerpRecord,
+    VerpTicket,
+    verp_ref,
+)
 
 __all__ = [
     "DLQ_STREAM",
@@ -69,6 +78,7 @@ __all__ = [
     "POLICY",
     "SOURCES",
     "STREAM",
+    "VERP_TOKEN_LENGTH",
     "AnyEvent",
     "AttachmentRef",
     "BounceKind",
@@ -104,6 +114,8 @@ __all__ = [
     "TrackingClaims",
     "Transport",
     "Verdict",
+    "VerpRecord",
+    "VerpTicket",
     "Violation",
     "ViolationReason",
     "apply",
@@ -122,4 +134,5 @@ __all__ = [
     "source_info",
     "subject_for",
     "trackable",
+    "verp_ref",
 ]

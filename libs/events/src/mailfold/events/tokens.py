@@ -4,6 +4,16 @@ Layout: `<kid>.<payload>.<mac>`, each part base64url without padding. The payloa
 array `[version, kind, org_id, email_id, recipient, url]`; the MAC is HMAC-SHA256 over
 `<kid>.<payload>` truncated to 16 bytes (128 bits, as RFC 2104 allows), checked in constant time.
 The key id names the secret that signed the token, so old keys keep verifying after a rotation.
+
+VERP tokens (the `<token>` of a `bounce+<token>@domain` return path) must fit a local part of 64
+octets (RFC 5321) and survive a change of case, so they carry a reference instead of the claims:
+lower-case base32 of `ref (10 bytes) | recipient index (2) | key tag (1) | MAC (10)`, 37
+characters. `ref` is a hash of the org and email ids; the sender records `ref -> (org, email,
+recipients)` (a VerpRecord) before sending, and the bounce handler looks it up. The MAC (80 bits,
+HMAC-SHA256 truncated) binds the full claims (org, email, the recipient at that index) and the
+reference, so neither a forged token nor a tampered record verifies. The key tag is the first
+byte of the key id's SHA-256: it picks the key without spelling its id. Older long tokens
+(`<kid>-<payload>-<mac>`, the claims inside) are still accepted by `verify_verp`.
 """
 
 from __future__ import annotations
@@ -70,6 +80,59 @@ def _b32d(text: str) -> bytes:
         return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
     except (binascii.Error, ValueError) as exc:
         raise InvalidToken("not base32") from exc
+
+
+_VERP_REF_BYTES: Final = 10
+_VERP_MAC_BYTES: Final = 10
+_VERP_BYTES: Final = _VERP_REF_BYTES + 2 + 1 + _VERP_MAC_BYTES
+VERP_TOKEN_LENGTH: Final = -(-_VERP_BYTES * 8 // 5)  # 37 base32 characters
+_MAX_RECIPIENTS: Final = 0xFFFF
+
+
+def verp_ref(org_id: str, email_id: str) -> str:
+    """The reference a short VERP token carries for one email: 16 lower-case base32 characters."""
+    digest = hashlib.sha256(f"{org_id}\x1f{email_id}".encode()).digest()
+    return _b32e(digest[:_VERP_REF_BYTES])
+
+
+class VerpRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What a VERP reference stands for: the email and its recipients, in the sender's order."""
+
+    org_id: str
+    email_id: str
+    recipients: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        """The reference tokens for this email carry."""
+        return verp_ref(self.org_id, self.email_id)
+
+    def index_of(self, recipient: str) -> int:
+        """The position of a recipient (compared case-insensitively); ValueError if absent."""
+        wanted = recipient.strip().lower()
+        for i, address in enumerate(self.recipients):
+            if address.strip().lower() == wanted:
+                return i
+        raise ValueError(f"{recipient!r} is not a recipient of {self.email_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class VerpTicket:
+    """A short VERP token read but not yet verified: the reference to look up, and the rest."""
+
+    ref: str
+    index: int
+    tag: int
+    mac: bytes
+
+
+def _key_tag(kid: str) -> int:
+    return hashlib.sha256(kid.encode()).digest()[0]
+
+
+def _verp_signed(ref: bytes, index: int, org_id: str, email_id: str, recipient: str) -> bytes:
+    claims = _ENCODER.encode((2, "b", org_id, email_id, recipient.strip().lower()))
+    return b"verp\x1f" + ref + index.to_bytes(2, "big") + claims
 
 
 class Keyring:
@@ -154,11 +217,63 @@ class Keyring:
             raise InvalidToken("unknown kind") from exc
         return TrackingClaims(token_kind, org_id, email_id, recipient, url)
 
-    def sign_verp(self, claims: TrackingClaims) -> str:
-        """A case-insensitive token for a VERP return path (`bounce+<token>@domain`).
+    def _verp_mac(self, kid: str, signed: bytes) -> bytes:
+        return self._mac(kid, signed)[:_VERP_MAC_BYTES]
 
-        Mail systems may change the case of a local part, so this form is lower-case base32:
-        `<kid>-<payload>-<mac>`, the MAC over `<kid>-<payload>` as for tracking tokens.
+    def sign_verp(self, claims: TrackingClaims, index: int) -> str:
+        """A short case-insensitive token for a VERP return path (`bounce+<token>@domain`).
+
+        `index` is the recipient's position in the email's VerpRecord. The token is
+        VERP_TOKEN_LENGTH characters of lower-case base32 (see the module docstring).
+        """
+        if claims.kind is not TokenKind.BOUNCE:
+            raise ValueError("VERP tokens carry bounce claims")
+        if not 0 <= index <= _MAX_RECIPIENTS:
+            raise ValueError("recipient index out of range")
+        ref = _b32d(verp_ref(claims.org_id, claims.email_id))
+        signed = _verp_signed(ref, index, claims.org_id, claims.email_id, claims.recipient)
+        mac = self._verp_mac(self.current, signed)
+        raw = ref + index.to_bytes(2, "big") + bytes([_key_tag(self.current)]) + mac
+        return _b32e(raw)
+
+    def open_verp(self, token: str) -> VerpTicket | None:
+        """The reference inside a short VERP token (any case); None for an older long token.
+
+        Raises InvalidToken for anything that is neither.
+        """
+        if "-" in token:
+            return None
+        if len(token) != VERP_TOKEN_LENGTH:
+            raise InvalidToken("malformed")
+        raw = _b32d(token.lower())
+        if len(raw) != _VERP_BYTES or _b32e(raw) != token.lower():
+            raise InvalidToken("malformed")
+        ref = raw[:_VERP_REF_BYTES]
+        index = int.from_bytes(raw[_VERP_REF_BYTES : _VERP_REF_BYTES + 2], "big")
+        tag = raw[_VERP_REF_BYTES + 2]
+        return VerpTicket(_b32e(ref), index, tag, raw[_VERP_REF_BYTES + 3 :])
+
+    def verify_verp_ticket(self, ticket: VerpTicket, record: VerpRecord | None) -> TrackingClaims:
+        """The claims of a short token, given the record its reference names; raises
+        InvalidToken when there is no such record or the MAC does not bind it."""
+        if record is None or record.ref != ticket.ref or ticket.index >= len(record.recipients):
+            raise InvalidToken("unknown VERP reference")
+        recipient = record.recipients[ticket.index]
+        signed = _verp_signed(
+            _b32d(ticket.ref), ticket.index, record.org_id, record.email_id, recipient
+        )
+        for kid in self._keys:
+            if _key_tag(kid) == ticket.tag and hmac.compare_digest(
+                self._verp_mac(kid, signed), ticket.mac
+            ):
+                return TrackingClaims(TokenKind.BOUNCE, record.org_id, record.email_id, recipient)
+        raise InvalidToken("bad signature")
+
+    def sign_long_verp(self, claims: TrackingClaims) -> str:
+        """The older long VERP token, `<kid>-<payload>-<mac>` with the claims inside.
+
+        No longer sent (it overflows a 64-octet local part); kept so that tests can make the
+        tokens of mail sent before, which `verify_verp` still accepts for the bounce window.
         """
         if claims.kind is not TokenKind.BOUNCE:
             raise ValueError("VERP tokens carry bounce claims")
@@ -174,7 +289,10 @@ class Keyring:
         return f"{signed}-{_b32e(self._mac(kid, signed.encode()))}"
 
     def verify_verp(self, token: str) -> TrackingClaims:
-        """The claims of a valid VERP token, whatever its case; raises InvalidToken otherwise."""
+        """The claims of a valid long VERP token, whatever its case; raises InvalidToken otherwise.
+
+        Short tokens need their record: `open_verp`, then `verify_verp_ticket`.
+        """
         if len(token) > _MAX_TOKEN:
             raise InvalidToken("too long")
         parts = token.lower().split("-")

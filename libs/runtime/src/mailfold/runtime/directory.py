@@ -2,6 +2,9 @@
 
 Ingest writes these; the sender and others read them. Keys (in `mailfold_orgs` and
 `mailfold_directory`) are documented in docs/operations.md. Values are JSON (msgspec).
+The one the other way round: the sender writes each email's VERP record (`verp.<ref>` in
+`mailfold_sender`, kept as long as that bucket keeps its keys) and ingest reads it when a bounce
+arrives.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from mailfold.events import Module, RecordRef
+from mailfold.events import Module, RecordRef, VerpRecord
 from mailfold.runtime.bus import key_token
 
 DEFAULT_MAIL_DOMAIN: Final = "mailfold.localhost"
@@ -69,6 +72,7 @@ _settings_dec = msgspec.json.Decoder(OrgSettings)
 _mailbox_dec = msgspec.json.Decoder(MailboxSettings)
 _record_dec = msgspec.json.Decoder(RecordEntry)
 _refs_dec = msgspec.json.Decoder(tuple[RecordRef, ...])
+_verp_dec = msgspec.json.Decoder(VerpRecord)
 _enc = msgspec.json.Encoder()
 
 
@@ -90,6 +94,27 @@ def record_key(org_id: str, record_id: str) -> str:
 def address_key(org_id: str, address: str) -> str:
     """`<org>.addr.<address>` in mailfold_directory; addresses compare case-insensitively."""
     return f"{org_id}.addr.{key_token(address.strip().lower())}"
+
+
+def verp_key(ref: str) -> str:
+    """`verp.<ref>` in mailfold_sender: the email and recipients a VERP reference stands for."""
+    return f"verp.{ref}"
+
+
+async def save_verp_record(bucket: KeyValue, record: VerpRecord) -> None:
+    """Record what an email's VERP reference stands for (the same value on every retry)."""
+    await bucket.put(verp_key(record.ref), _enc.encode(record))
+
+
+async def load_verp_record(bucket: KeyValue, ref: str) -> VerpRecord | None:
+    """The record of a VERP reference, or None (unknown, expired or unreadable)."""
+    raw = await get_value(bucket, verp_key(ref))
+    if raw is None:
+        return None
+    try:
+        return _verp_dec.decode(raw)
+    except msgspec.DecodeError:
+        return None
 
 
 async def get_value(bucket: KeyValue, key: str) -> bytes | None:

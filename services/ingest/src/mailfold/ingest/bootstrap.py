@@ -8,18 +8,21 @@ from typing import Final
 
 from nats.aio.client import Client
 
+from mailfold.bounces import ParseFailed
 from mailfold.events import Keyring
 from mailfold.ingest.adapters.nats import (
     AddressCache,
     JetStreamPublisher,
     KvDirectory,
     KvIdempotency,
+    KvVerpRecords,
     ObjectContentStore,
     OrgCache,
 )
 from mailfold.ingest.adapters.usage import KvAttachmentUsage
 from mailfold.ingest.entrypoints.http import build_app
 from mailfold.ingest.entrypoints.smtp import SmtpHandler, SmtpServer
+from mailfold.ingest.metrics import BOUNCE_PARSER_ERRORS
 from mailfold.ingest.service_layer.mail import MailIngress
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime import bus
@@ -105,6 +108,13 @@ class IngestService:
         log.info("stopped")
 
 
+def parse_error(failed: ParseFailed) -> None:
+    """A bug in the bounce parser: counted and logged with the message's digest. The message
+    itself is kept like any other (its events are what the parser could not read: none)."""
+    BOUNCE_PARSER_ERRORS.inc()
+    log.error("bounce parser failed", sha256=failed.digest, error=repr(failed.error))
+
+
 async def start(settings: Settings) -> IngestService:
     """Connect to NATS, make sure the topology exists, start the HTTP API and the SMTP server."""
     keyring = Keyring.parse(settings.common.tracking_keys)
@@ -139,7 +149,12 @@ async def start(settings: Settings) -> IngestService:
         )
         smtp = SmtpServer(
             SmtpHandler(
-                MailIngress(ports, keyring),
+                MailIngress(
+                    ports,
+                    keyring,
+                    KvVerpRecords(await bus.kv(js, bus.BUCKET_SENDER)),
+                    on_parse_error=parse_error,
+                ),
                 max_recipients=settings.smtp_max_recipients,
                 available=lambda: nc.is_connected,
             ),

@@ -54,3 +54,7 @@ PUBLISH_FAILURES: Final = Counter(
     "mailfold_ingest_publish_failures",
     "Publishes MAIL_EVENTS did not acknowledge (the request or message was refused for a retry).",
 )
+BOUNCE_PARSER_ERRORS: Final = Counter(
+    "mailfold_ingest_bounce_parser_errors",
+    "Reports on which the bounce parser raised (logged with the message's SHA-256; still kept).",
+)

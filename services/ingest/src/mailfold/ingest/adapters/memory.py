@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.events import ContentRef, Event, RecordRef, VerpRecord
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
 from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
@@ -138,3 +138,17 @@ class MemoryIdempotency:
     async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
         """Mark the key's email as published."""
         self.claims[(org_id, key)] = claim
+
+
+class MemoryVerpRecords:
+    """VERP records in a dict, as the sender would have written them."""
+
+    def __init__(self, *records: VerpRecord) -> None:
+        self.records = {r.ref: r for r in records}
+
+    def add(self, record: VerpRecord) -> None:
+        """Record one email, as the sender does before sending it."""
+        self.records[record.ref] = record
+
+    async def load(self, ref: str) -> VerpRecord | None:
+        return self.records.get(ref)

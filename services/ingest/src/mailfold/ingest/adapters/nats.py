@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
-from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.events import ContentRef, Event, RecordRef, VerpRecord
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
@@ -452,3 +452,13 @@ class KvIdempotency:
     async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
         """Mark the key's email as published."""
         await self._bucket.put(idempotency_key(org_id, key), _enc.encode(claim))
+
+
+class KvVerpRecords:
+    """The sender's VERP records, read from its KV bucket (`verp.<ref>` in mailfold_sender)."""
+
+    def __init__(self, bucket: KeyValue) -> None:
+        self._kv = bucket
+
+    async def load(self, ref: str) -> VerpRecord | None:
+        return await directory.load_verp_record(self._kv, ref)

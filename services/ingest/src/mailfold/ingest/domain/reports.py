@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Final
 
+from mailfold.bounces import ParsedRecipient, ParsedReport
 from mailfold.events import (
     BounceKind,
     ContentRef,
@@ -17,7 +18,6 @@ from mailfold.events import (
 )
 from mailfold.events.ids import id_time_ms
 from mailfold.ingest.domain.addresses import is_address
-from mailfold.ingest.domain.dsn import ParsedRecipient, ParsedReport
 from mailfold.ingest.domain.ids import derived_id
 
 PRODUCER: Final = "ingest"

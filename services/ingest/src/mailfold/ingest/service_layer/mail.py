@@ -7,9 +7,11 @@ import enum
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final
 
-from mailfold.events import ContentRef, Event, InvalidToken, Keyring, RecordRef
+from mailfold.bounces import ParsedReport, ParseFailed, parse
+from mailfold.events import ContentRef, Event, InvalidToken, Keyring, RecordRef, TrackingClaims
 from mailfold.ingest.domain.captures import (
     blacklisted,
     dropbox_events,
@@ -19,7 +21,6 @@ from mailfold.ingest.domain.captures import (
     received_event,
     sender_of,
 )
-from mailfold.ingest.domain.dsn import ParsedReport, parse
 from mailfold.ingest.domain.inbound import MessageSummary, summarise
 from mailfold.ingest.domain.replies import (
     ACCEPTED,
@@ -31,7 +32,7 @@ from mailfold.ingest.domain.replies import (
 from mailfold.ingest.domain.reports import report_events
 from mailfold.ingest.domain.routes import Route, RouteKind, route_for
 from mailfold.ingest.service_layer import quota
-from mailfold.ingest.service_layer.ports import Ports
+from mailfold.ingest.service_layer.ports import Ports, VerpRecords
 from mailfold.runtime.attachments import attachments_size, may_have_attachments
 
 RFC822: Final = "message/rfc822"
@@ -70,12 +71,23 @@ class MailIngress:
         self,
         ports: Ports,
         keyring: Keyring,
+        verp_records: VerpRecords,
         *,
-        parse_report: Callable[[bytes], ParsedReport] = parse,
+        parse_report: Callable[[bytes], ParsedReport] | None = None,
+        on_parse_error: Callable[[ParseFailed], None] | None = None,
     ) -> None:
         self._ports = ports
         self._keyring = keyring
-        self._parse = parse_report
+        self._verp_records = verp_records
+        self._parse = parse_report or partial(parse, on_error=on_parse_error)
+
+    async def _claims(self, token: str) -> TrackingClaims:
+        """The claims of a VERP token: a short one through its record, an older long one alone."""
+        ticket = self._keyring.open_verp(token)
+        if ticket is None:
+            return self._keyring.verify_verp(token)
+        record = await self._verp_records.load(ticket.ref)
+        return self._keyring.verify_verp_ticket(ticket, record)
 
     async def check_recipient(
         self, address: str, mail_from: str | None, accepted: Sequence[str]
@@ -222,7 +234,7 @@ class MailIngress:
         outcomes: list[BounceOutcome] = []
         for token in dict.fromkeys(r.token.lower() for r in routes):
             try:
-                claims = self._keyring.verify_verp(token)
+                claims = await self._claims(token)
             except InvalidToken:
                 outcomes.append(BounceOutcome.INVALID_TOKEN)
                 continue

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import msgspec
 
-from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.events import ContentRef, Event, RecordRef, VerpRecord
 from mailfold.ingest.domain.quota import Charge, RecordUsage
 from mailfold.ingest.domain.template import Template
 from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
@@ -73,6 +73,13 @@ class Directory(Protocol):
 
     async def save_template(self, org_id: str, template: Template) -> None:
         """Create or replace a template."""
+
+
+class VerpRecords(Protocol):
+    """What the sender recorded for each VERP reference it sent (read-only here)."""
+
+    async def load(self, ref: str) -> VerpRecord | None:
+        """The record of a reference, or None when it is unknown or expired."""
 
 
 class IdempotencyClaim(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,6 +6,7 @@ Keys (`<id>` is the email id, or `=` and its key_token when it holds characters 
 - `<org>.mass.<campaign>.<addr>`: the email that mails this address in this campaign
 - `<org>.limit.<day>`: the day's mass-email counter, `{"n": taken, "last": email id}`
 - `<org>.limit.<day>.<id>`: this email holds one of the day's slots
+- `verp.<ref>`: what an email's VERP reference stands for (see mailfold.events.tokens)
 
 The daily limit is exact and idempotent with several sender copies: a slot is taken by one
 compare-and-set of the counter that also names the email taking it, and the email's own key is
@@ -26,7 +27,9 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from mailfold.events import VerpRecord
 from mailfold.runtime.bus import key_token
+from mailfold.runtime.directory import save_verp_record
 from mailfold.sender.domain.state import Admission, RecipientMark
 
 _SAFE_ID: Final = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -91,6 +94,9 @@ class KvLedger:
             return int(await self._kv.update(key, value, last=last))
         except KeyWrongLastSequenceError:
             return None
+
+    async def remember_verp(self, record: VerpRecord) -> None:
+        await save_verp_record(self._kv, record)
 
     async def mark(
         self, org_id: str, email_id: str, recipient: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import date
 
+from mailfold.events import VerpRecord
 from mailfold.sender.adapters.ledger import (
     admission_key,
     campaign_key,
@@ -23,6 +24,7 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[object, int]] = {}
+        self.verp: dict[str, VerpRecord] = {}
         self._revision = 0
 
     def _write(self, key: str, value: object, last: int | None) -> int | None:
@@ -34,6 +36,9 @@ class MemoryLedger:
         self._revision += 1
         self.values[key] = (value, self._revision)
         return self._revision
+
+    async def remember_verp(self, record: VerpRecord) -> None:
+        self.verp[record.ref] = record
 
     async def mark(
         self, org_id: str, email_id: str, recipient: str

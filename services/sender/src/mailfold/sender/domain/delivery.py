@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from mailfold.bounces import classify
 from mailfold.events import BounceKind
-from mailfold.events.bounces import classify
 
 _ENHANCED: Final = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 

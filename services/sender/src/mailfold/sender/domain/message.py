@@ -46,11 +46,15 @@ def message_id(email_id: str, mail_domain: str) -> str:
 
 
 def verp_return_path(
-    keys: Keyring, *, org_id: str, email_id: str, recipient: str, mail_domain: str
+    keys: Keyring, *, org_id: str, email_id: str, recipient: str, index: int, mail_domain: str
 ) -> str:
-    """`bounce+<token>@<mail domain>`: a bounce to it names the email and the recipient."""
-    token = keys.sign_verp(TrackingClaims(TokenKind.BOUNCE, org_id, email_id, recipient))
-    return f"{VERP_PREFIX}{token}@{mail_domain}"
+    """`bounce+<token>@<mail domain>`: a bounce to it names the email and the recipient.
+
+    `index` is the recipient's position in the email's VerpRecord; the local part is 44
+    octets, inside RFC 5321's 64.
+    """
+    claims = TrackingClaims(TokenKind.BOUNCE, org_id, email_id, recipient)
+    return f"{VERP_PREFIX}{keys.sign_verp(claims, index)}@{mail_domain}"
 
 
 def decode_text(data: bytes, content_type: str) -> str:

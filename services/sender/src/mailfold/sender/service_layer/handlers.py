@@ -31,6 +31,7 @@ from mailfold.events import (
     EmailSent,
     Keyring,
     Transport,
+    VerpRecord,
     trackable,
 )
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
@@ -135,6 +136,7 @@ class _Job:
         self.redelivered = redelivered
         self.now = ports.clock()
         self.message_id = ""
+        self._verp = VerpRecord(org_id=composed.org_id, email_id=composed.email_id, recipients=())
 
     # --- events -----------------------------------------------------------------------------
 
@@ -176,6 +178,11 @@ class _Job:
             await self._reject(Rejection(Reason.CONTENT_MISSING, str(exc)))
             return DONE
         recipients = rules.recipients(c)
+        # Indexes in the VERP record follow every recipient of the email, admitted or not, so
+        # that they are the same on every delivery of it.
+        self._verp = VerpRecord(
+            org_id=c.org_id, email_id=c.email_id, recipients=tuple(m.address for m in recipients)
+        )
         if rules.counts_toward_limit(c.source) or rules.is_deduplicated(c.source):
             recipients = await self._admit(recipients, settings)
             if not recipients:
@@ -386,6 +393,8 @@ class _Job:
         c = self.c
         plan = await self._plan(recipients)
         if plan.due:
+            # Before any return path names it: a bounce may come back within seconds.
+            await self.p.ledger.remember_verp(self._verp)
             if any(s.attempt == 1 for s in plan.due):
                 await self._publish_sent([m.address for m in recipients], Transport.CRM_SERVERS)
             tracked = trackable(c.source, c.transport, len(c.recipients))
@@ -433,6 +442,7 @@ class _Job:
                     org_id=self.c.org_id,
                     email_id=self.c.email_id,
                     recipient=s.mailbox.address,
+                    index=self._verp.index_of(s.mailbox.address),
                     mail_domain=settings.mail_domain,
                 ),
                 recipient=s.mailbox,

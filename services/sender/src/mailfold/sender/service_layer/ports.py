@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Protocol
 
-from mailfold.events import Event
+from mailfold.events import Event, VerpRecord
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender.domain.addresses import Mailbox
 from mailfold.sender.domain.delivery import Attempt
@@ -82,6 +82,10 @@ class Ledger(Protocol):
 
     async def reserve_slot(self, org_id: str, day: date, email_id: str, limit: int) -> bool:
         """Take one of the day's `limit` mass-email slots; idempotent for one email id."""
+        ...
+
+    async def remember_verp(self, record: VerpRecord) -> None:
+        """Record what the email's VERP reference stands for, before any return path uses it."""
         ...
 
 

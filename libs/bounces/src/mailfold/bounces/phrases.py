@@ -1,77 +1,17 @@
-"""Bounce classification: status code, reply code and diagnostic text to a reason and a kind."""
+"""Phrase tables: the wording real mail servers use for each reason, as data.
+
+Text is lower-cased and whitespace-collapsed before matching, so fragments are lower case and a
+single space stands for any run of whitespace. Most phrases are the error messages real MTAs and
+mailbox providers emit (collected by sisimai's reason classes); "a.*?b" means both parts appear
+in order, within a sentence or two. To add a phrase, add it to its reason's table.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Final
 
-__all__ = [
-    "FALLBACK_TEXT_RULES",
-    "HARD_REASONS",
-    "REASONS",
-    "REPLY_REASONS",
-    "STATUS_REASONS",
-    "TEXT_RULES",
-    "VENDOR_CODES",
-    "BounceKind",
-    "classify",
-    "find_command",
-    "find_reply_code",
-    "find_status",
-    "is_temporary",
-    "kind_of",
-    "prefer_status",
-    "pseudo_status",
-]
-
-BounceKind = Literal["hard", "soft", "undetermined"]
-
-# The vocabulary follows the reason classes of sisimai (https://libsisimai.org, BSD 2-clause), so
-# that results can be compared with the reference parser sample by sample.
-REASONS: frozenset[str] = frozenset(
-    {
-        "authfailure",
-        "badreputation",
-        "blocked",
-        "contenterror",
-        "delivered",
-        "exceedlimit",
-        "expired",
-        "feedback",
-        "filtered",
-        "hasmoved",
-        "hostunknown",
-        "mailboxfull",
-        "mailererror",
-        "mesgtoobig",
-        "networkerror",
-        "norelaying",
-        "notaccept",
-        "notcompliantrfc",
-        "onhold",
-        "policyviolation",
-        "rejected",
-        "requireptr",
-        "securityerror",
-        "spamdetected",
-        "speeding",
-        "suspend",
-        "syntaxerror",
-        "systemerror",
-        "systemfull",
-        "toomanyconn",
-        "undefined",
-        "userunknown",
-        "vacation",
-        "virusdetected",
-    }
-)
-
-# Reasons saying the address itself is bad: further mail to it is pointless.
-HARD_REASONS: frozenset[str] = frozenset({"userunknown", "hostunknown", "hasmoved", "notaccept"})
-
-# Of the hard reasons, the one a server may also give temporarily (a 4xx "no mail host right now").
-_HARD_UNLESS_TEMPORARY: Final = frozenset({"notaccept"})
+__all__ = ["PHRASES", "REJECTED_NOT", "VENDOR_CODES"]
 
 
 def _rx(*phrases: str) -> re.Pattern[str]:
@@ -144,6 +84,7 @@ _MESGTOOBIG = _rx(
 _EXCEEDLIMIT = _rx(r"message header size exceeds limit", r"message too large")
 
 _SUSPEND = _rx(
+    r"(?:recipient|user)(?:'s)? account is (?:blocked|locked|frozen)",
     r" is currently suspended",
     r" temporary locked",
     r"archived recipient",
@@ -198,6 +139,7 @@ _NORELAYING = _rx(
 )
 
 _AUTHFAILURE = _rx(
+    r"dmarc (?:check|verification|validation|evaluation) fail",
     r"//spf\.pobox\.com",
     r"bad spf records for",
     r"dmarc policy",
@@ -398,7 +340,7 @@ _CONTENTERROR = _rx(
 )
 
 # Phrases that name the recipient, not the sender, and so must not count as "rejected".
-_REJECTED_NOT = _rx(
+REJECTED_NOT = _rx(
     r"5\.1\.0 address rejected", r"recipient address rejected", r"sender ip address rejected"
 )
 _REJECTED = _rx(
@@ -597,6 +539,7 @@ _SPEEDING = _rx(
 )
 
 _TOOMANYCONN = _rx(
+    r"ip frequency limited",
     r"all available ips are at maximum connection limit",
     r"connection rate limit exceeded",
     r"exceeds per-domain connection limit for",
@@ -613,6 +556,7 @@ _TOOMANYCONN = _rx(
 )
 
 _BLOCKED = _rx(
+    r"spamhaus\.org/(?:query|lookup|sbl|xbl|pbl)",
     r" said: 550 blocked",
     r"but my name was rejected",
     r"//www\.spamcop\.net/bl\.",
@@ -799,6 +743,7 @@ _NOTACCEPT = _rx(
     r"mail receiving disabled",
     r"name server: \.: host not found",
     r"no mx record found for domain=",
+    r"no mx (?:record )?found for (?:the )?domain",
     r"no route for current request",
     r"smtp protocol returned a permanent error",
     r"an mx or srv record indicated no smtp service",
@@ -808,6 +753,8 @@ _NOTACCEPT = _rx(
 )
 
 _EXPIRED = _rx(
+    r"could not deliver for the last \d+ seconds",
+    r"envelope expired",
     r"connection timed out",
     r"could not find a gateway for",
     r"delivery attempts will continue to be",
@@ -899,7 +846,7 @@ VENDOR_CODES: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"resolver\.adr\.reciplimit"), "toomanyconn"),
     (re.compile(r"resolver\.rst\.authrequired"), "securityerror"),
     (re.compile(r"resolver\.rst\.notauthorized"), "rejected"),
-    (re.compile(r"resolver\.rst\.recipsizelimit"), "exceedlimit"),
+    (re.compile(r"resolver\.rst\.recipsizelimit"), "mesgtoobig"),
     (re.compile(r"queue\.expired"), "expired"),
     (
         re.compile(r"dns error: (?:domain name not found|dns server returned answer with no data)"),
@@ -914,7 +861,7 @@ VENDOR_CODES: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     ),
 )
 
-_TEXT: Final[dict[str, re.Pattern[str]]] = {
+PHRASES: Final[dict[str, re.Pattern[str]]] = {
     "authfailure": _AUTHFAILURE,
     "badreputation": _BADREPUTATION,
     "blocked": _BLOCKED,
@@ -946,622 +893,3 @@ _TEXT: Final[dict[str, re.Pattern[str]]] = {
     "vacation": _VACATION,
     "virusdetected": _VIRUSDETECTED,
 }
-
-# ---------------------------------------------------------------------------------------------
-# Enhanced status codes (RFC 3463 and the IANA registry) to reasons. Keys without a class digit
-# ("1.1") hold for 4.x.x and 5.x.x alike; a full key ("5.1.0") is more specific and wins.
-# ---------------------------------------------------------------------------------------------
-
-STATUS_REASONS: Final[dict[str, str]] = {
-    "1.0": "userunknown",
-    "1.1": "userunknown",  # bad destination mailbox address
-    "1.2": "hostunknown",  # bad destination system address
-    "1.3": "userunknown",  # bad destination mailbox address syntax
-    "1.4": "filtered",  # destination mailbox address ambiguous
-    "1.6": "hasmoved",  # mailbox has moved, no forwarding address
-    "1.7": "rejected",  # bad sender's mailbox address syntax
-    "1.8": "rejected",  # bad sender's system address
-    "1.9": "systemerror",  # relayed to a non-compliant mailer
-    "1.10": "notaccept",  # recipient address has null MX (RFC 7505)
-    "2.0": "filtered",
-    "2.1": "filtered",  # mailbox disabled, not accepting messages
-    "2.2": "mailboxfull",
-    "2.3": "exceedlimit",  # message length exceeds administrative limit
-    "2.4": "filtered",  # mailing list expansion problem
-    "3.0": "systemerror",
-    "3.1": "systemfull",
-    "3.2": "notaccept",  # system not accepting network messages
-    "3.3": "systemerror",
-    "3.4": "mesgtoobig",
-    "3.5": "systemerror",
-    "4.0": "networkerror",
-    "4.1": "expired",  # no answer from host
-    "4.2": "networkerror",  # bad connection
-    "4.3": "systemerror",  # directory server failure
-    "4.4": "hostunknown",  # unable to route
-    "4.5": "systemfull",  # mail system congestion
-    "4.6": "networkerror",  # routing loop detected
-    "4.7": "expired",  # delivery time expired
-    "4.8": "networkerror",
-    "5.2": "syntaxerror",
-    "5.3": "toomanyconn",  # too many recipients
-    "5.4": "systemerror",
-    "5.5": "systemerror",
-    "5.6": "syntaxerror",
-    "6.0": "contenterror",
-    "6.1": "contenterror",
-    "6.2": "contenterror",
-    "6.3": "contenterror",
-    "6.5": "contenterror",
-    "6.6": "contenterror",
-    "6.7": "contenterror",
-    "6.8": "contenterror",
-    "6.9": "contenterror",
-    "7.0": "securityerror",
-    "7.1": "securityerror",  # delivery not authorised, message refused
-    "7.2": "securityerror",
-    "7.3": "securityerror",
-    "7.4": "securityerror",
-    "7.5": "securityerror",
-    "7.6": "securityerror",
-    "7.7": "securityerror",
-    "7.8": "securityerror",
-    "7.9": "securityerror",
-    "7.10": "securityerror",
-    "7.11": "securityerror",
-    "7.12": "securityerror",
-    "7.13": "suspend",  # user account disabled
-    "7.14": "securityerror",
-    "7.15": "securityerror",
-    "7.16": "mesgtoobig",
-    "7.17": "hasmoved",  # mailbox owner has changed
-    "7.18": "hasmoved",  # domain owner has changed
-    "7.19": "securityerror",
-    "7.20": "authfailure",  # no passing DKIM signature
-    "7.21": "authfailure",
-    "7.22": "authfailure",
-    "7.23": "authfailure",  # SPF validation failed
-    "7.24": "authfailure",
-    "7.25": "requireptr",  # reverse DNS validation failed
-    "7.26": "authfailure",  # multiple authentication checks failed
-    "7.27": "notaccept",  # sender address has null MX
-    "7.28": "spamdetected",  # mail flood of similar abusive messages
-    "7.29": "authfailure",  # ARC validation failed
-    # Class-specific readings: the temporary form of these codes means something else.
-    "4.2.1": "blocked",
-    "4.4.4": "networkerror",
-    "4.7.1": "blocked",
-    "4.7.2": "blocked",
-    "4.5.3": "systemerror",
-    "4.5.5": "systemerror",
-    "5.4.1": "userunknown",  # Exchange Online: recipient address rejected, access denied
-    "4.3.0": "",
-    "4.4.0": "",
-    "4.5.0": "",
-    "4.7.0": "",
-    "5.4.2": "",
-    "5.4.5": "",
-    "5.4.7": "",
-    "5.4.8": "",
-    "5.5.0": "",
-    "5.5.1": "",
-    "5.5.2": "syntaxerror",
-}
-
-# Reasons a status code alone may be wrong about: when the text or a later check says something
-# more specific, that wins (sisimai's "retry" set).
-_STATUS_WEAK: Final = frozenset(
-    {
-        "undefined",
-        "onhold",
-        "systemerror",
-        "securityerror",
-        "expired",
-        "networkerror",
-        "hostunknown",
-        "userunknown",
-    }
-)
-
-# SMTP reply codes (RFC 5321, 4954, 5248, 7504) which on their own say why.
-REPLY_REASONS: Final[dict[str, str]] = {
-    "401": "syntaxerror",
-    "402": "syntaxerror",
-    "403": "syntaxerror",
-    "404": "syntaxerror",
-    "405": "syntaxerror",
-    "406": "syntaxerror",
-    "407": "syntaxerror",
-    "501": "syntaxerror",
-    "502": "syntaxerror",
-    "503": "syntaxerror",
-    "504": "syntaxerror",
-    "505": "syntaxerror",
-    "506": "syntaxerror",
-    "507": "syntaxerror",
-    "521": "notaccept",  # host does not accept mail (RFC 7504)
-    "556": "notaccept",  # domain does not accept mail (RFC 7504)
-    "525": "suspend",  # user account disabled (RFC 5248)
-    "523": "securityerror",
-    "530": "securityerror",
-    "534": "securityerror",
-    "535": "securityerror",
-    "538": "securityerror",
-}
-
-# ---------------------------------------------------------------------------------------------
-# The rule tables (see classify() for the order they are tried in). TEXT_RULES rows are (reason,
-# text pattern, status codes which are evidence on their own); rows are tried in order, so e.g.
-# "mailbox full" text beats a 5.1.1 code, but a 5.2.2 code beats "user unknown" text. To add a
-# phrase, add it to the reason's pattern above; to add a reason, add a row.
-# ---------------------------------------------------------------------------------------------
-
-TEXT_RULES: Final[tuple[tuple[str, re.Pattern[str], frozenset[str]], ...]] = (
-    ("mailboxfull", _MAILBOXFULL, frozenset({"2.2"})),
-    ("mesgtoobig", _MESGTOOBIG, frozenset({"3.4", "7.16"})),
-    ("exceedlimit", _EXCEEDLIMIT, frozenset({"2.3"})),
-    ("suspend", _SUSPEND, frozenset()),
-    ("hasmoved", _HASMOVED, frozenset()),
-    ("norelaying", _NORELAYING, frozenset()),
-    (
-        "authfailure",
-        _AUTHFAILURE,
-        frozenset({"7.20", "7.21", "7.22", "7.23", "7.24", "7.26", "7.29"}),
-    ),
-    ("userunknown", _USERUNKNOWN, frozenset({"1.0", "1.1", "1.3", "5.4.1"})),
-    ("filtered", _FILTERED, frozenset({"1.4", "2.0", "2.1", "2.4"})),
-    ("requireptr", _REQUIREPTR, frozenset({"7.25"})),
-    ("notcompliantrfc", _NOTCOMPLIANTRFC, frozenset()),
-    ("badreputation", _BADREPUTATION, frozenset()),
-    (
-        "contenterror",
-        _CONTENTERROR,
-        frozenset({"6.0", "6.1", "6.2", "6.3", "6.5", "6.6", "6.7", "6.8", "6.9"}),
-    ),
-    ("rejected", _REJECTED, frozenset({"1.7", "1.8"})),
-    ("hostunknown", _HOSTUNKNOWN, frozenset({"1.2", "5.4.4"})),
-    ("notaccept", _NOTACCEPT, frozenset({"1.10", "7.27"})),
-    ("spamdetected", _SPAMDETECTED, frozenset({"7.28"})),
-    ("speeding", _SPEEDING, frozenset()),
-    ("toomanyconn", _TOOMANYCONN, frozenset({"5.3"})),
-    ("blocked", _BLOCKED, frozenset({"4.2.1", "4.7.1", "4.7.2"})),
-)
-
-# Second pass, for text no first-pass rule explained: failures that are not about the address.
-FALLBACK_TEXT_RULES: Final[tuple[str, ...]] = (
-    "mailboxfull",
-    "authfailure",
-    "badreputation",
-    "speeding",
-    "spamdetected",
-    "virusdetected",
-    "policyviolation",
-    "norelaying",
-    "systemerror",
-    "networkerror",
-    "suspend",
-    "contenterror",
-    "systemfull",
-    "notaccept",
-    "expired",
-    "securityerror",
-    "mailererror",
-    "syntaxerror",
-)
-
-# SMTP commands after which the message content has not been seen yet: a rejection there cannot
-# be about spam, viruses or the recipient's content filter.
-_BEFORE_DATA: Final = frozenset({"CONN", "EHLO", "HELO", "MAIL", "RCPT"})
-_CONTENT_REASONS: Final = frozenset({"spamdetected", "virusdetected", "filtered"})
-
-_WS = re.compile(r"\s+")
-_STATUS_IN_TEXT = re.compile(r"(?<![\d.vV])([245])\.([0-7])\.(\d{1,3})(?!\d)")
-_STATUS_SHAPE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
-_COMMAND = re.compile(
-    r"(?<![A-Za-z0-9@.\-])(HELO|EHLO|STARTTLS|AUTH|MAIL FROM|MAIL|RCPT TO|RCPT|DATA|QUIT|XFORWARD)"
-    r"(?![A-Za-z0-9@\-])"
-)
-# Phrases that name the SMTP command a failure answered, where the command itself is not spelled.
-_COMMAND_HINTS: Final = (
-    ("end of data", "DATA"),
-    ("does not like recipient", "RCPT"),
-    ("failed on data command", "DATA"),
-    ("failed after i sent the message", "DATA"),
-    ("but sender was rejected", "MAIL"),
-    ("but my name was rejected", "EHLO"),
-    ("but greeting failed", "CONN"),
-    ("refused to talk to me", "HELO"),
-    ("after initial connection", "CONN"),
-)
-# Gmail ends a relayed error with "(state N)": the stage of the SMTP session that failed.
-_GMAIL_STATE = re.compile(r"\(state (\d{1,2})\)")
-_GMAIL_STATES: Final[dict[str, str]] = {
-    "6": "MAIL",
-    "8": "AUTH",
-    "9": "AUTH",
-    "12": "AUTH",
-    "13": "EHLO",
-    "14": "RCPT",
-    "15": "DATA",
-    "17": "DATA",
-    "18": "DATA",
-}
-# Yahoo and others tag the stage: "... User Unknown [RCPT_TO]".
-_SMTP_STAGE_TAG = re.compile(r"\[(RCPT_TO|MAIL_FROM|DATA|BDAT)\]", re.IGNORECASE)
-_TEMPORARY_WORDS = re.compile(r" temporar| persistent")
-# Wording of a failure that was retried until it timed out: a temporary cause, given up on.
-_RETRIED_OUT = re.compile(
-    r"retry timeout exceeded|have been failing for a long time|retry time not reached"
-)
-
-# SMTP reply codes in the order they are looked for (RFC 5321, 4954, 5248, 7504): the common
-# failure codes first, so "550 ... 503 bad sequence" yields 550.
-_REPLY_ORDER: Final[dict[str, tuple[str, ...]]] = {
-    "5": (
-        "550",
-        "552",
-        "553",
-        "551",
-        "521",
-        "525",
-        "523",
-        "524",
-        "530",
-        "533",
-        "534",
-        "535",
-        "538",
-        "555",
-        "556",
-        "554",
-        "500",
-        "501",
-        "502",
-        "503",
-        "504",
-    ),
-    "4": ("421", "450", "451", "452", "422", "430", "432", "453", "454", "455", "458", "459"),
-    "2": ("211", "214", "220", "221", "235", "250", "251", "252", "253", "334", "354"),
-}
-_REPLY_ANY: Final = _REPLY_ORDER["5"] + _REPLY_ORDER["4"] + _REPLY_ORDER["2"]
-_KNOWN_REPLIES: Final = frozenset(_REPLY_ANY)
-
-
-# Diagnostics longer than this are cut before matching: the reason is in the first lines, and a
-# bound keeps the "a.*?b" patterns cheap on hostile input.
-_MAX_TEXT: Final = 8192
-
-
-def _norm(text: str | None) -> str:
-    return _WS.sub(" ", text[: _MAX_TEXT * 2]).strip().lower()[:_MAX_TEXT] if text else ""
-
-
-def find_status(text: str | None, klass: str = "") -> str:
-    """The most specific RFC 3463 code in `text` ("" if none); `klass` ("4"/"5") restricts it."""
-    if not text or len(text) < 5:
-        return ""
-    text = text[:_MAX_TEXT]
-    found: list[str] = []
-    fallback = ""
-    for m in _STATUS_IN_TEXT.finditer(text):
-        if klass and m.group(1) != klass:
-            continue
-        code = f"{m.group(1)}.{m.group(2)}.{int(m.group(3))}"
-        # X.0.0 and 4.4.7 carry no detail: keep looking for something better.
-        if code.endswith(".0.0") or code == "4.4.7":
-            fallback = fallback or code
-            continue
-        found.append(code)
-    if not found:
-        return fallback
-    best = found[0]
-    for code in found[1:]:
-        best = prefer_status(best, code)
-    return best
-
-
-def find_reply_code(text: str | None, klass: str = "") -> str:
-    """An SMTP reply code in `text` ("" if none); `klass` restricts it to 2xx/4xx/5xx.
-
-    Codes are looked for in a fixed order, common failure codes first, and must stand alone
-    (not be part of a number, an address or a status code).
-    """
-    if not text or len(text) < 3 or "x-unix" in text.lower():
-        return ""
-    padded = f" {text[:_MAX_TEXT]} "
-    for code in _REPLY_ORDER.get(klass, _REPLY_ANY):
-        start = padded.find(code)
-        while start >= 0:
-            before, after = padded[start - 1], padded[start + 3]
-            if not ("." <= before <= "9" or "." <= after <= "9"):
-                return code
-            start = padded.find(code, start + 3)
-    return ""
-
-
-def find_command(text: str | None) -> str:
-    """The SMTP command a diagnostic says the failure followed ("RCPT", "DATA", ...), or ""."""
-    if not text:
-        return ""
-    text = text[:_MAX_TEXT]
-    low = text.lower()
-    for hint, command in _COMMAND_HINTS:
-        if hint in low:
-            return command
-    state = _GMAIL_STATE.search(low)
-    if state and state.group(1) in _GMAIL_STATES:
-        return _GMAIL_STATES[state.group(1)]
-    tag = _SMTP_STAGE_TAG.search(text)
-    if tag:
-        return tag.group(1)[:4].upper()
-    last = ""
-    for m in _COMMAND.finditer(text):
-        last = m.group(1).split(" ", 1)[0]
-    return last
-
-
-def prefer_status(field: str, in_text: str, reply_code: str = "") -> str:
-    """Choose between a Status: field value and a code found in the diagnostic text.
-
-    A generic code (X.0.0, X.Y.0, 4.4.7, 5.3.Z, X.5.Z) gives way to a specific one; when the two
-    disagree on the class, the reply code decides.
-    """
-    if not field:
-        return in_text
-    if not in_text or field == in_text:
-        return field
-    if reply_code and field[0] != in_text[0]:
-        if reply_code[0] == field[0]:
-            return field
-        if reply_code[0] == in_text[0]:
-            return in_text
-    if field.endswith(".0.0"):
-        return field if in_text.endswith(".0.0") else in_text
-    if ".0" in field and ".0" not in in_text:
-        return in_text
-    if in_text.endswith(".0.0"):
-        return field
-    if field in ("4.4.7", "4.7.0") or field.startswith("5.3."):
-        return in_text
-    if field[1:4] in (".5.1", ".5.2", ".5.4", ".5.5"):
-        return in_text
-    if field == "5.1.1":
-        return field if ".0" in in_text or in_text.startswith("5.5.") else in_text
-    if field == "5.1.3" and in_text.startswith("5.7."):
-        return in_text
-    return field
-
-
-def is_temporary(text: str) -> bool:
-    """True when a status/reply/diagnostic string reads as a temporary (4xx) failure."""
-    code = find_status(text) or find_reply_code(text)
-    if code.startswith("4"):
-        return True
-    low = text.lower()
-    return bool(_TEMPORARY_WORDS.search(f" {low}") or _RETRIED_OUT.search(low))
-
-
-def _status_reason(status: str) -> str:
-    if not status or not _STATUS_SHAPE.match(status):
-        return ""
-    if status in STATUS_REASONS:
-        return STATUS_REASONS[status]
-    return STATUS_REASONS.get(status[2:], "")
-
-
-def _status_evidence(status: str, codes: frozenset[str]) -> bool:
-    return bool(status) and (status[2:] in codes or status in codes)
-
-
-_PSEUDO_CODES: Final[dict[str, str]] = {
-    "authfailure": "926",
-    "badreputation": "975",
-    "blocked": "971",
-    "contenterror": "960",
-    "exceedlimit": "923",
-    "expired": "947",
-    "filtered": "910",
-    "hasmoved": "916",
-    "hostunknown": "912",
-    "mailboxfull": "922",
-    "mailererror": "939",
-    "mesgtoobig": "934",
-    "networkerror": "944",
-    "norelaying": "909",
-    "notaccept": "932",
-    "notcompliantrfc": "974",
-    "onhold": "901",
-    "policyviolation": "972",
-    "rejected": "918",
-    "requireptr": "973",
-    "securityerror": "970",
-    "spamdetected": "980",
-    "speeding": "946",
-    "suspend": "921",
-    "systemerror": "930",
-    "systemfull": "931",
-    "syntaxerror": "902",
-    "toomanyconn": "945",
-    "userunknown": "911",
-    "undefined": "900",
-    "virusdetected": "981",
-}
-# A temporary failure can't say the address is gone for good: no 4.0.9xx code for these.
-_NO_TEMPORARY_PSEUDO: Final = frozenset({"hasmoved", "hostunknown", "userunknown"})
-
-
-def pseudo_status(reason: str, *, temporary: bool) -> str:
-    """sisimai's stand-in code ("5.0.911") for a failure whose message carries no status code.
-
-    The detail 9NN names the reason; the class digit says whether it was temporary.
-    """
-    detail = _PSEUDO_CODES.get(reason)
-    if detail is None:
-        return ""
-    if temporary and reason not in _NO_TEMPORARY_PSEUDO:
-        return f"4.0.{detail}"
-    return f"5.0.{detail}"
-
-
-def _text_says(reason: str, text: str) -> bool:
-    return bool(text) and _TEXT[reason].search(text) is not None
-
-
-def _first_pass(status: str, text: str, command: str, by_status: str) -> str:
-    """The specific reasons, in order, each proved by its own status code or by the text."""
-    for pattern, vendor_reason in VENDOR_CODES:
-        if text and pattern.search(text):
-            return vendor_reason
-    content_stage = command not in _BEFORE_DATA
-    for reason, pattern, codes in TEXT_RULES:
-        if reason == "mesgtoobig" and status[2:] == "2.3":
-            continue  # X.2.3 is the per-mailbox limit: exceedlimit, whatever the wording
-        if _status_evidence(status, codes) and _status_holds(reason, status, text):
-            return reason
-        if not text or pattern.search(text) is None:
-            if reason == "filtered" and content_stage and _text_says("userunknown", text):
-                # "No such user" said to the message itself (after DATA, or at a stage nobody
-                # recorded) is the recipient's filter talking, not a directory lookup: sisimai's
-                # reading, which the corpus labels follow.
-                return reason
-            continue
-        if reason in _CONTENT_REASONS and not content_stage:
-            continue
-        if reason == "userunknown" and command != "RCPT" and by_status != "userunknown":
-            continue
-        if reason == "rejected" and not _rejected_applies(text, command, by_status):
-            continue
-        return reason
-    return ""
-
-
-def _status_holds(reason: str, status: str, text: str) -> bool:
-    """Whether a status code's own reading survives what the diagnostic text says."""
-    if reason == "userunknown":
-        # A X.1.1 code next to text about relaying, blocking, a full or moved mailbox or a null
-        # MX is a generic code: the text names the real reason.
-        vetoes = ("norelaying", "blocked", "mailboxfull", "hasmoved", "notaccept")
-        if any(_text_says(r, text) for r in vetoes):
-            return False
-        return not (_text_says("rejected", text) and _REJECTED_NOT.search(text) is None)
-    if reason == "hostunknown":
-        # X.4.4 only says "unable to route": a null MX or a DNS failure is more specific.
-        if status[2:] == "4.4" and _text_says("notaccept", text):
-            return False
-        return not _text_says("networkerror", text)
-    if reason == "filtered":
-        return _text_says("userunknown", text) or _text_says("filtered", text)
-    if reason == "contenterror":
-        return not _text_says("spamdetected", text)
-    return True
-
-
-def _rejected_applies(text: str, command: str, by_status: str) -> bool:
-    """Sender-rejection wording counts at MAIL FROM, after DATA, or when the code is vague."""
-    if _REJECTED_NOT.search(text):
-        return False
-    if command == "MAIL":
-        return True
-    if command == "DATA":
-        return by_status != "userunknown"
-    return by_status in ("", "onhold", "undefined", "securityerror", "systemerror")
-
-
-def _reason(status: str, reply: str, text: str, command: str, mailer: bool, delayed: bool) -> str:
-    if status.startswith("2."):
-        return "delivered"
-    by_status = _status_reason(status)
-    if not mailer:
-        reason = _first_pass(status, text, command, by_status)
-        if reason:
-            return reason
-        if reply == "525":
-            return "suspend"
-    # Second pass: what the status code says, unless it is one a diagnostic may refine.
-    if by_status and by_status not in _STATUS_WEAK and not mailer:
-        return by_status
-    content_stage = command not in _BEFORE_DATA
-    for reason in FALLBACK_TEXT_RULES:
-        if _text_says(reason, text) and (content_stage or reason not in _CONTENT_REASONS):
-            return reason
-    if by_status:
-        return by_status
-    if status[:3] in ("5.6", "4.6"):
-        return "contenterror"
-    if status[:3] in ("5.7", "4.7"):
-        return "securityerror"
-    if mailer:
-        return "mailererror"
-    by_reply = REPLY_REASONS.get(reply, "")
-    if by_reply:
-        return by_reply
-    if delayed:
-        return "expired"
-    if command in ("EHLO", "HELO"):
-        # Refused at the greeting: the sending host itself is not welcome.
-        return "blocked"
-    if _text_says("vacation", text):
-        return "vacation"
-    return "onhold" if text else "undefined"
-
-
-def classify(
-    *,
-    status: str | None,
-    reply_code: str | None,
-    diagnostic: str | None,
-    command: str | None = None,
-    diagnostic_type: str | None = None,
-    action: str | None = None,
-) -> tuple[str, BounceKind]:
-    """Map an enhanced status code, an SMTP reply code and a diagnostic text to (reason, kind).
-
-    `status` ("5.1.1"), `reply_code` ("550") and `diagnostic` (the server's words) may each be
-    empty. The optional `command` is the SMTP command the failure answered ("RCPT", "DATA"); it
-    is read from the diagnostic when not given. `diagnostic_type` is the DSN's Diagnostic-Code
-    type ("smtp", "x-unix"); `action` the DSN action ("failed", "delayed").
-
-    The rules are tried in this order, the first that applies wins:
-
-    1. VENDOR_CODES: identifiers that name the failure exactly (Exchange NDR codes, ...);
-    2. TEXT_RULES: reason by reason, its own status codes or its wording in the text, with
-       context gates (content reasons only after DATA, sender rejections only at MAIL FROM or
-       with a vague code, "no such user" only at RCPT or with a X.1.1 code);
-    3. the status code's reading in STATUS_REASONS, unless it is a generic one;
-    4. FALLBACK_TEXT_RULES: wording about failures that are not about the address;
-    5. the generic status readings, then the class of the code (X.6 content, X.7 security);
-    6. REPLY_REASONS: reply codes that say why on their own;
-    7. a delay with nothing else is "expired", a refusal at HELO "blocked", text matching no
-       rule "onhold", and nothing at all "undefined".
-
-    The kind is "hard" when the address itself is bad (the reasons in HARD_REASONS, a null MX
-    only when the failure was not temporary), "soft" for any other failure, and "undetermined"
-    only when there is nothing to go on.
-    """
-    code = (status or "").strip()
-    if code and not _STATUS_SHAPE.match(code):
-        code = ""
-    text = _norm(diagnostic)
-    reply = (reply_code or "").strip()
-    if reply not in _KNOWN_REPLIES:
-        reply = find_reply_code(text, code[:1])
-    if not code:
-        code = find_status(text, reply[:1])
-    cmd = (command or "").strip().upper().split(" ", 1)[0] or find_command(diagnostic or "")
-    mailer = (diagnostic_type or "").strip().lower().startswith("x-unix")
-    delayed = (action or "").strip().lower() == "delayed"
-    if not code and not reply and not text and not mailer:
-        return ("expired", "soft") if delayed else ("undefined", "undetermined")
-    reason = _reason(code, reply, text, cmd, mailer, delayed)
-    return reason, kind_of(reason, " ".join(x for x in (code, reply, text) if x))
-
-
-def kind_of(reason: str, evidence: str = "") -> BounceKind:
-    """Hard or soft, for a reason and the status/reply/diagnostic text that led to it."""
-    if reason not in HARD_REASONS:
-        return "soft"
-    if reason in _HARD_UNLESS_TEMPORARY and evidence:
-        code = find_status(evidence) or find_reply_code(evidence)
-        if not code.startswith("5") and is_temporary(evidence):
-            return "soft"
-    return "hard"
