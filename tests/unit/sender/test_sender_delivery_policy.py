@@ -18,7 +18,6 @@ from mailfold.sender.domain.delivery import (
     failure,
     reply,
 )
-from mailfold.sender.domain.ids import derived_id
 from mailfold.sender.domain.routes import Hop, Routes
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -103,13 +102,3 @@ def test_routes_prefer_the_exact_domain_over_the_wildcard() -> None:
 def test_a_bad_route_is_refused_with_the_entry(spec: str) -> None:
     with pytest.raises(ValueError, match="route"):
         Routes.parse(spec)
-
-
-def test_derived_event_ids_are_stable_uuid7s_that_differ_by_what_they_say() -> None:
-    first = derived_id("e-1", T0, "delivered", "ann@example.org")
-    assert first == derived_id("e-1", T0, "delivered", "ann@example.org")
-    assert first != derived_id("e-1", T0, "delivered", "bob@example.org")
-    assert first != derived_id("e-2", T0, "delivered", "ann@example.org")
-    assert first[14] == "7"
-    assert first[19] in "89ab"
-    assert first.startswith(derived_id("x", T0)[:13])  # the time part is the email's time

@@ -33,12 +33,12 @@ from mailfold.events import (
     Transport,
     trackable,
 )
+from mailfold.events.ids import derived_id
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender import metrics
 from mailfold.sender.domain import rules, tracking
 from mailfold.sender.domain.addresses import Mailbox, parse_mailbox
 from mailfold.sender.domain.delivery import STATUS_EXPIRED, Attempt, RetryPolicy, Verdict
-from mailfold.sender.domain.ids import derived_id
 from mailfold.sender.domain.message import (
     Body,
     build,
@@ -140,7 +140,9 @@ class _Job:
 
     def _envelope(self, *parts: str) -> dict[str, Any]:
         return {
-            "event_id": derived_id(self.c.email_id, self.c.occurred_at, *parts),
+            "event_id": derived_id(
+                self.c.email_id, *parts, unix_ms=int(self.c.occurred_at.timestamp() * 1000)
+            ),
             "org_id": self.c.org_id,
             "email_id": self.c.email_id,
             "occurred_at": self.p.clock(),
