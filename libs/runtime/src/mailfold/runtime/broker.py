@@ -1,0 +1,169 @@
+"""The service shell: one FastStream NatsBroker per service, its codec, metrics and dead letters.
+
+Every service builds its broker here, declares its subscribers and publishers on it (so the
+AsyncAPI document says who publishes and who consumes each channel), and gets the same three
+things on every consumer: a msgspec codec for the event union, FastStream's Prometheus message
+metrics, and one dead-lettering middleware that parks what no handler can use in MAIL_DLQ.
+
+Costs found in FastStream 0.7.8 and avoided here (figures in docs/decisions.md):
+- a sync parser, decoder, filter or handler is wrapped by `to_async`, which runs it in a thread
+  pool for every message: the codec and the handlers here are coroutines;
+- `apply_types=True` validates each handler argument through pydantic: the brokers here are built
+  with `apply_types=False`, the codec already returns a typed msgspec Struct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
+
+import msgspec
+import structlog
+from faststream import BaseMiddleware, StreamMessage
+from faststream.message.message import AckStatus
+from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.aio.msg import Msg
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from mailfold.events import AnyEvent, Event, decode, dlq_subject, encode
+
+_MAX_HEADER: Final = 1000
+log = structlog.get_logger("mailfold.runtime")
+
+DEAD_LETTERS = Counter(
+    "mailfold_dead_letters_total", "Messages parked in MAIL_DLQ, by consumer.", ["consumer"]
+)
+
+
+class Poison(Exception):
+    """Raised by a handler for a message no retry can fix; it is dead-lettered with `reason`."""
+
+
+class EventCodec:
+    """msgspec both ways for the event union, as coroutines (a sync codec costs a thread hop)."""
+
+    async def decode(self, msg: StreamMessage[Any]) -> Any:
+        """One event; a msgspec error here dead-letters the message."""
+        return decode(msg.body)
+
+    async def decode_batch(self, msg: StreamMessage[Sequence[Any]]) -> list[AnyEvent | Poison]:
+        """Each message of a batch on its own: a bad one is a Poison item, the rest go on."""
+        out: list[AnyEvent | Poison] = []
+        for raw in msg.raw_message:
+            try:
+                out.append(decode(raw.data))
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                out.append(Poison(f"not a valid event: {exc}"))
+        return out
+
+    async def encode(self, msg: Any, serializer: Any = None) -> tuple[bytes, str | None]:
+        """Events as their JSON; anything else as msgspec JSON."""
+        data = encode(msg) if isinstance(msg, Event) else msgspec.json.encode(msg)
+        return data, "application/json"
+
+    async def encode_batch(
+        self, msgs: Sequence[Any], serializer: Any = None
+    ) -> list[tuple[bytes, str | None]]:
+        """Each message as `encode` does it."""
+        return [await self.encode(m) for m in msgs]
+
+
+CODEC: Final = EventCodec()
+
+
+def _header(text: str) -> str:
+    return " ".join(text.split())[:_MAX_HEADER]
+
+
+async def dead_letter(broker: NatsBroker, raw: Msg, reason: str) -> None:
+    """Publish a JetStream message to `mail.dlq.<consumer>` with why, then acknowledge it.
+
+    The Nats-Msg-Id is derived from the consumer, stream position and body, so parking the same
+    message twice (a crash between publish and ack) keeps one copy.
+    """
+    meta = raw.metadata
+    consumer = meta.consumer or "unknown"
+    digest = hashlib.sha256(raw.data).hexdigest()[:16]
+    headers = {
+        "Nats-Msg-Id": f"{consumer}:{meta.stream}:{meta.sequence.stream}:{digest}",
+        "Mailfold-Error": _header(reason),
+        "Mailfold-Consumer": consumer,
+        "Mailfold-Subject": raw.subject,
+        "Mailfold-Stream": meta.stream,
+        "Mailfold-Stream-Seq": str(meta.sequence.stream),
+    }
+    await broker.connection.jetstream().publish(
+        dlq_subject(consumer), raw.data, headers=headers, timeout=10
+    )
+    DEAD_LETTERS.labels(consumer).inc()
+    log.error("message sent to the dead-letter queue", error=reason, subject=raw.subject)
+    await raw.ack()
+
+
+def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
+    """The one dead-lettering middleware: an undecodable message or a Poison goes to MAIL_DLQ.
+
+    Any other exception propagates, so the subscriber's ack policy (NACK_ON_ERROR) redelivers it.
+    """
+
+    class DeadLetters(BaseMiddleware):
+        async def consume_scope(
+            self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]
+        ) -> Any:
+            try:
+                return await call_next(msg)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                reason = f"not a valid event: {exc}"
+            except Poison as exc:
+                reason = str(exc)
+            if isinstance(msg.raw_message, Msg):
+                await dead_letter(broker_ref(), msg.raw_message, reason)
+                msg.committed = (
+                    AckStatus.ACKED
+                )  # settled here; FastStream must not ack or nak it again
+            return None
+
+    return DeadLetters
+
+
+def new_broker(
+    url: str,
+    *,
+    service: str,
+    registry: CollectorRegistry = REGISTRY,
+    graceful_timeout: float = 10.0,
+) -> NatsBroker:
+    """A broker that keeps reconnecting while NATS restarts, with metrics and dead letters."""
+    broker: NatsBroker
+
+    def current() -> NatsBroker:
+        return broker
+
+    broker = NatsBroker(
+        url,
+        name=f"mailfold-{service}",
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes float seconds
+        connect_timeout=5,
+        graceful_timeout=graceful_timeout,
+        apply_types=False,
+        log_level=logging.DEBUG,  # an access-log line per message costs more than the handler
+        codec=CODEC,
+        middlewares=(
+            NatsPrometheusMiddleware(
+                registry=registry, app_name=service, metrics_prefix="mailfold"
+            ),
+            dead_letters(current),
+        ),
+    )
+    return broker
+
+
+def current_message(broker: NatsBroker) -> NatsMessage:
+    """The message being handled (brokers here do not inject it: `apply_types=False`)."""
+    msg: NatsMessage = broker.context.get_local("message")
+    return msg
