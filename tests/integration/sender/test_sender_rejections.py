@@ -173,7 +173,7 @@ async def test_a_message_that_is_no_event_goes_to_the_dead_letter_queue(
         metrics = await client.get("/metrics")
     assert health.status_code == 200
     assert health.json()["checks"] == {"nats": "ok", "consumer": "ok"}
-    assert 'mailfold_sender_emails_handled_total{outcome="dlq"}' in metrics.text
+    assert 'mailfold_dead_letters_total{consumer="sender"}' in metrics.text
 
 
 async def test_metrics_count_what_the_sender_did(

@@ -14,21 +14,33 @@ Costs found in FastStream 0.7.8 and avoided here (figures in docs/decisions.md):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
+import nats.errors
 import structlog
 from faststream import BaseMiddleware, StreamMessage
 from faststream.message.message import AckStatus
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import JStream, NatsBroker, NatsMessage
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from pydantic import PlainValidator, WithJsonSchema
 
-from mailfold.events import AnyEvent, Event, decode, dlq_subject, encode
+from mailfold.events import (
+    DLQ_STREAM,
+    STREAM,
+    AnyEvent,
+    Event,
+    decode,
+    dlq_subject,
+    encode,
+    subject_for,
+)
 
 _MAX_HEADER: Final = 1000
 log = structlog.get_logger("mailfold.runtime")
@@ -60,7 +72,9 @@ class EventCodec:
         return out
 
     async def encode(self, msg: Any, serializer: Any = None) -> tuple[bytes, str | None]:
-        """Events as their JSON; anything else as msgspec JSON."""
+        """Events as their JSON, bytes as they are (a dead letter's body), anything else as JSON."""
+        if isinstance(msg, bytes):
+            return msg, None
         data = encode(msg) if isinstance(msg, Event) else msgspec.json.encode(msg)
         return data, "application/json"
 
@@ -78,25 +92,37 @@ def _header(text: str) -> str:
     return " ".join(text.split())[:_MAX_HEADER]
 
 
-async def dead_letter(broker: NatsBroker, raw: Msg, reason: str) -> None:
-    """Publish a JetStream message to `mail.dlq.<consumer>` with why, then acknowledge it.
+def deliveries(raw: Msg) -> int:
+    """How many times JetStream has handed this message out (1 for a core NATS message)."""
+    try:
+        return int(raw.metadata.num_delivered)
+    except nats.errors.Error:  # not a JetStream message: a core one, or one from TestNatsBroker
+        return 1
+
+
+async def dead_letter(broker: NatsBroker, raw: Msg, reason: str, *, consumer: str = "") -> None:
+    """Publish a message to `mail.dlq.<consumer>` in MAIL_DLQ with why, then acknowledge it.
 
     The Nats-Msg-Id is derived from the consumer, stream position and body, so parking the same
     message twice (a crash between publish and ack) keeps one copy.
     """
-    meta = raw.metadata
-    consumer = meta.consumer or "unknown"
+    try:
+        meta = raw.metadata
+        consumer, stream, seq = consumer or meta.consumer, meta.stream, meta.sequence.stream
+    except nats.errors.Error:  # not from JetStream (TestNatsBroker hands out core messages)
+        stream, seq = "", 0
+    consumer = consumer or "unknown"
     digest = hashlib.sha256(raw.data).hexdigest()[:16]
     headers = {
-        "Nats-Msg-Id": f"{consumer}:{meta.stream}:{meta.sequence.stream}:{digest}",
+        "Nats-Msg-Id": f"{consumer}:{stream}:{seq}:{digest}",
         "Mailfold-Error": _header(reason),
         "Mailfold-Consumer": consumer,
         "Mailfold-Subject": raw.subject,
-        "Mailfold-Stream": meta.stream,
-        "Mailfold-Stream-Seq": str(meta.sequence.stream),
+        "Mailfold-Stream": stream,
+        "Mailfold-Stream-Seq": str(seq),
     }
-    await broker.connection.jetstream().publish(
-        dlq_subject(consumer), raw.data, headers=headers, timeout=10
+    await broker.publish(
+        raw.data, dlq_subject(consumer), headers=headers, stream=DLQ_STREAM, timeout=10
     )
     DEAD_LETTERS.labels(consumer).inc()
     log.error("message sent to the dead-letter queue", error=reason, subject=raw.subject)
@@ -120,7 +146,9 @@ def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
             except Poison as exc:
                 reason = str(exc)
             if isinstance(msg.raw_message, Msg):
-                await dead_letter(broker_ref(), msg.raw_message, reason)
+                subscriber = self.context.get_local("handler_")
+                durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
+                await dead_letter(broker_ref(), msg.raw_message, reason, consumer=durable or "")
                 msg.committed = (
                     AckStatus.ACKED
                 )  # settled here; FastStream must not ack or nak it again
@@ -167,3 +195,60 @@ def current_message(broker: NatsBroker) -> NatsMessage:
     """The message being handled (brokers here do not inject it: `apply_types=False`)."""
     msg: NatsMessage = broker.context.get_local("message")
     return msg
+
+
+def _inline(node: Any, components: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(components[node["$ref"].rsplit("/", 1)[1]], components)
+        return {k: _inline(v, components) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, components) for v in node]
+    return node
+
+
+def documented(tp: Any) -> Any:
+    """`tp` annotated with its msgspec JSON Schema, for FastStream's AsyncAPI generator.
+
+    FastStream builds payload schemas through pydantic, which does not know msgspec Structs; the
+    annotation hands it the schema msgspec writes (inlined: pydantic cannot follow its $refs)
+    and a validator that passes the value through (nothing is validated twice).
+    """
+    (schema,), components = msgspec.json.schema_components([tp])
+    return Annotated[tp, PlainValidator(lambda v: v), WithJsonSchema(_inline(schema, components))]
+
+
+EVENTS_STREAM: Final = JStream(STREAM, declare=False)  # created by bus.ensure_topology
+
+
+def declare_publishers(
+    broker: NatsBroker, service: str, events: Sequence[type[Event]]
+) -> dict[str, Any]:
+    """Declare what `service` publishes, one publisher per event type, named `<service>:<type>`.
+
+    The events themselves go out through `bus.publish_event`/`start_publish` on the broker's
+    connection (JetStream's asynchronous publish; docs/decisions.md has the figures).
+    """
+    out: dict[str, Any] = {}
+    for tp in events:
+        tag = str(tp.__struct_config__.tag)
+        out[tag] = broker.publisher(
+            subject_for("*", tag),
+            stream=EVENTS_STREAM,
+            title=f"{service}:{tag}",
+            description=(tp.__doc__ or "").strip(),
+            schema=documented(tp),
+        )
+    return out
+
+
+async def close(broker: NatsBroker) -> None:
+    """Stop the subscribers, drain and close, even when NATS is away (a drain then fails)."""
+    try:
+        await broker.stop()
+    except nats.errors.Error:
+        connection = broker._connection  # the drain failed: close without draining
+        broker._connection = None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()

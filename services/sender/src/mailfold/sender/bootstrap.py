@@ -8,23 +8,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dns.asyncresolver
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 from nats.js.errors import NotFoundError
 
 from mailfold.events import STREAM, EmailComposed, Keyring
 from mailfold.runtime import bus
+from mailfold.runtime.broker import close as broker_close
+from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
 from mailfold.runtime.settings import CommonSettings, ConfigError, env_float, env_int, env_str
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.ledger import KvLedger
-from mailfold.sender.adapters.publisher import EventPublisher
+from mailfold.sender.adapters.publisher import PUBLISHES, EventPublisher
 from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer, SubmissionMailer
 from mailfold.sender.adapters.store import ContentCache, Directory
 from mailfold.sender.domain.delivery import RetryPolicy
 from mailfold.sender.domain.routes import Routes
-from mailfold.sender.entrypoints.consumer import ComposedConsumer
+from mailfold.sender.entrypoints import consumer
 from mailfold.sender.service_layer.handlers import Disposition, Ports, handle_composed
 
 Clock = Callable[[], datetime]
@@ -98,8 +100,7 @@ def _positive(name: str, default: float) -> float:
 class Service:
     """A running sender."""
 
-    nc: Client
-    consumer: ComposedConsumer
+    broker: NatsBroker
     http: HttpServer
     direct: DirectMailer
 
@@ -110,10 +111,22 @@ class Service:
 
     async def stop(self) -> None:
         """Stop pulling, let in-flight emails finish briefly, close everything."""
-        await self.consumer.stop()
+        await broker_close(self.broker)
         await self.direct.close()
         await self.http.stop()
-        await bus.close(self.nc)
+
+
+def declare(broker: NatsBroker, handle: consumer.Handle, settings: Settings) -> None:
+    """The sender's subscriber and publishers, on `broker` (also what AsyncAPI documents)."""
+    consumer.subscribe(
+        broker,
+        handle,
+        durable=settings.consumer,
+        concurrency=settings.concurrency,
+        ack_wait=settings.ack_wait_s,
+        max_pending=settings.max_pending,
+    )
+    declare_publishers(broker, "sender", PUBLISHES)
 
 
 async def start(
@@ -124,8 +137,10 @@ async def start(
 ) -> Service:
     """Connect, wire the handler to its adapters, start consuming and serving ops endpoints."""
     keys = Keyring.parse(settings.common.tracking_keys)
-    nc = await bus.connect(settings.common.nats_url, "mailfold-sender")
+    broker = new_broker(settings.common.nats_url, service="sender")
+    direct: DirectMailer | None = None
     try:
+        nc = await broker.connect()
         js = nc.jetstream()
         try:
             await js.stream_info(STREAM)
@@ -161,33 +176,24 @@ async def start(
         async def handle(composed: EmailComposed, redelivered: bool) -> Disposition:
             return await handle_composed(composed, ports, redelivered=redelivered)
 
-        consumer = ComposedConsumer(
-            js,
-            handle,
-            durable=settings.consumer,
-            concurrency=settings.concurrency,
-            ack_wait=settings.ack_wait_s,
-            max_pending=settings.max_pending,
-        )
-        await consumer.start()
+        declare(broker, handle, settings)
+        await broker.start()
 
         async def health() -> dict[str, object]:
+            running = all(sub.running for sub in broker.subscribers)
             return {
                 "nats": "ok" if nc.is_connected else "disconnected",
-                "consumer": "ok" if consumer.alive else "stopped",
+                "consumer": "ok" if running else "stopped",
             }
 
         http = HttpServer(ops_app(health), settings.http_host, settings.http_port)
-        try:
-            await http.start()
-        except BaseException:
-            await consumer.stop()
-            await direct.close()
-            raise
+        await http.start()
     except BaseException:
-        await bus.close(nc)
+        await broker_close(broker)
+        if direct is not None:
+            await direct.close()
         raise
-    return Service(nc=nc, consumer=consumer, http=http, direct=direct)
+    return Service(broker=broker, http=http, direct=direct)
 
 
 def main() -> None:

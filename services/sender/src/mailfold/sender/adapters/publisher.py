@@ -20,6 +20,8 @@ from mailfold.events import (
 from mailfold.runtime import bus
 from mailfold.sender import metrics
 
+# What the sender publishes (declared on its broker for the AsyncAPI document).
+PUBLISHES: Final = (EmailSent, EmailDelivered, EmailDeferred, EmailBounced, EmailRejected)
 _TRIES: Final = 5
 log = structlog.get_logger("mailfold.sender")
 
