@@ -6,10 +6,11 @@ import contextlib
 from dataclasses import dataclass
 from typing import Final
 
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 
 from mailfold.events import Keyring
 from mailfold.ingest.adapters.nats import (
+    PUBLISHES,
     AddressCache,
     JetStreamPublisher,
     KvDirectory,
@@ -23,6 +24,8 @@ from mailfold.ingest.entrypoints.smtp import SmtpHandler, SmtpServer
 from mailfold.ingest.service_layer.mail import MailIngress
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime import bus
+from mailfold.runtime.broker import close as broker_close
+from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
@@ -71,13 +74,13 @@ class IngestService:
 
     def __init__(
         self,
-        nc: Client,
+        broker: NatsBroker,
         http: HttpServer,
         smtp: SmtpServer,
         cache: OrgCache,
         addresses: AddressCache,
     ) -> None:
-        self._nc = nc
+        self.broker = broker
         self._http = http
         self._smtp = smtp
         self._cache = cache
@@ -101,17 +104,24 @@ class IngestService:
             await self._http.stop()
         await self._cache.stop()
         await self._addresses.stop()
-        await bus.close(self._nc)
+        await broker_close(self.broker)
         log.info("stopped")
+
+
+def declare(broker: NatsBroker) -> NatsBroker:
+    """What ingest publishes, on `broker` (what the AsyncAPI document shows)."""
+    declare_publishers(broker, SERVICE, PUBLISHES)
+    return broker
 
 
 async def start(settings: Settings) -> IngestService:
     """Connect to NATS, make sure the topology exists, start the HTTP API and the SMTP server."""
     keyring = Keyring.parse(settings.common.tracking_keys)
-    nc = await bus.connect(settings.common.nats_url, f"mailfold-{SERVICE}")
+    broker = declare(new_broker(settings.common.nats_url, service=SERVICE))
     cache: OrgCache | None = None
     addresses: AddressCache | None = None
     try:
+        nc = await broker.connect()
         js = nc.jetstream()
         await bus.ensure_topology(js)
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
@@ -160,10 +170,10 @@ async def start(settings: Settings) -> IngestService:
             await cache.stop()
         if addresses is not None:
             await addresses.stop()
-        await bus.close(nc)
+        await broker_close(broker)
         raise
     log.info("started", http_port=http.port, smtp_port=smtp.port)
-    return IngestService(nc, http, smtp, cache, addresses)
+    return IngestService(broker, http, smtp, cache, addresses)
 
 
 def main() -> None:

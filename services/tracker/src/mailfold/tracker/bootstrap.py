@@ -6,10 +6,12 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 
 from mailfold.events import Keyring
 from mailfold.runtime import bus
+from mailfold.runtime.broker import close as broker_close
+from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
@@ -92,7 +94,7 @@ class Settings:
 class Service:
     """A running tracker."""
 
-    nc: Client
+    broker: NatsBroker
     publisher: Publisher
     tracker: Tracker
     http: HttpServer
@@ -108,17 +110,24 @@ class Service:
         await self.http.stop()
         self.tracker.release_held()
         await self.publisher.stop(self.flush_timeout_s)
-        await bus.close(self.nc)
+        await broker_close(self.broker)
         log.info("tracker stopped")
+
+
+def declare(broker: NatsBroker) -> NatsBroker:
+    """What the tracker publishes, on `broker` (what the AsyncAPI document shows)."""
+    declare_publishers(broker, "tracker", jetstream.PUBLISHES)
+    return broker
 
 
 async def start(settings: Settings) -> Service:
     """Connect to NATS, start the publisher, then serve HTTP; port 0 picks a free port."""
     keyring = settings.keyring()
     classifier = Classifier(settings.all_rules())
-    nc = await bus.connect(settings.nats_url, "mailfold-tracker")
+    broker = declare(new_broker(settings.nats_url, service="tracker"))
     publisher: Publisher | None = None
     try:
+        nc = await broker.connect()
         js = nc.jetstream()
         await bus.ensure_topology(js)
 
@@ -149,10 +158,10 @@ async def start(settings: Settings) -> Service:
     except BaseException:
         if publisher is not None:
             await publisher.stop(0)
-        await bus.close(nc)
+        await broker_close(broker)
         raise
     log.info("tracker listening", host=settings.host, port=http.port, buffer=settings.buffer)
-    return Service(nc, publisher, tracker, http, settings.flush_timeout_s)
+    return Service(broker, publisher, tracker, http, settings.flush_timeout_s)
 
 
 def main() -> None:

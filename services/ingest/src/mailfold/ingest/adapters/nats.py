@@ -20,7 +20,19 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
-from mailfold.events import ContentRef, Event, RecordRef
+from mailfold.events import (
+    ContentRef,
+    EmailBounced,
+    EmailCaptured,
+    EmailComplained,
+    EmailComposed,
+    EmailDeferred,
+    EmailDelivered,
+    EmailReceived,
+    EmailSent,
+    Event,
+    RecordRef,
+)
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
@@ -51,6 +63,20 @@ def template_key(org_id: str, template_id: str) -> str:
 def idempotency_key(org_id: str, key: str) -> str:
     """`<org>.<key>` in mailfold_idempotency: keys are per org."""
     return f"{org_id}.{bus.key_token(key)}"
+
+
+# What ingest publishes (declared on its broker for the AsyncAPI document): composed mail from
+# the API; inbound, captured and dropbox mail from SMTP; delivery reports and complaints.
+PUBLISHES: Final = (
+    EmailComposed,
+    EmailReceived,
+    EmailCaptured,
+    EmailSent,
+    EmailDelivered,
+    EmailDeferred,
+    EmailBounced,
+    EmailComplained,
+)
 
 
 class JetStreamPublisher:
