@@ -12,22 +12,53 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
+from faststream.nats import NatsBroker, PullSub
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mailfold.events import STREAM
+from mailfold.events import STREAM, AnyEvent
 from mailfold.projector import metrics
 from mailfold.projector.adapters import jetstream, postgres
 from mailfold.projector.service_layer.pipeline import Pipeline
 from mailfold.projector.service_layer.ports import DuplicateEventIds
 from mailfold.projector.service_layer.projection import Projection
+from mailfold.runtime.broker import EVENTS_STREAM, documented
 
 log = structlog.get_logger("mailfold.projector.consumer")
 
 FILTER_SUBJECT = "mail.events.>"
+
+if TYPE_CHECKING:
+    Folded = AnyEvent
+else:
+    Folded = documented(AnyEvent)
+
+
+def declare(broker: NatsBroker, settings: ConsumerSettings | None = None) -> NatsBroker:
+    """The projector's durable consumer of every event, as the AsyncAPI document shows it.
+
+    The projector reads it with its own batch loop (ConsumerRunner), not through the broker:
+    its position lives in PostgreSQL and a batch is acknowledged once its transaction commits;
+    docs/decisions.md has the measurements. This declaration is what the document says.
+    """
+    name = (settings or ConsumerSettings()).name
+
+    @broker.subscriber(
+        FILTER_SUBJECT,
+        stream=EVENTS_STREAM,
+        durable=name,
+        pull_sub=PullSub(batch=True),
+        title=f"projector:{name}",
+        description="Folds every event into the timelines (batches, position in PostgreSQL).",
+    )
+    async def folded(events: list[Folded]) -> None:
+        raise RuntimeError("the projector reads this subject with ConsumerRunner")
+
+    return broker
 
 
 @dataclass(frozen=True, slots=True)
