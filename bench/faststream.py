@@ -9,7 +9,9 @@ pull consumer and times decoding, handling (a coroutine that counts) and acknowl
 Both FastStream runs use the brokers the services use (`mailfold.runtime.broker.new_broker`:
 msgspec codec, Prometheus and dead-letter middlewares). Publishing is compared too: N events one
 after another, each waiting for its ack, through `bus.publish_event` and through a FastStream
-publisher. Rounds alternate; each figure is the median of the rounds, recorded as a ratio to bare.
+publisher, and with a batch of 512 in flight at once (the tracker's way). The projector's shape is
+timed too: batches of 2000 acknowledged once (AckPolicy.ALL), bare and on FastStream's batch
+subscriber. Rounds alternate; each figure is the median of the rounds, as a ratio to bare.
 Usage: `uv run --frozen python bench/faststream.py`.
 """
 
@@ -32,10 +34,12 @@ _HERE = (
     if sys.path and Path(sys.path[0]).resolve() == Path(__file__).parent.resolve()
     else None
 )
+from faststream.middlewares import AckPolicy as Ack  # noqa: E402
 from faststream.nats import JStream, NatsBroker, PullSub  # noqa: E402
 
 if _HERE is not None:
     sys.path.insert(0, _HERE)
+from nats.aio.msg import Msg  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
@@ -51,11 +55,13 @@ from mailfold.events import (  # noqa: E402
     subject_for,
 )
 from mailfold.runtime import bus  # noqa: E402
-from mailfold.runtime.broker import Poison, new_broker  # noqa: E402
+from mailfold.runtime.broker import Poison, current_message, new_broker  # noqa: E402
 from mailfold.runtime.embedded import EmbeddedNats  # noqa: E402
 
 N = 20_000
 N_PUBLISH = 3_000
+PUBLISH_BATCH = 512
+FOLD_BATCH = 2000
 ROUNDS = 3
 BATCH = 64
 FILTER = subject_for("*", "email_opened")
@@ -156,6 +162,97 @@ async def faststream_consume(url: str, durable: str, *, batch: bool) -> float:
     return N / elapsed
 
 
+def _config_all(durable: str) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=FILTER,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.ALL,
+        max_ack_pending=10 * FOLD_BATCH,
+    )
+
+
+async def bare_fold(url: str, durable: str) -> float:
+    """The projector's shape: big batches, one acknowledgement (AckPolicy.ALL) per batch."""
+    nc = await bus.connect(url, "bench-bare-fold", reconnect=False)
+    js = nc.jetstream()
+    counter = Counter(N)
+    await js.add_consumer(STREAM, _config_all(durable))
+    sub = await js.pull_subscribe_bind(durable, stream=STREAM)
+    start = time.perf_counter()
+    while not counter.done.is_set():
+        try:
+            msgs = await sub.fetch(batch=FOLD_BATCH, timeout=0.05)
+        except TimeoutError:
+            continue
+        for msg in msgs:
+            await counter.handle(decode(msg.data))
+        await msgs[-1].ack()
+    elapsed = time.perf_counter() - start
+    await bus.close(nc)
+    return N / elapsed
+
+
+async def faststream_fold(url: str, durable: str) -> float:
+    """The same on FastStream's batch subscriber, acknowledging the last message by hand."""
+    broker = new_broker(url, service="bench-fold", registry=CollectorRegistry())
+    counter = Counter(N)
+
+    @broker.subscriber(
+        FILTER,
+        stream=JStream(STREAM, declare=False),
+        durable=durable,
+        config=_config_all(durable),
+        pull_sub=PullSub(batch_size=FOLD_BATCH, timeout=0.05, batch=True),
+        ack_policy=Ack.MANUAL,
+    )
+    async def on_batch(events: list[AnyEvent | Poison]) -> None:
+        for event in events:
+            if not isinstance(event, Poison):
+                await counter.handle(event)
+        raw: list[Msg] = current_message(broker).raw_message  # type: ignore[assignment]
+        await raw[-1].ack()
+
+    start = time.perf_counter()
+    await broker.start()
+    await counter.done.wait()
+    elapsed = time.perf_counter() - start
+    await broker.stop()
+    return N / elapsed
+
+
+async def bare_publish_batch(url: str) -> float:
+    """The tracker's shape: a batch of events in flight at once, then their acks."""
+    nc = await bus.connect(url, "bench-bare-pub-batch", reconnect=False)
+    js = nc.jetstream()
+    events = [_event(i) for i in range(N_PUBLISH)]
+    start = time.perf_counter()
+    for i in range(0, N_PUBLISH, PUBLISH_BATCH):
+        acks = [await bus.start_publish(js, e) for e in events[i : i + PUBLISH_BATCH]]
+        await asyncio.gather(*acks)
+    elapsed = time.perf_counter() - start
+    await bus.close(nc)
+    return N_PUBLISH / elapsed
+
+
+async def faststream_publish_batch(url: str) -> float:
+    broker: NatsBroker = new_broker(url, service="bench-pub-b", registry=CollectorRegistry())
+    publisher = broker.publisher(FILTER, stream=JStream(STREAM, declare=False))
+    await broker.start()
+    events = [_event(i) for i in range(N_PUBLISH)]
+    start = time.perf_counter()
+    for i in range(0, N_PUBLISH, PUBLISH_BATCH):
+        await asyncio.gather(
+            *(
+                publisher.publish(e, event_subject(e), headers=publish_headers(e))
+                for e in events[i : i + PUBLISH_BATCH]
+            )
+        )
+    elapsed = time.perf_counter() - start
+    await broker.stop()
+    return N_PUBLISH / elapsed
+
+
 async def bare_publish(url: str) -> float:
     nc = await bus.connect(url, "bench-bare-pub", reconnect=False)
     js = nc.jetstream()
@@ -198,8 +295,12 @@ async def run(url: str) -> dict[str, list[float]]:
         ("bare", lambda r: bare_consume(url, f"bare-{r}")),
         ("message", lambda r: faststream_consume(url, f"fs-one-{r}", batch=False)),
         ("batch", lambda r: faststream_consume(url, f"fs-batch-{r}", batch=True)),
+        ("bare_fold", lambda r: bare_fold(url, f"bare-fold-{r}")),
+        ("fold", lambda r: faststream_fold(url, f"fs-fold-{r}")),
         ("bare_publish", lambda r: bare_publish(url)),
         ("publish", lambda r: faststream_publish(url)),
+        ("bare_publish_batch", lambda r: bare_publish_batch(url)),
+        ("publish_batch", lambda r: faststream_publish_batch(url)),
     ]
     for r in range(ROUNDS):
         line = []
@@ -218,15 +319,19 @@ def main() -> int:
         rates = asyncio.run(run(server.url))
     med: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
     print(
-        f"consume {N} events: bare nats-py {med['bare']:.0f} msg/s; FastStream per message "
-        f"{med['message']:.0f} msg/s, batch {med['batch']:.0f} msg/s; publish {N_PUBLISH}: "
-        f"bare {med['bare_publish']:.0f} msg/s, FastStream {med['publish']:.0f} msg/s "
-        f"(medians of {ROUNDS} rounds)",
+        f"consume {N} events, medians of {ROUNDS} rounds, msg/s: bare nats-py {med['bare']:.0f}, "
+        f"FastStream per message {med['message']:.0f}, FastStream batch {med['batch']:.0f}; "
+        f"batches of {FOLD_BATCH} with one ack: bare {med['bare_fold']:.0f}, FastStream "
+        f"{med['fold']:.0f}; publish {N_PUBLISH} one by one: bare {med['bare_publish']:.0f}, "
+        f"FastStream {med['publish']:.0f}; {PUBLISH_BATCH} in flight: bare "
+        f"{med['bare_publish_batch']:.0f}, FastStream {med['publish_batch']:.0f}",
         flush=True,
     )
     record("faststream.consume_per_message", med["message"], "msgs/s", med["bare"])
     record("faststream.consume_batch", med["batch"], "msgs/s", med["bare"])
+    record("faststream.consume_fold_batches", med["fold"], "msgs/s", med["bare_fold"])
     record("faststream.publish", med["publish"], "msgs/s", med["bare_publish"])
+    record("faststream.publish_batch", med["publish_batch"], "msgs/s", med["bare_publish_batch"])
     return 0
 
 
