@@ -12,11 +12,12 @@ from mailfold.events import Keyring
 from mailfold.ingest.adapters.nats import (
     PUBLISHES,
     AddressCache,
-    JetStreamPublisher,
     KvDirectory,
     KvIdempotency,
     ObjectContentStore,
     OrgCache,
+    count_failure,
+    count_published,
 )
 from mailfold.ingest.adapters.usage import KvAttachmentUsage
 from mailfold.ingest.entrypoints.http import build_app
@@ -29,6 +30,7 @@ from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
+from mailfold.runtime.publisher import EventPublisher
 from mailfold.runtime.service import run_until_signalled
 from mailfold.runtime.settings import CommonSettings, env_float, env_int, env_str
 
@@ -130,7 +132,12 @@ async def start(settings: Settings) -> IngestService:
         addresses = AddressCache(nc)
         await addresses.start()
         ports = Ports(
-            publisher=JetStreamPublisher(nc, timeout=settings.publish_timeout_s),
+            publisher=EventPublisher(
+                nc,
+                timeout=settings.publish_timeout_s,
+                on_published=count_published,
+                on_failure=count_failure,
+            ),
             content=ObjectContentStore(
                 await bus.objects(js), js, timeout=settings.publish_timeout_s
             ),

@@ -17,11 +17,12 @@ from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer, ops_app
+from mailfold.runtime.publisher import EventPublisher
 from mailfold.runtime.service import run_until_signalled
 from mailfold.runtime.settings import CommonSettings, ConfigError, env_float, env_int, env_str
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.ledger import KvLedger
-from mailfold.sender.adapters.publisher import PUBLISHES, EventPublisher
+from mailfold.sender.adapters.publisher import PUBLISHES, record
 from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer, SubmissionMailer
 from mailfold.sender.adapters.store import ContentCache, Directory
 from mailfold.sender.domain.delivery import RetryPolicy
@@ -160,7 +161,7 @@ async def start(
             ),
         )
         ports = Ports(
-            publish=EventPublisher(js),
+            publish=EventPublisher(nc, tries=5, on_published=record),
             ledger=ledger,
             content=content,
             settings=directory.settings,

@@ -79,29 +79,14 @@ PUBLISHES: Final = (
 )
 
 
-class JetStreamPublisher:
-    """Publishes to MAIL_EVENTS with Nats-Msg-Id = event_id, waiting for the stream's ack."""
+def count_published(event: Event) -> None:
+    """Ingest's own count of what it published."""
+    EVENTS_PUBLISHED.labels(event.event_type).inc()
 
-    def __init__(self, nc: Client, *, timeout: float = 5.0) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._timeout = timeout
 
-    async def publish(self, event: Event) -> None:
-        """Publish one event; raises when JetStream did not acknowledge it in time.
-
-        While the connection is down the client would buffer the publish and send it after
-        reconnecting, after the caller was told it failed; refusing it at once keeps "failed"
-        meaning "not published" (a retry publishes the same event id anyway).
-        """
-        try:
-            if not self._nc.is_connected:
-                raise ConnectionError("not connected to NATS")
-            await bus.publish_event(self._js, event, timeout=self._timeout)
-        except Exception:
-            PUBLISH_FAILURES.inc()
-            raise
-        EVENTS_PUBLISHED.labels(event.event_type).inc()
+def count_failure(event: Event) -> None:
+    """Ingest's own count of publishes not acknowledged (ingest answers 503/451 then)."""
+    PUBLISH_FAILURES.inc()
 
 
 class ObjectContentStore:
