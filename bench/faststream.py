@@ -44,6 +44,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from _results import record  # noqa: E402
+from mailfold.cli.embedded import EmbeddedNats  # noqa: E402
 from mailfold.events import (  # noqa: E402
     STREAM,
     AnyEvent,
@@ -56,7 +57,6 @@ from mailfold.events import (  # noqa: E402
 )
 from mailfold.runtime import bus  # noqa: E402
 from mailfold.runtime.broker import Poison, current_message, new_broker  # noqa: E402
-from mailfold.runtime.embedded import EmbeddedNats  # noqa: E402
 
 N = 20_000
 N_PUBLISH = 3_000

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Final
 
 from _results import record
+from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import Keyring, TokenKind, TrackingClaims, new_id
 from mailfold.events.subjects import STREAM
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats, free_port
 
 HOST: Final = "127.0.0.1"
 CONNECTIONS: Final = 50

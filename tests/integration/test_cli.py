@@ -11,8 +11,8 @@ from pathlib import Path
 import nats
 import pytest
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import EVENT_TYPES
-from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.orgs import TokenVerifier
 
 
