@@ -198,7 +198,7 @@ def measure(nats_url: str) -> tuple[dict[str, list[Load]], int, int]:
         "MAILFOLD_TRACKER_PORT": str(tracker_port),
         "MAILFOLD_TRACKING_KEYS": KEYS,
         "MAILFOLD_LOG_LEVEL": "warning",
-        "MAILFOLD_TRACKER_FLUSH_TIMEOUT": "60",
+        "MAILFOLD_TRACKER_FLUSH_TIMEOUT_S": "60",
     }
     tracker = subprocess.Popen([sys.executable, "-m", "mailfold.cli", "serve", "tracker"], env=env)
     bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Final
 
@@ -32,7 +33,7 @@ from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
 from mailfold.runtime.publisher import EventPublisher
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, env_float, env_int, env_str
+from mailfold.runtime.settings import CommonSettings, env_str, from_env, setting
 
 SERVICE: Final = "ingest"
 log = get_logger("mailfold.ingest")
@@ -43,32 +44,22 @@ class Settings:
     """Everything the service reads from the environment (see docs/ingest.md)."""
 
     common: CommonSettings
-    http_host: str = "127.0.0.1"
-    http_port: int = 8001
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 2525
-    smtp_hostname: str = "mailfold-ingest"
-    smtp_max_bytes: int = 25 * 1024 * 1024
-    smtp_max_recipients: int = 100
-    smtp_timeout_s: float = 120.0
-    publish_timeout_s: float = 5.0
+    http_host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    http_port: int = setting("MAILFOLD_INGEST_HTTP_PORT", 8001, minimum=0)
+    smtp_host: str = "127.0.0.1"  # from_env: MAILFOLD_INGEST_SMTP_HOST, else the HTTP host
+    smtp_port: int = setting("MAILFOLD_INGEST_SMTP_PORT", 2525, minimum=0)
+    smtp_hostname: str = setting("MAILFOLD_INGEST_SMTP_HOSTNAME", "mailfold-ingest")
+    smtp_max_bytes: int = setting("MAILFOLD_INGEST_SMTP_MAX_BYTES", 25 * 1024 * 1024, minimum=1)
+    smtp_max_recipients: int = setting("MAILFOLD_INGEST_SMTP_MAX_RECIPIENTS", 100, minimum=1)
+    smtp_timeout_s: float = setting("MAILFOLD_INGEST_SMTP_TIMEOUT_S", 120.0, positive=True)
+    publish_timeout_s: float = setting("MAILFOLD_INGEST_PUBLISH_TIMEOUT_S", 5.0, positive=True)
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read MAILFOLD_* variables, with the defaults above where unset."""
-        http_host = env_str("MAILFOLD_HTTP_HOST", "127.0.0.1")
-        return cls(
-            common=CommonSettings.from_env(),
-            http_host=http_host,
-            http_port=env_int("MAILFOLD_INGEST_HTTP_PORT", 8001, minimum=0),
-            smtp_host=env_str("MAILFOLD_INGEST_SMTP_HOST", http_host),
-            smtp_port=env_int("MAILFOLD_INGEST_SMTP_PORT", 2525, minimum=0),
-            smtp_hostname=env_str("MAILFOLD_INGEST_SMTP_HOSTNAME", "mailfold-ingest"),
-            smtp_max_bytes=env_int("MAILFOLD_INGEST_SMTP_MAX_BYTES", 25 * 1024 * 1024, minimum=1),
-            smtp_max_recipients=env_int("MAILFOLD_INGEST_SMTP_MAX_RECIPIENTS", 100, minimum=1),
-            smtp_timeout_s=env_float("MAILFOLD_INGEST_SMTP_TIMEOUT", 120.0),
-            publish_timeout_s=env_float("MAILFOLD_INGEST_PUBLISH_TIMEOUT", 5.0),
-        )
+        settings = from_env(cls, common=CommonSettings.from_env())
+        smtp_host = env_str("MAILFOLD_INGEST_SMTP_HOST", settings.http_host)
+        return dataclasses.replace(settings, smtp_host=smtp_host)
 
 
 class IngestService:

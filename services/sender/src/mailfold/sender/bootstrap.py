@@ -19,7 +19,14 @@ from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.publisher import EventPublisher
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, ConfigError, env_float, env_int, env_str
+from mailfold.runtime.settings import (
+    CommonSettings,
+    ConfigError,
+    env_float,
+    env_str,
+    from_env,
+    setting,
+)
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.ledger import KvLedger
 from mailfold.sender.adapters.publisher import PUBLISHES, record
@@ -40,60 +47,45 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the sender reads from the environment."""
+    """Everything the sender reads from the environment (see docs/sender.md)."""
 
     common: CommonSettings
-    http_host: str = "127.0.0.1"
-    http_port: int = 8004
     routes: Routes = field(default_factory=Routes)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    concurrency: int = 32
-    ack_wait_s: float = 60.0
-    max_pending: int = 10_000
-    smtp_timeout_s: float = 60.0
-    helo_name: str = ""
-    consumer: str = "sender"
+    http_host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    http_port: int = setting("MAILFOLD_SENDER_PORT", 8004, minimum=0)
+    concurrency: int = setting("MAILFOLD_SENDER_CONCURRENCY", 32, minimum=1)
+    ack_wait_s: float = setting("MAILFOLD_SENDER_ACK_WAIT_S", 60.0, positive=True)
+    max_pending: int = setting("MAILFOLD_SENDER_MAX_PENDING", 10_000, minimum=1)
+    smtp_timeout_s: float = setting("MAILFOLD_SENDER_SMTP_TIMEOUT_S", 60.0, positive=True)
+    helo_name: str = setting("MAILFOLD_SENDER_HELO_NAME", "")
+    consumer: str = setting("MAILFOLD_SENDER_CONSUMER", "sender")
     content_cache_bytes: int = 64 * 1024 * 1024
-    settings_ttl_s: float = 5.0
-    smtp_cache_idle_s: float = 5.0
-    smtp_cache_uses: int = 100
+    settings_ttl_s: float = setting("MAILFOLD_SENDER_SETTINGS_TTL_S", 5.0, positive=True)
+    smtp_cache_idle_s: float = setting("MAILFOLD_SENDER_SMTP_CACHE_IDLE_S", 5.0, positive=True)
+    smtp_cache_uses: int = setting("MAILFOLD_SENDER_SMTP_CACHE_USES", 100, minimum=1)
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read MAILFOLD_* variables (see docs/sender.md); raises ConfigError naming a bad one."""
-        common = CommonSettings.from_env()
+        """Read MAILFOLD_* variables; raises ConfigError naming a bad one."""
         try:
             routes = Routes.parse(env_str("MAILFOLD_SMTP_ROUTES", ""))
         except ValueError as exc:
             raise ConfigError(f"MAILFOLD_SMTP_ROUTES: {exc}") from exc
+        default = RetryPolicy()
         retry = RetryPolicy(
-            base_s=_positive("MAILFOLD_SENDER_RETRY_BASE_S", 60.0),
-            factor=_positive("MAILFOLD_SENDER_RETRY_FACTOR", 2.0),
-            cap_s=_positive("MAILFOLD_SENDER_RETRY_CAP_S", 3600.0),
-            max_age_s=_positive("MAILFOLD_SENDER_MAX_AGE_S", 4 * 86400.0),
+            base_s=_positive("MAILFOLD_SENDER_RETRY_BASE_S", default.base_s),
+            factor=_positive("MAILFOLD_SENDER_RETRY_FACTOR", default.factor),
+            cap_s=_positive("MAILFOLD_SENDER_RETRY_CAP_S", default.cap_s),
+            max_age_s=_positive("MAILFOLD_SENDER_MAX_AGE_S", default.max_age_s),
         )
-        return cls(
-            common=common,
-            http_host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
-            http_port=env_int("MAILFOLD_SENDER_PORT", 8004, minimum=0),
-            routes=routes,
-            retry=retry,
-            concurrency=env_int("MAILFOLD_SENDER_CONCURRENCY", 32, minimum=1),
-            ack_wait_s=_positive("MAILFOLD_SENDER_ACK_WAIT_S", 60.0),
-            max_pending=env_int("MAILFOLD_SENDER_MAX_PENDING", 10_000, minimum=1),
-            smtp_timeout_s=_positive("MAILFOLD_SENDER_SMTP_TIMEOUT_S", 60.0),
-            helo_name=env_str("MAILFOLD_SENDER_HELO_NAME", ""),
-            consumer=env_str("MAILFOLD_SENDER_CONSUMER", "sender"),
-            settings_ttl_s=_positive("MAILFOLD_SENDER_SETTINGS_TTL_S", 5.0),
-            smtp_cache_idle_s=_positive("MAILFOLD_SENDER_SMTP_CACHE_IDLE_S", 5.0),
-            smtp_cache_uses=env_int("MAILFOLD_SENDER_SMTP_CACHE_USES", 100, minimum=1),
-        )
+        return from_env(cls, common=CommonSettings.from_env(), routes=routes, retry=retry)
 
 
 def _positive(name: str, default: float) -> float:
     value = env_float(name, default)
     if value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+        raise ConfigError(f"{name} must be a positive number, got {value}")
     return value
 
 

@@ -15,13 +15,7 @@ from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import (
-    CommonSettings,
-    ConfigError,
-    env_float,
-    env_int,
-    env_str,
-)
+from mailfold.runtime.settings import CommonSettings, ConfigError, env_str, from_env, setting
 from mailfold.tracker.adapters import jetstream
 from mailfold.tracker.adapters.publisher import Publisher
 from mailfold.tracker.domain.behaviour import BurstWindow
@@ -40,14 +34,14 @@ class Settings:
 
     nats_url: str
     tracking_keys: str
-    host: str = "127.0.0.1"
-    port: int = 8002
-    buffer: int = 100_000
+    host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    port: int = setting("MAILFOLD_TRACKER_PORT", 8002, minimum=0)
+    buffer: int = setting("MAILFOLD_TRACKER_BUFFER", 100_000, minimum=1)
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    early_click_s: float = 5.0
-    flush_timeout_s: float = 10.0
-    publish_timeout_s: float = 5.0
-    apple_egress_file: str = ""
+    early_click_s: float = setting("MAILFOLD_TRACKER_EARLY_CLICK_S", 5.0)
+    flush_timeout_s: float = setting("MAILFOLD_TRACKER_FLUSH_TIMEOUT_S", 10.0)
+    publish_timeout_s: float = setting("MAILFOLD_TRACKER_PUBLISH_TIMEOUT_S", 5.0, positive=True)
+    apple_egress_file: str = setting("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", "")
     rules: tuple[Rule, ...] = field(default=RULES)
 
     @classmethod
@@ -59,17 +53,11 @@ class Settings:
             trusted = parse_networks(proxies)
         except ValueError as exc:
             raise ConfigError(f"MAILFOLD_TRACKER_TRUSTED_PROXIES: {exc}") from exc
-        return cls(
+        return from_env(
+            cls,
             nats_url=common.nats_url,
             tracking_keys=common.tracking_keys,
-            host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
-            port=env_int("MAILFOLD_TRACKER_PORT", 8002, minimum=0),
-            buffer=env_int("MAILFOLD_TRACKER_BUFFER", 100_000, minimum=1),
             trusted_proxies=trusted,
-            early_click_s=env_float("MAILFOLD_TRACKER_EARLY_CLICK_SECONDS", 5.0),
-            flush_timeout_s=env_float("MAILFOLD_TRACKER_FLUSH_TIMEOUT", 10.0),
-            publish_timeout_s=env_float("MAILFOLD_TRACKER_PUBLISH_TIMEOUT", 5.0),
-            apple_egress_file=env_str("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", ""),
         )
 
     def keyring(self) -> Keyring:
