@@ -34,6 +34,7 @@ from mailfold.events import (
     trackable,
 )
 from mailfold.events.ids import derived_id
+from mailfold.events.policy import reports_delivery
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender.domain import rules, tracking
 from mailfold.sender.domain.addresses import Mailbox, parse_mailbox
@@ -118,6 +119,11 @@ class _Job:
         self.redelivered = redelivered
         self.now = ports.clock()
         self.message_id = ""
+        # What the policy lets this email report: Delivered and Deferred only where our own
+        # servers deliver it (an integrated mailbox's server keeps that to itself).
+        self.reports_delivery = reports_delivery(
+            composed.source, composed.transport, len(composed.recipients)
+        )
 
     # --- events -----------------------------------------------------------------------------
 
@@ -293,15 +299,16 @@ class _Job:
         if verdict is AttemptVerdict.SKIPPED:
             return self.p.retry.base_s
         if verdict is AttemptVerdict.DELIVERED:
-            await self.p.publish(
-                EmailDelivered(
-                    **self._envelope("delivered", m.key),
-                    recipient=m.address,
-                    reply_code=attempt.code,
-                    reply=attempt.text,
-                    remote_mta=attempt.remote_mta,
+            if self.reports_delivery:
+                await self.p.publish(
+                    EmailDelivered(
+                        **self._envelope("delivered", m.key),
+                        recipient=m.address,
+                        reply_code=attempt.code,
+                        reply=attempt.text,
+                        remote_mta=attempt.remote_mta,
+                    )
                 )
-            )
             await self._finish(slot, Outcome.DELIVERED)
             return None
         if verdict is AttemptVerdict.BOUNCED:
@@ -315,10 +322,18 @@ class _Job:
             await self._publish_expired(slot, attempt, reason="expired")
             await self._finish(slot, Outcome.BOUNCED)
             return None
+        await self._publish_deferred(slot, attempt, retry_at)
+        await self._defer(slot, retry_at)
+        return max(0.0, (retry_at - now).total_seconds())
+
+    async def _publish_deferred(self, slot: Slot, attempt: Attempt, retry_at: datetime) -> None:
+        """EmailDeferred, where the policy says the email's delivery is reported at all."""
+        if not self.reports_delivery:
+            return
         await self.p.publish(
             EmailDeferred(
-                **self._envelope("deferred", m.key, str(slot.attempt)),
-                recipient=m.address,
+                **self._envelope("deferred", slot.mailbox.key, str(slot.attempt)),
+                recipient=slot.mailbox.address,
                 reply_code=attempt.code,
                 status=attempt.status,
                 diagnostic=attempt.diagnostic,
@@ -327,8 +342,6 @@ class _Job:
                 retry_at=retry_at,
             )
         )
-        await self._defer(slot, retry_at)
-        return max(0.0, (retry_at - now).total_seconds())
 
     async def _publish_bounce(
         self, slot: Slot, attempt: Attempt, *, reason: str | None, kind: BounceKind
@@ -443,7 +456,6 @@ class _Job:
         return Retry(min(plan.waits)) if plan.waits else DONE
 
     async def _retry_submission(self, slot: Slot, attempt: Attempt) -> float | None:
-        # No EmailDeferred here: deferrals are reported only for mail our own servers deliver.
         now = self.p.clock()
         retry_at = self.p.retry.next_retry(slot.attempt, slot.first_at, now)
         if retry_at is None:
@@ -458,5 +470,6 @@ class _Job:
             diagnostic=attempt.diagnostic,
             retry_at=retry_at.isoformat(),
         )
+        await self._publish_deferred(slot, attempt, retry_at)
         await self._defer(slot, retry_at)
         return max(0.0, (retry_at - now).total_seconds())
