@@ -179,7 +179,10 @@ def new_broker(
         connect_timeout=5,
         graceful_timeout=graceful_timeout,
         apply_types=False,
-        log_level=logging.DEBUG,  # an access-log line per message costs more than the handler
+        # FastStream's own lines go through the service's structlog configuration (JSON off a
+        # terminal); its access log (two lines per message) at debug: it costs more than a handler.
+        logger=structlog.get_logger("mailfold.broker"),
+        log_level=logging.DEBUG,
         codec=CODEC,
         middlewares=(
             NatsPrometheusMiddleware(
