@@ -16,7 +16,6 @@ from mailfold.ingest.adapters.nats import (
     KvDirectory,
     KvIdempotency,
     ObjectContentStore,
-    OrgCache,
     count_failure,
     count_published,
 )
@@ -28,6 +27,7 @@ from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime import bus
 from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.broker import declare_publishers, new_broker
+from mailfold.runtime.directory import OrgCache
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier

@@ -15,6 +15,7 @@ from mailfold.events import STREAM, EmailComposed, Keyring
 from mailfold.runtime import bus
 from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.broker import declare_publishers, new_broker
+from mailfold.runtime.directory import OrgCache
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.publisher import EventPublisher
@@ -61,7 +62,6 @@ class Settings:
     helo_name: str = setting("MAILFOLD_SENDER_HELO_NAME", "")
     consumer: str = setting("MAILFOLD_SENDER_CONSUMER", "sender")
     content_cache_bytes: int = 64 * 1024 * 1024
-    settings_ttl_s: float = setting("MAILFOLD_SENDER_SETTINGS_TTL_S", 5.0, positive=True)
     smtp_cache_idle_s: float = setting("MAILFOLD_SENDER_SMTP_CACHE_IDLE_S", 5.0, positive=True)
     smtp_cache_uses: int = setting("MAILFOLD_SENDER_SMTP_CACHE_USES", 100, minimum=1)
 
@@ -96,6 +96,7 @@ class Service:
     broker: NatsBroker
     http: HttpServer
     direct: DirectMailer
+    orgs: OrgCache
 
     @property
     def port(self) -> int:
@@ -105,6 +106,7 @@ class Service:
     async def stop(self) -> None:
         """Stop pulling, let in-flight emails finish briefly, close everything."""
         await broker_close(self.broker)
+        await self.orgs.stop()
         await self.direct.close()
         await self.http.stop()
 
@@ -132,6 +134,7 @@ async def start(
     keys = Keyring.parse(settings.common.tracking_keys)
     broker = new_broker(settings.common.nats_url, service="sender")
     direct: DirectMailer | None = None
+    cache: OrgCache | None = None
     try:
         nc = await broker.connect()
         js = nc.jetstream()
@@ -140,7 +143,10 @@ async def start(
         except NotFoundError:
             await bus.ensure_topology(js)  # a fresh server (dev, tests): create what is missing
         ledger = KvLedger(await bus.kv(js, bus.BUCKET_SENDER))
-        directory = Directory(await bus.kv(js, bus.BUCKET_ORGS), ttl=settings.settings_ttl_s)
+        orgs = await bus.kv(js, bus.BUCKET_ORGS)
+        cache = OrgCache(orgs)
+        await cache.start()
+        directory = Directory(orgs, cache)
         content = ContentCache(await bus.objects(js), settings.content_cache_bytes)
         helo = settings.helo_name or socket.gethostname()
         direct = DirectMailer(
@@ -183,10 +189,12 @@ async def start(
         await http.start()
     except BaseException:
         await broker_close(broker)
+        if cache is not None:
+            await cache.stop()
         if direct is not None:
             await direct.close()
         raise
-    return Service(broker=broker, http=http, direct=direct)
+    return Service(broker=broker, http=http, direct=direct, orgs=cache)
 
 
 def main() -> None:
