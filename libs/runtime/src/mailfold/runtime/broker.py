@@ -27,6 +27,7 @@ from faststream import BaseMiddleware, StreamMessage
 from faststream.message.message import AckStatus
 from faststream.nats import JStream, NatsBroker, NatsMessage
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import PlainValidator, WithJsonSchema
@@ -255,3 +256,16 @@ async def close(broker: NatsBroker) -> None:
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()
+
+
+def asyncapi_document(broker: NatsBroker, service: str) -> Callable[[], str]:
+    """The service's own AsyncAPI document (JSON), built on first request and kept."""
+    built: list[str] = []
+
+    def document() -> str:
+        if not built:
+            spec = AsyncAPI(broker, title=f"mailfold {service}", version="1")
+            built.append(spec.to_specification().to_json())
+        return built[0]
+
+    return document

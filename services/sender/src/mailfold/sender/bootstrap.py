@@ -13,8 +13,8 @@ from nats.js.errors import NotFoundError
 
 from mailfold.events import STREAM, EmailComposed, Keyring
 from mailfold.runtime import bus
+from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
 from mailfold.runtime.broker import close as broker_close
-from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.directory import OrgCache
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer, ops_app
@@ -185,7 +185,8 @@ async def start(
                 "consumer": "ok" if running else "stopped",
             }
 
-        http = HttpServer(ops_app(health), settings.http_host, settings.http_port)
+        app = ops_app(health, asyncapi=asyncapi_document(broker, "sender"))
+        http = HttpServer(app, settings.http_host, settings.http_port)
         await http.start()
     except BaseException:
         await broker_close(broker)

@@ -10,8 +10,8 @@ from faststream.nats import NatsBroker
 
 from mailfold.events import Keyring
 from mailfold.runtime import bus
+from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
 from mailfold.runtime.broker import close as broker_close
-from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
@@ -140,7 +140,8 @@ async def start(settings: Settings) -> Service:
                 "publisher": "ok" if running.running else "stopped",
             }
 
-        app = tracker_app(tracker, ops_app(health), NetworkSet(settings.trusted_proxies))
+        ops = ops_app(health, asyncapi=asyncapi_document(broker, "tracker"))
+        app = tracker_app(tracker, ops, NetworkSet(settings.trusted_proxies))
         http = HttpServer(app, settings.host, settings.port)
         await http.start()
     except BaseException:
