@@ -133,7 +133,9 @@ async def dead_letter(broker: NatsBroker, raw: Msg, reason: str, *, consumer: st
 def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
     """The one dead-lettering middleware: an undecodable message or a Poison goes to MAIL_DLQ.
 
-    Any other exception propagates, so the subscriber's ack policy (NACK_ON_ERROR) redelivers it.
+    Any other exception propagates, so the subscriber's ack policy redelivers the message. A
+    batch subscriber gets its undecodable messages as Poison items (EventCodec.decode_batch) and
+    parks them itself with `dead_letter`.
     """
 
     class DeadLetters(BaseMiddleware):
@@ -150,9 +152,8 @@ def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
                 subscriber = self.context.get_local("handler_")
                 durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
                 await dead_letter(broker_ref(), msg.raw_message, reason, consumer=durable or "")
-                msg.committed = (
-                    AckStatus.ACKED
-                )  # settled here; FastStream must not ack or nak it again
+                # Settled here: FastStream's ack policy must not ack or nak it again.
+                msg.committed = AckStatus.ACKED
             return None
 
     return DeadLetters
