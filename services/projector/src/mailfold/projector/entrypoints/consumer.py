@@ -27,6 +27,7 @@ from mailfold.projector.service_layer.pipeline import Pipeline
 from mailfold.projector.service_layer.ports import DuplicateEventIds
 from mailfold.projector.service_layer.projection import Projection
 from mailfold.runtime.broker import EVENTS_STREAM, documented
+from mailfold.runtime.settings import setting
 
 log = structlog.get_logger("mailfold.projector.consumer")
 
@@ -65,11 +66,11 @@ def declare(broker: NatsBroker, settings: ConsumerSettings | None = None) -> Nat
 class ConsumerSettings:
     """How the consumer batches and caches."""
 
-    name: str = "projector"
-    max_batch: int = 2000
-    idle_wait: float = 1.0
-    linger: float = 0.005
-    cache_size: int = 10_000
+    name: str = setting("MAILFOLD_PROJECTOR_CONSUMER", "projector")
+    max_batch: int = setting("MAILFOLD_PROJECTOR_MAX_BATCH", 2000, minimum=1)
+    idle_wait: float = setting("MAILFOLD_PROJECTOR_IDLE_WAIT_S", 1.0)
+    linger: float = setting("MAILFOLD_PROJECTOR_LINGER_S", 0.005)
+    cache_size: int = setting("MAILFOLD_PROJECTOR_CACHE_SIZE", 10_000, minimum=0)
     lock_poll: float = 1.0
 
 
