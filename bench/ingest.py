@@ -186,7 +186,7 @@ async def _published(nats_url: str) -> int:
 
 
 def bench_smtp() -> None:
-    from mailfold.runtime.embedded import EmbeddedNats
+    from mailfold.cli.embedded import EmbeddedNats
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as nats_server:
         asyncio.run(_setup_org(nats_server.url))

@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from _results import record
+from mailfold.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from mailfold.events import (
     STREAM,
     AnyEvent,
@@ -59,7 +60,6 @@ from mailfold.events.ids import new_id
 from mailfold.projector.bootstrap import tune_gc
 from mailfold.projector.cli import replay
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 FIRST = int(os.environ.get("MAILFOLD_BENCH_PROJECTOR_FIRST", "200000"))
 TOTAL = int(os.environ.get("MAILFOLD_BENCH_PROJECTOR_TOTAL", "1000000"))

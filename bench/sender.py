@@ -31,6 +31,7 @@ import httpx
 from nats.js.api import DeliverPolicy
 
 from _results import record
+from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import (
     EmailComposed,
     EmailDelivered,
@@ -43,7 +44,6 @@ from mailfold.events import (
 from mailfold.runtime import bus
 from mailfold.runtime.content import put_content
 from mailfold.runtime.directory import OrgSettings, save_settings
-from mailfold.runtime.embedded import EmbeddedNats, free_port
 from mailfold.runtime.settings import CommonSettings
 from mailfold.sender.domain.message import Body, build, verp_return_path
 from mailfold.sender.domain.tracking import track

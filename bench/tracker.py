@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Final
 
 from _results import record
+from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import Keyring, TokenKind, TrackingClaims, new_id
 from mailfold.events.subjects import STREAM
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats, free_port
 
 HOST: Final = "127.0.0.1"
 CONNECTIONS: Final = 50
@@ -198,7 +198,7 @@ def measure(nats_url: str) -> tuple[dict[str, list[Load]], int, int]:
         "MAILFOLD_TRACKER_PORT": str(tracker_port),
         "MAILFOLD_TRACKING_KEYS": KEYS,
         "MAILFOLD_LOG_LEVEL": "warning",
-        "MAILFOLD_TRACKER_FLUSH_TIMEOUT": "60",
+        "MAILFOLD_TRACKER_FLUSH_TIMEOUT_S": "60",
     }
     tracker = subprocess.Popen([sys.executable, "-m", "mailfold.cli", "serve", "tracker"], env=env)
     bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port)])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfold.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from mailfold.cli.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from nats.errors import Error as NatsError
 
-from mailfold.runtime.embedded import (
+from mailfold.cli.embedded import (
     EmbeddedNats,
     EmbeddedPostgres,
     EmbeddedServerError,

@@ -1,66 +1,53 @@
-"""An AsyncAPI 3 document of the event streams, generated from the event types."""
+"""`mailfold schema --asyncapi`: FastStream's AsyncAPI 3 document of every service's broker.
+
+Each service declares its subscribers and publishers on its broker in its composition root
+(`declare`); this builds those brokers without connecting them and asks FastStream for the
+document. An operation is named `<service>:<event_type>`: `send` for a publisher, `receive` for
+a subscriber, so each channel (subject) says who publishes it and who consumes it.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from mailfold.events import EVENT_CLASSES, json_schema
-from mailfold.events.subjects import DLQ_STREAM, STREAM
+from faststream.specification import AsyncAPI
+from prometheus_client import CollectorRegistry
+
+from mailfold.events import DLQ_STREAM, STREAM
+from mailfold.runtime.broker import new_broker
+
+_NOWHERE = "nats://127.0.0.1:4222"  # never connected: the brokers are built to be described
 
 
 def asyncapi_document() -> dict[str, Any]:
-    """Channels `mail.events.{org}.<type>`, one message per event type, payloads from msgspec."""
-    schema = json_schema()
-    defs = schema["$defs"]
-    assert isinstance(defs, dict)
-    channels: dict[str, Any] = {}
-    operations: dict[str, Any] = {}
-    messages: dict[str, Any] = {}
-    for cls in EVENT_CLASSES:
-        tag = str(cls.__struct_config__.tag)
-        name = cls.__name__
-        messages[name] = {
-            "name": name,
-            "title": name,
-            "summary": (cls.__doc__ or "").strip(),
-            "contentType": "application/json",
-            "headers": {
-                "type": "object",
-                "properties": {"Nats-Msg-Id": {"type": "string", "description": "the event_id"}},
-            },
-            "payload": {"$ref": f"#/components/schemas/{name}"},
-        }
-        channels[tag] = {
-            "address": f"mail.events.{{org}}.{tag}",
-            "parameters": {"org": {"description": "the org id"}},
-            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-        }
-        operations[f"receive_{tag}"] = {
-            "action": "receive",
-            "channel": {"$ref": f"#/channels/{tag}"},
-        }
-    schemas = {k: _rewrite_refs(v) for k, v in defs.items()}
-    return {
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": "mailfold events",
-            "version": "1",
-            "description": f"Every fact about every email, on the JetStream stream {STREAM}; "
-            f"poison messages on {DLQ_STREAM}.",
-        },
-        "defaultContentType": "application/json",
-        "channels": channels,
-        "operations": operations,
-        "components": {"messages": messages, "schemas": schemas},
-    }
+    """The document, as JSON-ready data."""
+    from mailfold.ingest import bootstrap as ingest
+    from mailfold.projector.entrypoints import consumer as projector
+    from mailfold.sender import bootstrap as sender
+    from mailfold.sender.service_layer.handlers import DONE, Disposition
+    from mailfold.tracker import bootstrap as tracker
 
+    def broker(service: str) -> Any:
+        return new_broker(_NOWHERE, service=service, registry=CollectorRegistry())
 
-def _rewrite_refs(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {
-            k: (v.replace("#/$defs/", "#/components/schemas/") if k == "$ref" else _rewrite_refs(v))
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_rewrite_refs(v) for v in node]
-    return node
+    async def never(event: Any, redelivered: bool) -> Disposition:  # pragma: no cover
+        return DONE
+
+    sender_broker = broker("sender")
+    sender.declare(sender_broker, never, sender.Settings.from_env())
+    brokers = [
+        ingest.declare(broker("ingest")),
+        sender_broker,
+        tracker.declare(broker("tracker")),
+        projector.declare(broker("projector")),
+    ]
+    spec = AsyncAPI(
+        *brokers,
+        title="mailfold",
+        version="1",
+        description=f"Every fact about every email, on the JetStream stream {STREAM}; "
+        f"messages a consumer cannot use on {DLQ_STREAM} (`mail.dlq.<consumer>`).",
+    )
+    doc: dict[str, Any] = json.loads(spec.to_specification().to_json())
+    return doc

@@ -44,7 +44,7 @@ def _port_free(port: int) -> bool:
 
 
 def _pick_port(preferred: int, taken: set[int]) -> int:
-    from mailfold.runtime.embedded import free_port
+    from mailfold.cli.embedded import free_port
 
     port = preferred
     while port in taken or not _port_free(port):
@@ -93,7 +93,7 @@ def env_or(name: str, default: str) -> str:
 
 
 def _start_servers(stack: DevStack) -> None:
-    from mailfold.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+    from mailfold.cli.embedded import EmbeddedNats, EmbeddedPostgres
 
     previous: dict[str, int] = {}
     runtime = config.runtime_file()

@@ -17,7 +17,6 @@ from mailfold.ingest.adapters.nats import (
     KvDirectory,
     KvIdempotency,
     ObjectContentStore,
-    OrgCache,
 )
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.service_layer.ports import (
@@ -30,6 +29,7 @@ from mailfold.runtime import bus
 from mailfold.runtime.content import get_content
 from mailfold.runtime.directory import (
     MailboxSettings,
+    OrgCache,
     OrgSettings,
     RecordEntry,
     put_record,

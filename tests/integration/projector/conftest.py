@@ -19,6 +19,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import (
     AnyEvent,
     AttachmentRef,
@@ -46,7 +47,6 @@ from mailfold.events.fold import decode_state, encode_state
 from mailfold.projector.bootstrap import Service, Settings, start
 from mailfold.projector.domain.rows import EMAIL_COLUMNS, email_row, record_rows
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats, free_port
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 IGNORED_COLUMNS = {"state", "updated_seq"}

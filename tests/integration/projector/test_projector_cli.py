@@ -11,13 +11,13 @@ import asyncpg
 import pytest
 from nats.aio.client import Client
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.cli.main import main as mailfold
 from mailfold.events import AnyEvent, AttachmentRef, EmailComposed, new_id
 from mailfold.projector.adapters.migrations import migrations
 from mailfold.projector.entrypoints.consumer import ConsumerSettings
 from mailfold.runtime import bus
 from mailfold.runtime.content import put_content
-from mailfold.runtime.embedded import EmbeddedNats
 
 if TYPE_CHECKING:
     from tests.integration.projector.conftest import Mail, StartProjector

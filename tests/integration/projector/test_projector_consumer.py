@@ -10,8 +10,8 @@ import httpx
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import DLQ_STREAM, AnyEvent, dlq_subject, encode, new_id
-from mailfold.runtime.embedded import EmbeddedNats
 
 if TYPE_CHECKING:
     from tests.integration.projector.conftest import Mail, StartProjector

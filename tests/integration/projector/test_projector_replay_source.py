@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import STREAM
 from mailfold.projector.adapters.jetstream import ReplaySource
 from mailfold.projector.domain.messages import RawMessage
 from mailfold.projector.entrypoints.consumer import FILTER_SUBJECT
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats
 
 
 async def read(nc: Client, *, direct: bool, from_seq: int, to_seq: int) -> list[list[RawMessage]]:

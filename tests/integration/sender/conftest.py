@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import (
     AnyEvent,
     AttachmentRef,
@@ -39,7 +40,6 @@ from mailfold.runtime.directory import (
     save_mailbox,
     save_settings,
 )
-from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.settings import CommonSettings
 from mailfold.sender.bootstrap import Clock, Service, Settings, start, utc_now
 from mailfold.sender.domain.delivery import RetryPolicy

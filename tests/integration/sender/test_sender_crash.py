@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from mailfold.cli.embedded import free_port
 from mailfold.events import AnyEvent, EmailDelivered, EmailSent
-from mailfold.runtime.embedded import free_port
 
 if TYPE_CHECKING:
     from tests.integration.sender.conftest import Bus, MxFactory

@@ -17,7 +17,7 @@ import pytest
 from mailfold.sender.adapters.dns import DnsUnavailable, DomainNotFound, MxResolver, NullMx
 from mailfold.sender.adapters.smtp import DirectMailer
 from mailfold.sender.domain.addresses import parse_mailbox
-from mailfold.sender.domain.delivery import Attempt, Verdict
+from mailfold.sender.domain.delivery import Attempt, AttemptVerdict
 from mailfold.sender.domain.routes import Routes
 from mailfold.sender.service_layer.ports import Envelope
 
@@ -100,13 +100,13 @@ async def test_lookups_that_cannot_give_an_exchanger_say_why(
 @pytest.mark.parametrize(
     ("domain", "verdict", "status"),
     [
-        ("nowhere.test", Verdict.BOUNCED, "5.1.2"),
-        ("null-mx.test", Verdict.BOUNCED, "5.1.10"),
-        ("servfail.test", Verdict.DEFERRED, "4.4.3"),
+        ("nowhere.test", AttemptVerdict.BOUNCED, "5.1.2"),
+        ("null-mx.test", AttemptVerdict.BOUNCED, "5.1.10"),
+        ("servfail.test", AttemptVerdict.DEFERRED, "4.4.3"),
     ],
 )
 async def test_dns_failures_become_bounces_or_deferrals_for_every_recipient(
-    resolver: Any, domain: str, verdict: Verdict, status: str
+    resolver: Any, domain: str, verdict: AttemptVerdict, status: str
 ) -> None:
     mailer = DirectMailer(Routes(), MxResolver(resolver, lifetime=2.0), helo="sender.test")
     envelopes = [

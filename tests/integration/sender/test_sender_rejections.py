@@ -171,9 +171,11 @@ async def test_a_message_that_is_no_event_goes_to_the_dead_letter_queue(
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as client:
         health = await client.get("/healthz")
         metrics = await client.get("/metrics")
+        spec = await client.get("/asyncapi.json")
     assert health.status_code == 200
     assert health.json()["checks"] == {"nats": "ok", "consumer": "ok"}
-    assert 'mailfold_sender_emails_handled_total{outcome="dlq"}' in metrics.text
+    assert 'mailfold_dead_letters_total{consumer="sender"}' in metrics.text
+    assert spec.json()["operations"]["sender:email_composed"]["action"] == "receive"
 
 
 async def test_metrics_count_what_the_sender_did(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer
 from mailfold.sender.domain.addresses import parse_mailbox
-from mailfold.sender.domain.delivery import Attempt, Verdict
+from mailfold.sender.domain.delivery import Attempt, AttemptVerdict
 from mailfold.sender.domain.routes import Hop, Routes
 from mailfold.sender.service_layer.ports import Envelope
 
@@ -46,7 +46,7 @@ async def test_emails_to_one_server_share_a_cached_connection(mx: MxFactory) -> 
     try:
         for user in ("ann", "bob", "cat", "dan", "eve"):
             (attempt,) = await _send(mailer, user)
-            assert attempt.verdict is Verdict.DELIVERED
+            assert attempt.verdict is AttemptVerdict.DELIVERED
     finally:
         await mailer.close()
     assert len(server.handler.received) == 5
@@ -73,7 +73,7 @@ async def test_a_cached_connection_the_server_timed_out_is_replaced(mx: MxFactor
         (second,) = await _send(mailer, "bob")
     finally:
         await mailer.close()
-    assert (first.verdict, second.verdict) == (Verdict.DELIVERED, Verdict.DELIVERED)
+    assert (first.verdict, second.verdict) == (AttemptVerdict.DELIVERED, AttemptVerdict.DELIVERED)
     assert server.handler.connections == 2
 
 
@@ -87,6 +87,6 @@ async def test_a_server_closing_after_a_refusal_gets_the_next_recipient_on_a_new
         first, second = await _send(mailer, "ann", "bob")
     finally:
         await mailer.close()
-    assert (first.verdict, first.code) == (Verdict.DEFERRED, 421)
-    assert second.verdict is Verdict.DELIVERED
+    assert (first.verdict, first.code) == (AttemptVerdict.DEFERRED, 421)
+    assert second.verdict is AttemptVerdict.DELIVERED
     assert server.handler.connections == 2

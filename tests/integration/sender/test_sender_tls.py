@@ -12,7 +12,7 @@ import pytest
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.smtp import DirectMailer
 from mailfold.sender.domain.addresses import parse_mailbox
-from mailfold.sender.domain.delivery import Attempt, Verdict
+from mailfold.sender.domain.delivery import Attempt, AttemptVerdict
 from mailfold.sender.domain.routes import Hop, Routes
 from mailfold.sender.service_layer.ports import Envelope
 
@@ -61,7 +61,7 @@ async def test_starttls_is_used_when_the_server_offers_it(
 
     attempt = await _deliver(server.port)
 
-    assert attempt.verdict is Verdict.DELIVERED
+    assert attempt.verdict is AttemptVerdict.DELIVERED
     (received,) = server.handler.received
     assert received.tls
 
@@ -75,7 +75,7 @@ async def test_a_failing_starttls_falls_back_to_a_clear_connection(
 
     attempt = await _deliver(server.port)
 
-    assert attempt.verdict is Verdict.DELIVERED
+    assert attempt.verdict is AttemptVerdict.DELIVERED
     (received,) = server.handler.received
     assert not received.tls
 
@@ -85,5 +85,5 @@ async def test_a_server_without_starttls_gets_the_mail_in_the_clear(mx: MxFactor
 
     attempt = await _deliver(server.port)
 
-    assert attempt.verdict is Verdict.DELIVERED
+    assert attempt.verdict is AttemptVerdict.DELIVERED
     assert not server.handler.received[0].tls

@@ -337,6 +337,8 @@ async def test_health_and_metrics_are_served_on_the_tracker_port(
     health = await client.get("/healthz")
     assert health.status_code == 200
     assert health.json()["checks"] == {"nats": "ok", "publisher": "ok"}
+    spec = (await client.get("/asyncapi.json")).json()
+    assert spec["operations"]["tracker:email_opened"]["action"] == "send"
 
     before = (await client.get("/metrics")).text
     await client.get(f"/o/{open_token(keyring, org_id, 'ann@example.org')}.gif")

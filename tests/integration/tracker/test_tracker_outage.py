@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import httpx
 from prometheus_client import REGISTRY
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import EmailClicked, EmailOpened, Keyring, TokenKind, TrackingClaims, new_id
-from mailfold.runtime.embedded import EmbeddedNats
 
 if TYPE_CHECKING:
     from tests.integration.tracker.conftest import StartTracker, Stream

@@ -100,7 +100,7 @@ def test_settings_come_from_the_environment_with_safe_defaults(
 
     monkeypatch.setenv("MAILFOLD_PROJECTOR_PORT", "9100")
     monkeypatch.setenv("MAILFOLD_PROJECTOR_MAX_BATCH", "500")
-    monkeypatch.setenv("MAILFOLD_PROJECTOR_LINGER_MS", "2")
+    monkeypatch.setenv("MAILFOLD_PROJECTOR_LINGER_S", "0.002")
     configured = Settings.from_env()
     assert configured.port == 9100
     assert configured.consumer.max_batch == 500

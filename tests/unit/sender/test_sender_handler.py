@@ -28,7 +28,14 @@ from mailfold.events import (
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender.adapters.memory import MemoryLedger
 from mailfold.sender.domain.addresses import Mailbox
-from mailfold.sender.domain.delivery import SKIPPED, Attempt, RetryPolicy, Verdict, failure, reply
+from mailfold.sender.domain.delivery import (
+    SKIPPED,
+    Attempt,
+    AttemptVerdict,
+    RetryPolicy,
+    failure,
+    reply,
+)
 from mailfold.sender.domain.state import MarkState, Outcome, RecipientMark
 from mailfold.sender.service_layer.handlers import (
     DONE,
@@ -75,7 +82,7 @@ class FakeDirect:
     ) -> None:
         for envelope in envelopes:
             attempt = self._next(envelope.recipient.key)
-            if attempt.verdict is Verdict.DELIVERED or attempt.command == "DATA":
+            if attempt.verdict is AttemptVerdict.DELIVERED or attempt.command == "DATA":
                 if not await before_data([envelope.recipient]):
                     await after(envelope, SKIPPED)
                     continue
@@ -102,7 +109,7 @@ class FakeSubmission:
         before_data: BeforeData,
     ) -> list[Attempt]:
         attempt = self.script.pop(0) if len(self.script) > 1 else self.script[0]
-        if attempt.verdict is Verdict.DELIVERED:
+        if attempt.verdict is AttemptVerdict.DELIVERED:
             if not await before_data(recipients):
                 return [SKIPPED] * len(recipients)  # as the real one: no DATA, nothing sent
             self.sent.append((mail_from, [r.address for r in recipients], message))

@@ -160,3 +160,10 @@ def test_an_email_marked_over_its_records_quota_is_refused_naming_the_record() -
     assert rejection.reason is rules.Reason.RECORD_ATTACHMENT_QUOTA
     assert "'contact-7'" in rejection.detail
     assert rules.check(_composed(to=("ann@example.org",)), mailbox_configured=False) is None
+
+
+def test_a_day_admits_mass_email_until_its_limit_is_taken() -> None:
+    assert rules.within_daily_limit(0, 1)
+    assert rules.within_daily_limit(499, 500)
+    assert not rules.within_daily_limit(500, 500)
+    assert not rules.within_daily_limit(0, 0)

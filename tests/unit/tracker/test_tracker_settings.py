@@ -16,8 +16,8 @@ VARIABLES = (
     "MAILFOLD_TRACKER_PORT",
     "MAILFOLD_TRACKER_BUFFER",
     "MAILFOLD_TRACKER_TRUSTED_PROXIES",
-    "MAILFOLD_TRACKER_EARLY_CLICK_SECONDS",
-    "MAILFOLD_TRACKER_FLUSH_TIMEOUT",
+    "MAILFOLD_TRACKER_EARLY_CLICK_S",
+    "MAILFOLD_TRACKER_FLUSH_TIMEOUT_S",
     "MAILFOLD_TRACKER_APPLE_EGRESS_FILE",
     "MAILFOLD_TRACKING_KEYS",
     "MAILFOLD_NATS_URL",
@@ -47,8 +47,8 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("MAILFOLD_TRACKER_PORT", "0")
     monkeypatch.setenv("MAILFOLD_TRACKER_BUFFER", "10")
     monkeypatch.setenv("MAILFOLD_TRACKER_TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32")
-    monkeypatch.setenv("MAILFOLD_TRACKER_EARLY_CLICK_SECONDS", "0")
-    monkeypatch.setenv("MAILFOLD_TRACKER_FLUSH_TIMEOUT", "2.5")
+    monkeypatch.setenv("MAILFOLD_TRACKER_EARLY_CLICK_S", "0")
+    monkeypatch.setenv("MAILFOLD_TRACKER_FLUSH_TIMEOUT_S", "2.5")
     monkeypatch.setenv("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", str(egress))
     monkeypatch.setenv(
         "MAILFOLD_TRACKING_KEYS", "k2:second-secret-key-012,k1:first-secret-key-0123"
@@ -70,7 +70,7 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         ("MAILFOLD_TRACKER_TRUSTED_PROXIES", "10.0.0.0/8,not-a-network"),
         ("MAILFOLD_TRACKER_BUFFER", "0"),
         ("MAILFOLD_TRACKER_PORT", "http"),
-        ("MAILFOLD_TRACKER_EARLY_CLICK_SECONDS", "soon"),
+        ("MAILFOLD_TRACKER_EARLY_CLICK_S", "soon"),
     ],
 )
 def test_a_bad_value_is_refused_naming_its_variable(

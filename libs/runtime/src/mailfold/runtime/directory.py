@@ -10,6 +10,7 @@ arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Final
 
 import msgspec
@@ -230,3 +231,90 @@ async def delete_record(directory: KeyValue, org_id: str, record_id: str) -> boo
         await _update_address(directory, org_id, address, before.ref, add=False)
     await directory.delete(record_key(org_id, record_id))
     return True
+
+
+class OrgCache:
+    """Which orgs exist and their settings, held in memory and kept current by two KV watches.
+
+    Ingest's SMTP server needs both for every message and the sender the settings for every
+    email; reading them from the bucket each time would cost round trips per message. A watch delivers every change within
+    milliseconds; this service's own writes go in at once. An org not (yet) seen by the watch
+    is looked up in the bucket, so a new org is never refused for being new; until both watches
+    have delivered their initial values, and after one stops, every lookup goes to the bucket.
+    """
+
+    def __init__(self, orgs: KeyValue) -> None:
+        self._orgs = orgs
+        self._settings: dict[str, tuple[int, OrgSettings]] = {}
+        self._known: dict[str, int] = {}
+        self._watchers: list[KeyValue.KeyWatcher] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._ready: set[str] = set()
+
+    @property
+    def live(self) -> bool:
+        """True while both watches follow the bucket."""
+        return len(self._ready) == 2 and all(not t.done() for t in self._tasks)
+
+    async def start(self) -> None:
+        """Start both watches; returns at once, the cache goes live when they caught up."""
+        for pattern in ("*.settings", "*.token"):
+            watcher = await self._orgs.watch(pattern)
+            self._watchers.append(watcher)
+            self._tasks.append(asyncio.create_task(self._follow(pattern, watcher)))
+
+    async def stop(self) -> None:
+        """Stop both watches."""
+        for watcher in self._watchers:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._ready.clear()
+
+    async def _follow(self, pattern: str, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self._ready.add(pattern)
+                    continue
+                org_id, _, kind = entry.key.rpartition(".")
+                gone = entry.operation in ("DEL", "PURGE") or not entry.value
+                revision = entry.revision or 0
+                if kind == "token":
+                    self._apply_token(org_id, revision, gone)
+                elif gone:
+                    self.remember(org_id, revision, OrgSettings())
+                else:
+                    with contextlib.suppress(msgspec.DecodeError):
+                        self.remember(org_id, revision, _settings_dec.decode(entry.value or b""))
+        finally:
+            self._ready.discard(pattern)
+
+    def _apply_token(self, org_id: str, revision: int, gone: bool) -> None:
+        if revision < self._known.get(org_id, 0):
+            return
+        if gone:
+            self._known.pop(org_id, None)
+        else:
+            self._known[org_id] = revision
+
+    def remember(self, org_id: str, revision: int, settings: OrgSettings) -> None:
+        """Keep the settings of this revision, unless a later one is already known."""
+        current = self._settings.get(org_id)
+        if current is None or current[0] < revision:
+            self._settings[org_id] = (revision, settings)
+
+    def known(self, org_id: str) -> bool:
+        """True when the watch has seen the org's token."""
+        return org_id in self._known
+
+    def settings(self, org_id: str) -> OrgSettings | None:
+        """The org's settings as last seen, None when the cache cannot say."""
+        if not self.live:
+            return None
+        current = self._settings.get(org_id)
+        return OrgSettings() if current is None else current[1]

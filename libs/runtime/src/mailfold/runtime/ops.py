@@ -16,8 +16,14 @@ from starlette.routing import BaseRoute, Route
 HealthCheck = Callable[[], Awaitable[dict[str, object]]]
 
 
-def ops_routes(health: HealthCheck, registry: CollectorRegistry = REGISTRY) -> list[BaseRoute]:
-    """`GET /healthz` (200 when every dependency answers, else 503) and `GET /metrics`."""
+def ops_routes(
+    health: HealthCheck,
+    registry: CollectorRegistry = REGISTRY,
+    *,
+    asyncapi: Callable[[], str] | None = None,
+) -> list[BaseRoute]:
+    """`GET /healthz` (200 when every dependency answers, else 503), `GET /metrics`, and
+    `GET /asyncapi.json` (the service's AsyncAPI document) when one is given."""
 
     async def healthz(_: Request) -> Response:
         try:
@@ -33,12 +39,20 @@ def ops_routes(health: HealthCheck, registry: CollectorRegistry = REGISTRY) -> l
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return [Route("/healthz", healthz), Route("/metrics", metrics)]
+    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/metrics", metrics)]
+    if asyncapi is not None:
+        document = asyncapi
+
+        async def spec(_: Request) -> Response:
+            return Response(document(), media_type="application/json")
+
+        routes.append(Route("/asyncapi.json", spec))
+    return routes
 
 
-def ops_app(health: HealthCheck) -> Starlette:
+def ops_app(health: HealthCheck, *, asyncapi: Callable[[], str] | None = None) -> Starlette:
     """An app with only the operational routes, for services without an HTTP API of their own."""
-    return Starlette(routes=ops_routes(health))
+    return Starlette(routes=ops_routes(health, asyncapi=asyncapi))
 
 
 class HttpServer:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Final, TypeVar, get_type_hints
+
+S = TypeVar("S")
 
 DEFAULT_NATS_URL: Final = "nats://127.0.0.1:4222"
 DEFAULT_DATABASE_URL: Final = "postgresql://postgres@127.0.0.1:5432/mailfold"
@@ -81,3 +83,36 @@ class CommonSettings:
             ),
             public_tracker_url=env_str("MAILFOLD_TRACKER_PUBLIC_URL", "http://127.0.0.1:8002"),
         )
+
+
+def setting(env: str, default: Any, *, minimum: int | None = None, positive: bool = False) -> Any:
+    """A field of a settings dataclass, read from `env`: its default is written here only.
+
+    Durations are seconds, in fields and variables ending in `_s` / `_S`.
+    """
+    return field(default=default, metadata={"env": env, "minimum": minimum, "positive": positive})
+
+
+def from_env(cls: type[S], **given: Any) -> S:
+    """An instance of the settings dataclass `cls`: each `setting` field from its variable (or
+    its default), the other fields from `given`. A bad value raises ConfigError naming it."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = dict(given)
+    for f in fields(cls):  # type: ignore[arg-type]  # S is a settings dataclass
+        env = f.metadata.get("env")
+        if env is None or f.name in given:
+            continue
+        kind, default = hints[f.name], f.default
+        assert default is not MISSING, f"{f.name} needs a default"
+        if kind is int:
+            value: Any = env_int(env, default, minimum=f.metadata["minimum"])
+        elif kind is float:
+            value = env_float(env, default)
+            if f.metadata["positive"] and value <= 0:
+                raise ConfigError(f"{env} must be a positive number of seconds, got {value}")
+        elif kind is bool:
+            value = env_bool(env, default)
+        else:
+            value = env_str(env, default)
+        values[f.name] = value
+    return cls(**values)

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Final
 
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 
 from mailfold.bounces import ParseFailed
 from mailfold.events import Keyring
 from mailfold.ingest.adapters.nats import (
+    PUBLISHES,
     AddressCache,
-    JetStreamPublisher,
     KvDirectory,
     KvIdempotency,
     KvVerpRecords,
     ObjectContentStore,
-    OrgCache,
+    count_failure,
+    count_published,
 )
 from mailfold.ingest.adapters.usage import KvAttachmentUsage
 from mailfold.ingest.entrypoints.http import build_app
@@ -26,11 +28,15 @@ from mailfold.ingest.metrics import BOUNCE_PARSER_ERRORS
 from mailfold.ingest.service_layer.mail import MailIngress
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime import bus
+from mailfold.runtime.broker import close as broker_close
+from mailfold.runtime.broker import declare_publishers, new_broker
+from mailfold.runtime.directory import OrgCache
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
+from mailfold.runtime.publisher import EventPublisher
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, env_float, env_int, env_str
+from mailfold.runtime.settings import CommonSettings, env_str, from_env, setting
 
 SERVICE: Final = "ingest"
 log = get_logger("mailfold.ingest")
@@ -41,32 +47,22 @@ class Settings:
     """Everything the service reads from the environment (see docs/ingest.md)."""
 
     common: CommonSettings
-    http_host: str = "127.0.0.1"
-    http_port: int = 8001
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 2525
-    smtp_hostname: str = "mailfold-ingest"
-    smtp_max_bytes: int = 25 * 1024 * 1024
-    smtp_max_recipients: int = 100
-    smtp_timeout_s: float = 120.0
-    publish_timeout_s: float = 5.0
+    http_host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    http_port: int = setting("MAILFOLD_INGEST_HTTP_PORT", 8001, minimum=0)
+    smtp_host: str = "127.0.0.1"  # from_env: MAILFOLD_INGEST_SMTP_HOST, else the HTTP host
+    smtp_port: int = setting("MAILFOLD_INGEST_SMTP_PORT", 2525, minimum=0)
+    smtp_hostname: str = setting("MAILFOLD_INGEST_SMTP_HOSTNAME", "mailfold-ingest")
+    smtp_max_bytes: int = setting("MAILFOLD_INGEST_SMTP_MAX_BYTES", 25 * 1024 * 1024, minimum=1)
+    smtp_max_recipients: int = setting("MAILFOLD_INGEST_SMTP_MAX_RECIPIENTS", 100, minimum=1)
+    smtp_timeout_s: float = setting("MAILFOLD_INGEST_SMTP_TIMEOUT_S", 120.0, positive=True)
+    publish_timeout_s: float = setting("MAILFOLD_INGEST_PUBLISH_TIMEOUT_S", 5.0, positive=True)
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read MAILFOLD_* variables, with the defaults above where unset."""
-        http_host = env_str("MAILFOLD_HTTP_HOST", "127.0.0.1")
-        return cls(
-            common=CommonSettings.from_env(),
-            http_host=http_host,
-            http_port=env_int("MAILFOLD_INGEST_HTTP_PORT", 8001, minimum=0),
-            smtp_host=env_str("MAILFOLD_INGEST_SMTP_HOST", http_host),
-            smtp_port=env_int("MAILFOLD_INGEST_SMTP_PORT", 2525, minimum=0),
-            smtp_hostname=env_str("MAILFOLD_INGEST_SMTP_HOSTNAME", "mailfold-ingest"),
-            smtp_max_bytes=env_int("MAILFOLD_INGEST_SMTP_MAX_BYTES", 25 * 1024 * 1024, minimum=1),
-            smtp_max_recipients=env_int("MAILFOLD_INGEST_SMTP_MAX_RECIPIENTS", 100, minimum=1),
-            smtp_timeout_s=env_float("MAILFOLD_INGEST_SMTP_TIMEOUT", 120.0),
-            publish_timeout_s=env_float("MAILFOLD_INGEST_PUBLISH_TIMEOUT", 5.0),
-        )
+        settings = from_env(cls, common=CommonSettings.from_env())
+        smtp_host = env_str("MAILFOLD_INGEST_SMTP_HOST", settings.http_host)
+        return dataclasses.replace(settings, smtp_host=smtp_host)
 
 
 class IngestService:
@@ -74,13 +70,13 @@ class IngestService:
 
     def __init__(
         self,
-        nc: Client,
+        broker: NatsBroker,
         http: HttpServer,
         smtp: SmtpServer,
         cache: OrgCache,
         addresses: AddressCache,
     ) -> None:
-        self._nc = nc
+        self.broker = broker
         self._http = http
         self._smtp = smtp
         self._cache = cache
@@ -104,7 +100,7 @@ class IngestService:
             await self._http.stop()
         await self._cache.stop()
         await self._addresses.stop()
-        await bus.close(self._nc)
+        await broker_close(self.broker)
         log.info("stopped")
 
 
@@ -115,13 +111,20 @@ def parse_error(failed: ParseFailed) -> None:
     log.error("bounce parser failed", sha256=failed.digest, error=repr(failed.error))
 
 
+def declare(broker: NatsBroker) -> NatsBroker:
+    """What ingest publishes, on `broker` (what the AsyncAPI document shows)."""
+    declare_publishers(broker, SERVICE, PUBLISHES)
+    return broker
+
+
 async def start(settings: Settings) -> IngestService:
     """Connect to NATS, make sure the topology exists, start the HTTP API and the SMTP server."""
     keyring = Keyring.parse(settings.common.tracking_keys)
-    nc = await bus.connect(settings.common.nats_url, f"mailfold-{SERVICE}")
+    broker = declare(new_broker(settings.common.nats_url, service=SERVICE))
     cache: OrgCache | None = None
     addresses: AddressCache | None = None
     try:
+        nc = await broker.connect()
         js = nc.jetstream()
         await bus.ensure_topology(js)
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
@@ -130,7 +133,12 @@ async def start(settings: Settings) -> IngestService:
         addresses = AddressCache(nc)
         await addresses.start()
         ports = Ports(
-            publisher=JetStreamPublisher(nc, timeout=settings.publish_timeout_s),
+            publisher=EventPublisher(
+                nc,
+                timeout=settings.publish_timeout_s,
+                on_published=count_published,
+                on_failure=count_failure,
+            ),
             content=ObjectContentStore(
                 await bus.objects(js), js, timeout=settings.publish_timeout_s
             ),
@@ -175,10 +183,10 @@ async def start(settings: Settings) -> IngestService:
             await cache.stop()
         if addresses is not None:
             await addresses.stop()
-        await bus.close(nc)
+        await broker_close(broker)
         raise
     log.info("started", http_port=http.port, smtp_port=smtp.port)
-    return IngestService(nc, http, smtp, cache, addresses)
+    return IngestService(broker, http, smtp, cache, addresses)
 
 
 def main() -> None:

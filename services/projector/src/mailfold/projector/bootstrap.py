@@ -25,11 +25,10 @@ from mailfold.runtime.orgs import TokenVerifier
 from mailfold.runtime.service import run_until_signalled
 from mailfold.runtime.settings import (
     DEFAULT_DATABASE_URL,
+    DEFAULT_NATS_URL,
     CommonSettings,
-    env_bool,
-    env_float,
-    env_int,
-    env_str,
+    from_env,
+    setting,
 )
 
 log = structlog.get_logger("mailfold.projector")
@@ -39,36 +38,26 @@ log = structlog.get_logger("mailfold.projector")
 class Settings:
     """Everything the projector reads from its environment."""
 
-    nats_url: str = "nats://127.0.0.1:4222"
-    database_url: str = DEFAULT_DATABASE_URL
-    host: str = "127.0.0.1"
-    port: int = 8003
+    nats_url: str = DEFAULT_NATS_URL
+    database_url: str = setting("MAILFOLD_DATABASE_URL", DEFAULT_DATABASE_URL)
+    host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    port: int = setting("MAILFOLD_PROJECTOR_PORT", 8003, minimum=0)
     log_level: str = "info"
     log_json: bool | None = None
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
-    migrate: bool = True
-    lag_interval: float = 5.0
+    migrate: bool = setting("MAILFOLD_PROJECTOR_MIGRATE", True)
+    lag_interval: float = setting("MAILFOLD_PROJECTOR_LAG_INTERVAL_S", 5.0)
 
     @classmethod
     def from_env(cls) -> Settings:
         """MAILFOLD_* variables; see docs/projector.md."""
         common = CommonSettings.from_env()
-        return cls(
+        return from_env(
+            cls,
             nats_url=common.nats_url,
-            database_url=env_str("MAILFOLD_DATABASE_URL", DEFAULT_DATABASE_URL),
-            host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
-            port=env_int("MAILFOLD_PROJECTOR_PORT", 8003, minimum=0),
             log_level=common.log_level,
             log_json=common.log_json,
-            consumer=ConsumerSettings(
-                name=env_str("MAILFOLD_PROJECTOR_CONSUMER", "projector"),
-                max_batch=env_int("MAILFOLD_PROJECTOR_MAX_BATCH", 2000, minimum=1),
-                idle_wait=env_float("MAILFOLD_PROJECTOR_IDLE_WAIT_S", 1.0),
-                linger=env_float("MAILFOLD_PROJECTOR_LINGER_MS", 5.0) / 1000,
-                cache_size=env_int("MAILFOLD_PROJECTOR_CACHE_SIZE", 10_000, minimum=0),
-            ),
-            migrate=env_bool("MAILFOLD_PROJECTOR_MIGRATE", True),
-            lag_interval=env_float("MAILFOLD_PROJECTOR_LAG_INTERVAL_S", 5.0),
+            consumer=from_env(ConsumerSettings),
         )
 
 

@@ -8,23 +8,34 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import dns.asyncresolver
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 from nats.js.errors import NotFoundError
 
 from mailfold.events import STREAM, EmailComposed, Keyring
 from mailfold.runtime import bus
+from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
+from mailfold.runtime.broker import close as broker_close
+from mailfold.runtime.directory import OrgCache
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer, ops_app
+from mailfold.runtime.publisher import EventPublisher
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, ConfigError, env_float, env_int, env_str
+from mailfold.runtime.settings import (
+    CommonSettings,
+    ConfigError,
+    env_float,
+    env_str,
+    from_env,
+    setting,
+)
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.ledger import KvLedger
-from mailfold.sender.adapters.publisher import EventPublisher
+from mailfold.sender.adapters.publisher import PUBLISHES, record
 from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer, SubmissionMailer
 from mailfold.sender.adapters.store import ContentCache, Directory
 from mailfold.sender.domain.delivery import RetryPolicy
 from mailfold.sender.domain.routes import Routes
-from mailfold.sender.entrypoints.consumer import ComposedConsumer
+from mailfold.sender.entrypoints import consumer
 from mailfold.sender.service_layer.handlers import Disposition, Ports, handle_composed
 
 Clock = Callable[[], datetime]
@@ -37,60 +48,44 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the sender reads from the environment."""
+    """Everything the sender reads from the environment (see docs/sender.md)."""
 
     common: CommonSettings
-    http_host: str = "127.0.0.1"
-    http_port: int = 8004
     routes: Routes = field(default_factory=Routes)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    concurrency: int = 32
-    ack_wait_s: float = 60.0
-    max_pending: int = 10_000
-    smtp_timeout_s: float = 60.0
-    helo_name: str = ""
-    consumer: str = "sender"
+    http_host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    http_port: int = setting("MAILFOLD_SENDER_PORT", 8004, minimum=0)
+    concurrency: int = setting("MAILFOLD_SENDER_CONCURRENCY", 32, minimum=1)
+    ack_wait_s: float = setting("MAILFOLD_SENDER_ACK_WAIT_S", 60.0, positive=True)
+    max_pending: int = setting("MAILFOLD_SENDER_MAX_PENDING", 10_000, minimum=1)
+    smtp_timeout_s: float = setting("MAILFOLD_SENDER_SMTP_TIMEOUT_S", 60.0, positive=True)
+    helo_name: str = setting("MAILFOLD_SENDER_HELO_NAME", "")
+    consumer: str = setting("MAILFOLD_SENDER_CONSUMER", "sender")
     content_cache_bytes: int = 64 * 1024 * 1024
-    settings_ttl_s: float = 5.0
-    smtp_cache_idle_s: float = 5.0
-    smtp_cache_uses: int = 100
+    smtp_cache_idle_s: float = setting("MAILFOLD_SENDER_SMTP_CACHE_IDLE_S", 5.0, positive=True)
+    smtp_cache_uses: int = setting("MAILFOLD_SENDER_SMTP_CACHE_USES", 100, minimum=1)
 
     @classmethod
     def from_env(cls) -> Settings:
-        """Read MAILFOLD_* variables (see docs/sender.md); raises ConfigError naming a bad one."""
-        common = CommonSettings.from_env()
+        """Read MAILFOLD_* variables; raises ConfigError naming a bad one."""
         try:
             routes = Routes.parse(env_str("MAILFOLD_SMTP_ROUTES", ""))
         except ValueError as exc:
             raise ConfigError(f"MAILFOLD_SMTP_ROUTES: {exc}") from exc
+        default = RetryPolicy()
         retry = RetryPolicy(
-            base_s=_positive("MAILFOLD_SENDER_RETRY_BASE_S", 60.0),
-            factor=_positive("MAILFOLD_SENDER_RETRY_FACTOR", 2.0),
-            cap_s=_positive("MAILFOLD_SENDER_RETRY_CAP_S", 3600.0),
-            max_age_s=_positive("MAILFOLD_SENDER_MAX_AGE_S", 4 * 86400.0),
+            base_s=_positive("MAILFOLD_SENDER_RETRY_BASE_S", default.base_s),
+            factor=_positive("MAILFOLD_SENDER_RETRY_FACTOR", default.factor),
+            cap_s=_positive("MAILFOLD_SENDER_RETRY_CAP_S", default.cap_s),
+            max_age_s=_positive("MAILFOLD_SENDER_MAX_AGE_S", default.max_age_s),
         )
-        return cls(
-            common=common,
-            http_host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
-            http_port=env_int("MAILFOLD_SENDER_PORT", 8004, minimum=0),
-            routes=routes,
-            retry=retry,
-            concurrency=env_int("MAILFOLD_SENDER_CONCURRENCY", 32, minimum=1),
-            ack_wait_s=_positive("MAILFOLD_SENDER_ACK_WAIT_S", 60.0),
-            max_pending=env_int("MAILFOLD_SENDER_MAX_PENDING", 10_000, minimum=1),
-            smtp_timeout_s=_positive("MAILFOLD_SENDER_SMTP_TIMEOUT_S", 60.0),
-            helo_name=env_str("MAILFOLD_SENDER_HELO_NAME", ""),
-            consumer=env_str("MAILFOLD_SENDER_CONSUMER", "sender"),
-            settings_ttl_s=_positive("MAILFOLD_SENDER_SETTINGS_TTL_S", 5.0),
-            smtp_cache_idle_s=_positive("MAILFOLD_SENDER_SMTP_CACHE_IDLE_S", 5.0),
-            smtp_cache_uses=env_int("MAILFOLD_SENDER_SMTP_CACHE_USES", 100, minimum=1),
-        )
+        return from_env(cls, common=CommonSettings.from_env(), routes=routes, retry=retry)
 
 
 def _positive(name: str, default: float) -> float:
     value = env_float(name, default)
     if value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value}")
+        raise ConfigError(f"{name} must be a positive number, got {value}")
     return value
 
 
@@ -98,10 +93,10 @@ def _positive(name: str, default: float) -> float:
 class Service:
     """A running sender."""
 
-    nc: Client
-    consumer: ComposedConsumer
+    broker: NatsBroker
     http: HttpServer
     direct: DirectMailer
+    orgs: OrgCache
 
     @property
     def port(self) -> int:
@@ -110,10 +105,23 @@ class Service:
 
     async def stop(self) -> None:
         """Stop pulling, let in-flight emails finish briefly, close everything."""
-        await self.consumer.stop()
+        await broker_close(self.broker)
+        await self.orgs.stop()
         await self.direct.close()
         await self.http.stop()
-        await bus.close(self.nc)
+
+
+def declare(broker: NatsBroker, handle: consumer.Handle, settings: Settings) -> None:
+    """The sender's subscriber and publishers, on `broker` (also what AsyncAPI documents)."""
+    consumer.subscribe(
+        broker,
+        handle,
+        durable=settings.consumer,
+        concurrency=settings.concurrency,
+        ack_wait=settings.ack_wait_s,
+        max_pending=settings.max_pending,
+    )
+    declare_publishers(broker, "sender", PUBLISHES)
 
 
 async def start(
@@ -124,15 +132,21 @@ async def start(
 ) -> Service:
     """Connect, wire the handler to its adapters, start consuming and serving ops endpoints."""
     keys = Keyring.parse(settings.common.tracking_keys)
-    nc = await bus.connect(settings.common.nats_url, "mailfold-sender")
+    broker = new_broker(settings.common.nats_url, service="sender")
+    direct: DirectMailer | None = None
+    cache: OrgCache | None = None
     try:
+        nc = await broker.connect()
         js = nc.jetstream()
         try:
             await js.stream_info(STREAM)
         except NotFoundError:
             await bus.ensure_topology(js)  # a fresh server (dev, tests): create what is missing
         ledger = KvLedger(await bus.kv(js, bus.BUCKET_SENDER))
-        directory = Directory(await bus.kv(js, bus.BUCKET_ORGS), ttl=settings.settings_ttl_s)
+        orgs = await bus.kv(js, bus.BUCKET_ORGS)
+        cache = OrgCache(orgs)
+        await cache.start()
+        directory = Directory(orgs, cache)
         content = ContentCache(await bus.objects(js), settings.content_cache_bytes)
         helo = settings.helo_name or socket.gethostname()
         direct = DirectMailer(
@@ -145,7 +159,7 @@ async def start(
             ),
         )
         ports = Ports(
-            publish=EventPublisher(js),
+            publish=EventPublisher(nc, tries=5, on_published=record),
             ledger=ledger,
             content=content,
             settings=directory.settings,
@@ -161,33 +175,27 @@ async def start(
         async def handle(composed: EmailComposed, redelivered: bool) -> Disposition:
             return await handle_composed(composed, ports, redelivered=redelivered)
 
-        consumer = ComposedConsumer(
-            js,
-            handle,
-            durable=settings.consumer,
-            concurrency=settings.concurrency,
-            ack_wait=settings.ack_wait_s,
-            max_pending=settings.max_pending,
-        )
-        await consumer.start()
+        declare(broker, handle, settings)
+        await broker.start()
 
         async def health() -> dict[str, object]:
+            running = all(sub.running for sub in broker.subscribers)
             return {
                 "nats": "ok" if nc.is_connected else "disconnected",
-                "consumer": "ok" if consumer.alive else "stopped",
+                "consumer": "ok" if running else "stopped",
             }
 
-        http = HttpServer(ops_app(health), settings.http_host, settings.http_port)
-        try:
-            await http.start()
-        except BaseException:
-            await consumer.stop()
-            await direct.close()
-            raise
+        app = ops_app(health, asyncapi=asyncapi_document(broker, "sender"))
+        http = HttpServer(app, settings.http_host, settings.http_port)
+        await http.start()
     except BaseException:
-        await bus.close(nc)
+        await broker_close(broker)
+        if cache is not None:
+            await cache.stop()
+        if direct is not None:
+            await direct.close()
         raise
-    return Service(nc=nc, consumer=consumer, http=http, direct=direct)
+    return Service(broker=broker, http=http, direct=direct, orgs=cache)
 
 
 def main() -> None:

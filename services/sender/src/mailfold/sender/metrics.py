@@ -37,6 +37,6 @@ SMTP_CONNECT_FAILURES: Final = Counter(
 HANDLED: Final = Counter(
     "mailfold_sender_emails_handled_total",
     "Deliveries of EmailComposed handled, by outcome",
-    ["outcome"],  # done, retry, error, dlq
+    ["outcome"],  # done, retry, error
 )
 IN_FLIGHT: Final = Gauge("mailfold_sender_in_flight", "EmailComposed being handled right now")

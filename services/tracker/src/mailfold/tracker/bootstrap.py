@@ -6,20 +6,16 @@ import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 
 from mailfold.events import Keyring
 from mailfold.runtime import bus
+from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
+from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import (
-    CommonSettings,
-    ConfigError,
-    env_float,
-    env_int,
-    env_str,
-)
+from mailfold.runtime.settings import CommonSettings, ConfigError, env_str, from_env, setting
 from mailfold.tracker.adapters import jetstream
 from mailfold.tracker.adapters.publisher import Publisher
 from mailfold.tracker.domain.behaviour import BurstWindow
@@ -38,14 +34,14 @@ class Settings:
 
     nats_url: str
     tracking_keys: str
-    host: str = "127.0.0.1"
-    port: int = 8002
-    buffer: int = 100_000
+    host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    port: int = setting("MAILFOLD_TRACKER_PORT", 8002, minimum=0)
+    buffer: int = setting("MAILFOLD_TRACKER_BUFFER", 100_000, minimum=1)
     trusted_proxies: tuple[IPNetwork, ...] = ()
-    early_click_s: float = 5.0
-    flush_timeout_s: float = 10.0
-    publish_timeout_s: float = 5.0
-    apple_egress_file: str = ""
+    early_click_s: float = setting("MAILFOLD_TRACKER_EARLY_CLICK_S", 5.0)
+    flush_timeout_s: float = setting("MAILFOLD_TRACKER_FLUSH_TIMEOUT_S", 10.0)
+    publish_timeout_s: float = setting("MAILFOLD_TRACKER_PUBLISH_TIMEOUT_S", 5.0, positive=True)
+    apple_egress_file: str = setting("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", "")
     rules: tuple[Rule, ...] = field(default=RULES)
 
     @classmethod
@@ -57,17 +53,11 @@ class Settings:
             trusted = parse_networks(proxies)
         except ValueError as exc:
             raise ConfigError(f"MAILFOLD_TRACKER_TRUSTED_PROXIES: {exc}") from exc
-        return cls(
+        return from_env(
+            cls,
             nats_url=common.nats_url,
             tracking_keys=common.tracking_keys,
-            host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
-            port=env_int("MAILFOLD_TRACKER_PORT", 8002, minimum=0),
-            buffer=env_int("MAILFOLD_TRACKER_BUFFER", 100_000, minimum=1),
             trusted_proxies=trusted,
-            early_click_s=env_float("MAILFOLD_TRACKER_EARLY_CLICK_SECONDS", 5.0),
-            flush_timeout_s=env_float("MAILFOLD_TRACKER_FLUSH_TIMEOUT", 10.0),
-            publish_timeout_s=env_float("MAILFOLD_TRACKER_PUBLISH_TIMEOUT", 5.0),
-            apple_egress_file=env_str("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", ""),
         )
 
     def keyring(self) -> Keyring:
@@ -92,7 +82,7 @@ class Settings:
 class Service:
     """A running tracker."""
 
-    nc: Client
+    broker: NatsBroker
     publisher: Publisher
     tracker: Tracker
     http: HttpServer
@@ -108,17 +98,24 @@ class Service:
         await self.http.stop()
         self.tracker.release_held()
         await self.publisher.stop(self.flush_timeout_s)
-        await bus.close(self.nc)
+        await broker_close(self.broker)
         log.info("tracker stopped")
+
+
+def declare(broker: NatsBroker) -> NatsBroker:
+    """What the tracker publishes, on `broker` (what the AsyncAPI document shows)."""
+    declare_publishers(broker, "tracker", jetstream.PUBLISHES)
+    return broker
 
 
 async def start(settings: Settings) -> Service:
     """Connect to NATS, start the publisher, then serve HTTP; port 0 picks a free port."""
     keyring = settings.keyring()
     classifier = Classifier(settings.all_rules())
-    nc = await bus.connect(settings.nats_url, "mailfold-tracker")
+    broker = declare(new_broker(settings.nats_url, service="tracker"))
     publisher: Publisher | None = None
     try:
+        nc = await broker.connect()
         js = nc.jetstream()
         await bus.ensure_topology(js)
 
@@ -143,16 +140,17 @@ async def start(settings: Settings) -> Service:
                 "publisher": "ok" if running.running else "stopped",
             }
 
-        app = tracker_app(tracker, ops_app(health), NetworkSet(settings.trusted_proxies))
+        ops = ops_app(health, asyncapi=asyncapi_document(broker, "tracker"))
+        app = tracker_app(tracker, ops, NetworkSet(settings.trusted_proxies))
         http = HttpServer(app, settings.host, settings.port)
         await http.start()
     except BaseException:
         if publisher is not None:
             await publisher.stop(0)
-        await bus.close(nc)
+        await broker_close(broker)
         raise
     log.info("tracker listening", host=settings.host, port=http.port, buffer=settings.buffer)
-    return Service(nc, publisher, tracker, http, settings.flush_timeout_s)
+    return Service(broker, publisher, tracker, http, settings.flush_timeout_s)
 
 
 def main() -> None:

@@ -20,7 +20,20 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from nats.nuid import NUID
 
-from mailfold.events import ContentRef, Event, RecordRef, VerpRecord
+from mailfold.events import (
+    ContentRef,
+    EmailBounced,
+    EmailCaptured,
+    EmailComplained,
+    EmailComposed,
+    EmailDeferred,
+    EmailDelivered,
+    EmailReceived,
+    EmailSent,
+    Event,
+    RecordRef,
+    VerpRecord,
+)
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
@@ -28,6 +41,7 @@ from mailfold.runtime import bus, directory
 from mailfold.runtime.content import put_content
 from mailfold.runtime.directory import (
     MailboxSettings,
+    OrgCache,
     OrgSettings,
     RecordEntry,
     address_key,
@@ -36,7 +50,6 @@ from mailfold.runtime.directory import (
 from mailfold.runtime.logging import get_logger
 
 _template_dec: Final = msgspec.json.Decoder(Template)
-_settings_dec: Final = msgspec.json.Decoder(OrgSettings)
 _claim_dec: Final = msgspec.json.Decoder(IdempotencyClaim)
 _enc: Final = msgspec.json.Encoder()
 log = get_logger("mailfold.ingest.nats")
@@ -53,29 +66,28 @@ def idempotency_key(org_id: str, key: str) -> str:
     return f"{org_id}.{bus.key_token(key)}"
 
 
-class JetStreamPublisher:
-    """Publishes to MAIL_EVENTS with Nats-Msg-Id = event_id, waiting for the stream's ack."""
+# What ingest publishes (declared on its broker for the AsyncAPI document): composed mail from
+# the API; inbound, captured and dropbox mail from SMTP; delivery reports and complaints.
+PUBLISHES: Final = (
+    EmailComposed,
+    EmailReceived,
+    EmailCaptured,
+    EmailSent,
+    EmailDelivered,
+    EmailDeferred,
+    EmailBounced,
+    EmailComplained,
+)
 
-    def __init__(self, nc: Client, *, timeout: float = 5.0) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._timeout = timeout
 
-    async def publish(self, event: Event) -> None:
-        """Publish one event; raises when JetStream did not acknowledge it in time.
+def count_published(event: Event) -> None:
+    """Ingest's own count of what it published."""
+    EVENTS_PUBLISHED.labels(event.event_type).inc()
 
-        While the connection is down the client would buffer the publish and send it after
-        reconnecting, after the caller was told it failed; refusing it at once keeps "failed"
-        meaning "not published" (a retry publishes the same event id anyway).
-        """
-        try:
-            if not self._nc.is_connected:
-                raise ConnectionError("not connected to NATS")
-            await bus.publish_event(self._js, event, timeout=self._timeout)
-        except Exception:
-            PUBLISH_FAILURES.inc()
-            raise
-        EVENTS_PUBLISHED.labels(event.event_type).inc()
+
+def count_failure(event: Event) -> None:
+    """Ingest's own count of publishes not acknowledged (ingest answers 503/451 then)."""
+    PUBLISH_FAILURES.inc()
 
 
 class ObjectContentStore:
@@ -135,93 +147,6 @@ class ObjectContentStore:
             for ack in acks:
                 ack.cancel()  # after a failure or a timeout: stop waiting for the others
         return ContentRef(sha256=name, size=len(data), content_type=content_type)
-
-
-class OrgCache:
-    """Which orgs exist and their settings, held in memory and kept current by two KV watches.
-
-    Every message the SMTP server takes needs both; reading them from the bucket each time
-    would cost two or three round trips per message. A watch delivers every change within
-    milliseconds; this service's own writes go in at once. An org not (yet) seen by the watch
-    is looked up in the bucket, so a new org is never refused for being new; until both watches
-    have delivered their initial values, and after one stops, every lookup goes to the bucket.
-    """
-
-    def __init__(self, orgs: KeyValue) -> None:
-        self._orgs = orgs
-        self._settings: dict[str, tuple[int, OrgSettings]] = {}
-        self._known: dict[str, int] = {}
-        self._watchers: list[KeyValue.KeyWatcher] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._ready: set[str] = set()
-
-    @property
-    def live(self) -> bool:
-        """True while both watches follow the bucket."""
-        return len(self._ready) == 2 and all(not t.done() for t in self._tasks)
-
-    async def start(self) -> None:
-        """Start both watches; returns at once, the cache goes live when they caught up."""
-        for pattern in ("*.settings", "*.token"):
-            watcher = await self._orgs.watch(pattern)
-            self._watchers.append(watcher)
-            self._tasks.append(asyncio.create_task(self._follow(pattern, watcher)))
-
-    async def stop(self) -> None:
-        """Stop both watches."""
-        for watcher in self._watchers:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._ready.clear()
-
-    async def _follow(self, pattern: str, watcher: KeyValue.KeyWatcher) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    self._ready.add(pattern)
-                    continue
-                org_id, _, kind = entry.key.rpartition(".")
-                gone = entry.operation in ("DEL", "PURGE") or not entry.value
-                revision = entry.revision or 0
-                if kind == "token":
-                    self._apply_token(org_id, revision, gone)
-                elif gone:
-                    self.remember(org_id, revision, OrgSettings())
-                else:
-                    with contextlib.suppress(msgspec.DecodeError):
-                        self.remember(org_id, revision, _settings_dec.decode(entry.value or b""))
-        finally:
-            self._ready.discard(pattern)
-
-    def _apply_token(self, org_id: str, revision: int, gone: bool) -> None:
-        if revision < self._known.get(org_id, 0):
-            return
-        if gone:
-            self._known.pop(org_id, None)
-        else:
-            self._known[org_id] = revision
-
-    def remember(self, org_id: str, revision: int, settings: OrgSettings) -> None:
-        """Keep the settings of this revision, unless a later one is already known."""
-        current = self._settings.get(org_id)
-        if current is None or current[0] < revision:
-            self._settings[org_id] = (revision, settings)
-
-    def known(self, org_id: str) -> bool:
-        """True when the watch has seen the org's token."""
-        return org_id in self._known
-
-    def settings(self, org_id: str) -> OrgSettings | None:
-        """The org's settings as last seen, None when the cache cannot say."""
-        if not self.live:
-            return None
-        current = self._settings.get(org_id)
-        return OrgSettings() if current is None else current[1]
 
 
 class AddressCache:

@@ -16,8 +16,7 @@ from typing import Final
 import msgspec
 
 from mailfold.events import RecordRef
-from mailfold.events.ids import id_time_ms
-from mailfold.ingest.domain.ids import derived_id
+from mailfold.events.ids import derived_id, id_time_ms
 from mailfold.runtime.directory import RecordEntry
 
 

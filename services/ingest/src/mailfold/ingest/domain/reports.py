@@ -16,9 +16,8 @@ from mailfold.events import (
     Event,
     TrackingClaims,
 )
-from mailfold.events.ids import id_time_ms
+from mailfold.events.ids import derived_id, id_time_ms
 from mailfold.ingest.domain.addresses import is_address
-from mailfold.ingest.domain.ids import derived_id
 
 PRODUCER: Final = "ingest"
 MAX_DIAGNOSTIC: Final = 2000

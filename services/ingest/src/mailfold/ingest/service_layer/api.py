@@ -16,8 +16,7 @@ from mailfold.events import (
     Transport,
     new_id,
 )
-from mailfold.events.ids import id_time_ms
-from mailfold.ingest.domain.ids import derived_id
+from mailfold.events.ids import derived_id, id_time_ms
 from mailfold.ingest.domain.requests import (
     MAX_EMAIL_ATTACHMENTS_BYTES,
     RECORD_ATTACHMENT_QUOTA_BYTES,

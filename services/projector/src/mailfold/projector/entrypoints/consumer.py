@@ -12,33 +12,65 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import asyncpg
 import structlog
+from faststream.nats import NatsBroker, PullSub
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from mailfold.events import STREAM
+from mailfold.events import STREAM, AnyEvent
 from mailfold.projector import metrics
 from mailfold.projector.adapters import jetstream, postgres
+from mailfold.projector.service_layer.leader import Leadership
 from mailfold.projector.service_layer.pipeline import Pipeline
-from mailfold.projector.service_layer.ports import DuplicateEventIds
 from mailfold.projector.service_layer.projection import Projection
+from mailfold.runtime.broker import EVENTS_STREAM, documented
+from mailfold.runtime.settings import setting
 
 log = structlog.get_logger("mailfold.projector.consumer")
 
 FILTER_SUBJECT = "mail.events.>"
+
+if TYPE_CHECKING:
+    Folded = AnyEvent
+else:
+    Folded = documented(AnyEvent)
+
+
+def declare(broker: NatsBroker, settings: ConsumerSettings | None = None) -> NatsBroker:
+    """The projector's durable consumer of every event, as the AsyncAPI document shows it.
+
+    The projector reads it with its own batch loop (ConsumerRunner), not through the broker:
+    its position lives in PostgreSQL and a batch is acknowledged once its transaction commits;
+    docs/decisions.md has the measurements. This declaration is what the document says.
+    """
+    name = (settings or ConsumerSettings()).name
+
+    @broker.subscriber(
+        FILTER_SUBJECT,
+        stream=EVENTS_STREAM,
+        durable=name,
+        pull_sub=PullSub(batch=True),
+        title=f"projector:{name}",
+        description="Folds every event into the timelines (batches, position in PostgreSQL).",
+    )
+    async def folded(events: list[Folded]) -> None:
+        raise RuntimeError("the projector reads this subject with ConsumerRunner")
+
+    return broker
 
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSettings:
     """How the consumer batches and caches."""
 
-    name: str = "projector"
-    max_batch: int = 2000
-    idle_wait: float = 1.0
-    linger: float = 0.005
-    cache_size: int = 10_000
+    name: str = setting("MAILFOLD_PROJECTOR_CONSUMER", "projector")
+    max_batch: int = setting("MAILFOLD_PROJECTOR_MAX_BATCH", 2000, minimum=1)
+    idle_wait: float = setting("MAILFOLD_PROJECTOR_IDLE_WAIT_S", 1.0)
+    linger: float = setting("MAILFOLD_PROJECTOR_LINGER_S", 0.005)
+    cache_size: int = setting("MAILFOLD_PROJECTOR_CACHE_SIZE", 10_000, minimum=0)
     lock_poll: float = 1.0
 
 
@@ -58,8 +90,8 @@ class ConsumerRunner:
         self._pool = pool
         self._dsn = database_url
         self._settings = settings
-        self._stop = asyncio.Event()
-        self._look_up_until = 0
+        self._leadership = Leadership(self._lead)
+        self._stop = self._leadership.stopping
         self._source: jetstream.PullSource | None = None
         self.leader = False
 
@@ -70,31 +102,18 @@ class ConsumerRunner:
             self._source.interrupt()
 
     async def run(self) -> None:
-        """Consume until stopped; errors are logged and followed by a fresh start."""
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                await self._lead()
-                backoff = 0.2
-            except DuplicateEventIds as exc:
-                # Not an outage: fold again at once, looking ids up up to the batch that raised.
-                self._look_up_until = max(self._look_up_until, exc.until_seq)
-                log.warning(
-                    "an event id is stored under another email; folding again with ids looked up",
-                    until_seq=exc.until_seq,
-                    error=str(exc),
-                )
-            except Exception:
-                metrics.RESETS.inc()
-                log.exception("consumer failed; restarting from the committed position")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                self.leader = False
-                metrics.LEADER.set(0)
+        """Consume until stopped, as leader or standby (service_layer.leader restarts terms)."""
+        await self._leadership.run()
 
-    async def _lead(self) -> None:
+    async def _lead(self, look_up_until: int) -> None:
+        """One term: wait for the writer lock, then consume from the committed position."""
+        try:
+            await self._term(look_up_until)
+        finally:
+            self.leader = False
+            metrics.LEADER.set(0)
+
+    async def _term(self, look_up_until: int) -> None:
         conn = await postgres.connect(self._dsn)
         try:
             writer = postgres.PgBatchWriter(
@@ -107,12 +126,12 @@ class ConsumerRunner:
                     return
             self.leader = True
             metrics.LEADER.set(1)
-            await self._consume(writer)
+            await self._consume(writer, look_up_until)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), timeout=5)
 
-    async def _consume(self, writer: postgres.PgBatchWriter) -> None:
+    async def _consume(self, writer: postgres.PgBatchWriter, look_up_until: int) -> None:
         settings = self._settings
         position = await writer.prepare()
         last = await jetstream.stream_last_seq(self._js, STREAM)
@@ -128,7 +147,7 @@ class ConsumerRunner:
             position=position,
             capacity=settings.cache_size,
             store_empty=await reader.is_empty(),
-            look_up_ids_until=self._look_up_until,
+            look_up_ids_until=look_up_until,
         )
         await jetstream.seat_consumer(
             self._js,

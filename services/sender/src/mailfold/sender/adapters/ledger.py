@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 from mailfold.events import VerpRecord
 from mailfold.runtime.bus import key_token
 from mailfold.runtime.directory import save_verp_record
+from mailfold.sender.domain import rules
 from mailfold.sender.domain.state import Admission, RecipientMark
 
 _SAFE_ID: Final = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -169,7 +170,7 @@ class KvLedger:
                 await self._ensure_slot_key(org_id, day, counter.last)
             if await self._get(slot_key(org_id, day, email_id)) is not None:
                 return True
-            if counter.n >= limit:
+            if not rules.within_daily_limit(counter.n, limit):
                 return False
             taken = _enc.encode(_Counter(n=counter.n + 1, last=email_id))
             if await self._write(key, taken, revision) is None:

@@ -16,6 +16,7 @@ from mailfold.sender.adapters.ledger import (
     mark_key,
     slot_key,
 )
+from mailfold.sender.domain import rules
 from mailfold.sender.domain.state import Admission, RecipientMark
 
 
@@ -99,7 +100,7 @@ class MemoryLedger:
         counter = counter_key(org_id, day)
         taken = self.values.get(counter, (0, 0))[0]
         assert isinstance(taken, int)
-        if taken >= limit:
+        if not rules.within_daily_limit(taken, limit):
             return False
         self._revision += 1
         self.values[counter] = (taken + 1, self._revision)

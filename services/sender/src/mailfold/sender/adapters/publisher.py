@@ -1,13 +1,10 @@
-"""Publishing the sender's events to MAIL_EVENTS, counted and logged on the way out."""
+"""What the sender publishes, and how each acknowledged event is counted and logged."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
-import nats.errors
 import structlog
-from nats.js import JetStreamContext
 
 from mailfold.events import (
     EmailBounced,
@@ -17,10 +14,10 @@ from mailfold.events import (
     EmailSent,
     Event,
 )
-from mailfold.runtime import bus
 from mailfold.sender import metrics
 
-_TRIES: Final = 5
+# What the sender publishes (declared on its broker for the AsyncAPI document).
+PUBLISHES: Final = (EmailSent, EmailDelivered, EmailDeferred, EmailBounced, EmailRejected)
 log = structlog.get_logger("mailfold.sender")
 
 
@@ -63,26 +60,13 @@ def _summary(event: Event) -> dict[str, object]:
     return {}
 
 
-class EventPublisher:
-    """The Publish port: `bus.publish_event`, retried briefly through a NATS hiccup."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self._js = js
-
-    async def __call__(self, event: Event) -> None:
-        for attempt in range(1, _TRIES + 1):
-            try:
-                await bus.publish_event(self._js, event)
-                break
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                if attempt == _TRIES:
-                    raise
-                await asyncio.sleep(0.2 * 2**attempt)
-        _count(event)
-        log.info(
-            event.event_type,
-            email_id=event.email_id,
-            event_id=event.event_id,
-            org_id=event.org_id,
-            **_summary(event),
-        )
+def record(event: Event) -> None:
+    """The sender's count and log line for an event JetStream acknowledged."""
+    _count(event)
+    log.info(
+        event.event_type,
+        email_id=event.email_id,
+        event_id=event.event_id,
+        org_id=event.org_id,
+        **_summary(event),
+    )

@@ -7,16 +7,20 @@ most recently used bytes up to a size bound so each is fetched once.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
-from collections.abc import Callable
 
 from nats.js.errors import ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from mailfold.runtime.content import get_content
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, load_mailbox, load_settings
+from mailfold.runtime.directory import (
+    MailboxSettings,
+    OrgCache,
+    OrgSettings,
+    load_mailbox,
+    load_settings,
+)
 from mailfold.sender.service_layer.ports import ContentMissing
 
 
@@ -74,28 +78,17 @@ class ContentCache:
 class Directory:
     """Org settings and integrated mailboxes from the `mailfold_orgs` bucket.
 
-    Settings are kept for `ttl` seconds: a mass email reads them once per recipient, and a
-    changed setting (a new daily limit, a time zone) applies within that time.
+    Settings come from the runtime's OrgCache (a KV watch, so a changed limit or time zone
+    applies within milliseconds), or from the bucket while the cache cannot say.
     """
 
-    def __init__(
-        self, orgs: KeyValue, *, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, orgs: KeyValue, cache: OrgCache) -> None:
         self._orgs = orgs
-        self._ttl = ttl
-        self._clock = clock
-        self._settings: dict[str, tuple[float, OrgSettings]] = {}
+        self._cache = cache
 
     async def settings(self, org_id: str) -> OrgSettings:
-        now = self._clock()
-        cached = self._settings.get(org_id)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        settings = await load_settings(self._orgs, org_id)
-        if len(self._settings) > 10_000:
-            self._settings.clear()
-        self._settings[org_id] = (now, settings)
-        return settings
+        cached = self._cache.settings(org_id)
+        return cached if cached is not None else await load_settings(self._orgs, org_id)
 
     async def mailbox(self, org_id: str, user: str) -> MailboxSettings | None:
         return await load_mailbox(self._orgs, org_id, user)

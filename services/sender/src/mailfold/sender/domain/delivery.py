@@ -27,7 +27,7 @@ STATUS_NULL_MX: Final = "5.1.10"  # the domain says it accepts no mail (RFC 7505
 STATUS_EXPIRED: Final = "4.4.7"  # retries ran out
 
 
-class Verdict(enum.StrEnum):
+class AttemptVerdict(enum.StrEnum):
     """The outcome class of one attempt for one recipient."""
 
     DELIVERED = "delivered"
@@ -60,17 +60,17 @@ class Attempt:
     skipped: bool = False  # not tried: another sender copy holds this recipient
 
     @property
-    def verdict(self) -> Verdict:
+    def verdict(self) -> AttemptVerdict:
         """Delivered, deferred, bounced, or skipped."""
         if self.skipped:
-            return Verdict.SKIPPED
+            return AttemptVerdict.SKIPPED
         if self.code is None:
-            return Verdict.BOUNCED if self.permanent else Verdict.DEFERRED
+            return AttemptVerdict.BOUNCED if self.permanent else AttemptVerdict.DEFERRED
         if 200 <= self.code < 300:
-            return Verdict.DELIVERED
+            return AttemptVerdict.DELIVERED
         if self.code >= 500:
-            return Verdict.BOUNCED
-        return Verdict.DEFERRED
+            return AttemptVerdict.BOUNCED
+        return AttemptVerdict.DEFERRED
 
     @property
     def diagnostic(self) -> str:

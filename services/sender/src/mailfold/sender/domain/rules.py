@@ -119,6 +119,11 @@ def counts_toward_limit(source: Source) -> bool:
     return SOURCES[source].counts_toward_mass_limit
 
 
+def within_daily_limit(taken: int, limit: int) -> bool:
+    """Whether one more mass email fits in a day that already has `taken` of its `limit`."""
+    return taken < limit
+
+
 def is_deduplicated(source: Source) -> bool:
     """True for the mass-email sources that never go twice to one address in a campaign."""
     return source in DEDUPLICATED_SOURCES

@@ -1,7 +1,7 @@
 """Handling one EmailComposed: refuse, admit, build, deliver, and report what happened.
 
 Every write of shared state follows the event it records ("publish, then mark"), so a mark implies
-its event is on the stream, and event ids are derived from what they say (`domain.ids`), so doing
+its event is on the stream, and event ids are derived from what they say (`events.ids`), so doing
 a step twice after a crash publishes the same event again, which JetStream and the fold drop.
 
 The one window that cannot be closed is between handing the message over (DATA) and learning the
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -34,12 +34,12 @@ from mailfold.events import (
     VerpRecord,
     trackable,
 )
+from mailfold.events.ids import derived_id
+from mailfold.events.policy import reports_delivery
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
-from mailfold.sender import metrics
 from mailfold.sender.domain import rules, tracking
 from mailfold.sender.domain.addresses import Mailbox, parse_mailbox
-from mailfold.sender.domain.delivery import STATUS_EXPIRED, Attempt, RetryPolicy, Verdict
-from mailfold.sender.domain.ids import derived_id
+from mailfold.sender.domain.delivery import STATUS_EXPIRED, Attempt, AttemptVerdict, RetryPolicy
 from mailfold.sender.domain.message import (
     Body,
     build,
@@ -48,7 +48,9 @@ from mailfold.sender.domain.message import (
     verp_return_path,
 )
 from mailfold.sender.domain.rules import Reason, Rejection
-from mailfold.sender.domain.state import Admission, MarkState, Outcome, RecipientMark
+from mailfold.sender.domain.state import MarkState, Outcome, RecipientMark
+from mailfold.sender.service_layer.admission import admit
+from mailfold.sender.service_layer.marks import Plan, Slot, mark_attempting, plan_attempts
 from mailfold.sender.service_layer.ports import (
     Clock,
     ContentMissing,
@@ -109,24 +111,6 @@ async def handle_composed(
     return await _Job(composed, ports, redelivered).run()
 
 
-@dataclass(slots=True)
-class _Slot:
-    """One recipient due for an attempt now."""
-
-    mailbox: Mailbox
-    attempt: int
-    first_at: datetime
-    revision: int | None  # the mark's revision; None when it has no mark yet
-
-
-@dataclass(slots=True)
-class _Plan:
-    """Which recipients to try now, and how long until the earliest of the others is due."""
-
-    due: list[_Slot] = field(default_factory=list)
-    waits: list[float] = field(default_factory=list)
-
-
 class _Job:
     """The handling of one delivery of one composed email."""
 
@@ -137,12 +121,19 @@ class _Job:
         self.now = ports.clock()
         self.message_id = ""
         self._verp = VerpRecord(org_id=composed.org_id, email_id=composed.email_id, recipients=())
+        # What the policy lets this email report: Delivered and Deferred only where our own
+        # servers deliver it (an integrated mailbox's server keeps that to itself).
+        self.reports_delivery = reports_delivery(
+            composed.source, composed.transport, len(composed.recipients)
+        )
 
     # --- events -----------------------------------------------------------------------------
 
     def _envelope(self, *parts: str) -> dict[str, Any]:
         return {
-            "event_id": derived_id(self.c.email_id, self.c.occurred_at, *parts),
+            "event_id": derived_id(
+                self.c.email_id, *parts, unix_ms=int(self.c.occurred_at.timestamp() * 1000)
+            ),
             "org_id": self.c.org_id,
             "email_id": self.c.email_id,
             "occurred_at": self.p.clock(),
@@ -184,7 +175,9 @@ class _Job:
             org_id=c.org_id, email_id=c.email_id, recipients=tuple(m.address for m in recipients)
         )
         if rules.counts_toward_limit(c.source) or rules.is_deduplicated(c.source):
-            recipients = await self._admit(recipients, settings)
+            recipients = await admit(
+                c, recipients, settings, ledger=self.p.ledger, now=self.now, reject=self._reject
+            )
             if not recipients:
                 return DONE
         self.message_id = message_id(c.email_id, settings.mail_domain)
@@ -213,167 +206,10 @@ class _Job:
             attachments=tuple(zip(c.attachments, attachments, strict=True)),
         )
 
-    async def _admit(self, recipients: list[Mailbox], settings: OrgSettings) -> list[Mailbox]:
-        """The recipients a mass email may go to: not yet mailed in its campaign, within the limit."""
-        c, ledger = self.c, self.p.ledger
-        pinned = await ledger.admission(c.org_id, c.email_id)
-        if pinned is None:
-            day = rules.local_day(self.now, settings.time_zone)
-            pinned = await ledger.pin_admission(c.org_id, c.email_id, Admission(day=day))
-        admission, revision = pinned
-        if not admission.decided:
-            admission = await self._decide(admission, revision, recipients, settings)
-        admitted = {a.lower() for a in admission.recipients}
-        return [m for m in recipients if m.key in admitted]
-
-    async def _decide(
-        self,
-        admission: Admission,
-        revision: int,
-        recipients: list[Mailbox],
-        settings: OrgSettings,
-    ) -> Admission:
-        c, ledger = self.c, self.p.ledger
-        admitted, duplicates = list(recipients), []
-        campaign = rules.campaign_key(c, admission.day)
-        if rules.is_deduplicated(c.source):
-            claims = await asyncio.gather(
-                *(ledger.claim_address(c.org_id, campaign, m.key, c.email_id) for m in recipients)
-            )
-            admitted = [m for m, ok in zip(recipients, claims, strict=True) if ok]
-            duplicates = [m for m, ok in zip(recipients, claims, strict=True) if not ok]
-        limit_reached = False
-        if rules.counts_toward_limit(c.source) and admitted:
-            limit = settings.mass_email_daily_limit
-            if not await ledger.reserve_slot(c.org_id, admission.day, c.email_id, limit):
-                limit_reached = True
-                if rules.is_deduplicated(c.source):
-                    await asyncio.gather(
-                        *(
-                            ledger.release_address(c.org_id, campaign, m.key, c.email_id)
-                            for m in admitted
-                        )
-                    )
-                admitted = []
-        for m in duplicates:
-            await self._reject(
-                Rejection(
-                    Reason.DUPLICATE_RECIPIENT,
-                    f"{m.address} already gets this mass email (campaign {campaign}); "
-                    "a mass email never goes twice to the same address",
-                    recipient=m.address,
-                )
-            )
-        if limit_reached:
-            zone = settings.time_zone
-            await self._reject(
-                Rejection(
-                    Reason.DAILY_LIMIT_REACHED,
-                    f"the org's daily limit of {settings.mass_email_daily_limit} mass emails "
-                    f"for {admission.day.isoformat()} ({zone}) is reached",
-                    # One email per recipient: the refused recipient is this email's own.
-                    recipient=recipients[0].address if len(recipients) == 1 else None,
-                )
-            )
-        decided = Admission(
-            day=admission.day,
-            decided=True,
-            recipients=tuple(m.key for m in admitted),
-            duplicates=tuple(m.key for m in duplicates),
-            limit_reached=limit_reached,
+    async def _plan(self, recipients: Sequence[Mailbox]) -> Plan:
+        return await plan_attempts(
+            self.c, recipients, ledger=self.p.ledger, now=self.now, redelivered=self.redelivered
         )
-        await ledger.decide_admission(c.org_id, c.email_id, decided, last=revision)
-        return decided
-
-    async def _plan(self, recipients: Sequence[Mailbox]) -> _Plan:
-        """Sort recipients into due now, waiting, or finished (marks from earlier deliveries)."""
-        plan = _Plan()
-        if not self.redelivered:
-            plan.due = [_Slot(m, 1, self.now, None) for m in recipients]
-            return plan
-        c = self.c
-        found = await asyncio.gather(
-            *(self.p.ledger.mark(c.org_id, c.email_id, m.key) for m in recipients)
-        )
-        for m, entry in zip(recipients, found, strict=True):
-            if entry is None:
-                plan.due.append(_Slot(m, 1, self.now, None))
-                continue
-            mark, revision = entry
-            if mark.state is MarkState.DONE:
-                continue
-            if mark.state is MarkState.ATTEMPTING:
-                await self._unknown_outcome(m, mark, revision)
-                continue
-            retry_at = mark.retry_at or self.now
-            if retry_at <= self.now:
-                plan.due.append(_Slot(m, mark.attempt + 1, mark.first_attempt_at, revision))
-            else:
-                plan.waits.append((retry_at - self.now).total_seconds())
-        return plan
-
-    async def _unknown_outcome(self, m: Mailbox, mark: RecipientMark, revision: int) -> None:
-        metrics.UNKNOWN_OUTCOMES.inc()
-        log.warning(
-            "delivery outcome unknown: the sender stopped after handing the message over; "
-            "not sending it again",
-            email_id=self.c.email_id,
-            org_id=self.c.org_id,
-            recipient=m.address,
-            attempt=mark.attempt,
-        )
-        done = RecipientMark(
-            state=MarkState.DONE,
-            attempt=mark.attempt,
-            first_attempt_at=mark.first_attempt_at,
-            outcome=Outcome.UNKNOWN,
-        )
-        await self.p.ledger.put_mark(self.c.org_id, self.c.email_id, m.key, done, last=revision)
-
-    async def _mark_attempting(self, slots: Sequence[_Slot]) -> bool:
-        """Mark recipients "attempting" before DATA; all or none (a lost race undoes the rest)."""
-        c, ledger = self.c, self.p.ledger
-
-        def attempting(slot: _Slot) -> RecipientMark:
-            return RecipientMark(
-                state=MarkState.ATTEMPTING, attempt=slot.attempt, first_attempt_at=slot.first_at
-            )
-
-        if len(slots) == 1:
-            slot = slots[0]
-            revisions = [
-                await ledger.put_mark(
-                    c.org_id, c.email_id, slot.mailbox.key, attempting(slot), last=slot.revision
-                )
-            ]
-        else:
-            # Written side by side: each is its own key, and all must be durable before DATA.
-            revisions = await asyncio.gather(
-                *(
-                    ledger.put_mark(
-                        c.org_id, c.email_id, s.mailbox.key, attempting(s), last=s.revision
-                    )
-                    for s in slots
-                )
-            )
-        if all(r is not None for r in revisions):
-            for slot, revision in zip(slots, revisions, strict=True):
-                slot.revision = revision
-            return True
-        for undo, revision in zip(slots, revisions, strict=True):
-            if revision is None:
-                continue  # another writer holds this one: leave its mark alone
-            # Back to "due now": nothing was sent to it.
-            back = RecipientMark(
-                state=MarkState.DEFERRED,
-                attempt=undo.attempt - 1,
-                first_attempt_at=undo.first_at,
-                retry_at=self.now,
-            )
-            undo.revision = await ledger.put_mark(
-                c.org_id, c.email_id, undo.mailbox.key, back, last=revision
-            )
-        return False
 
     async def _publish_sent(self, recipients: Sequence[str], transport: Transport) -> None:
         await self.p.publish(
@@ -399,7 +235,7 @@ class _Job:
                 await self._publish_sent([m.address for m in recipients], Transport.CRM_SERVERS)
             tracked = trackable(c.source, c.transport, len(c.recipients))
             shared = None if tracked else self._message(body, settings)
-            by_domain: dict[str, list[_Slot]] = defaultdict(list)
+            by_domain: dict[str, list[Slot]] = defaultdict(list)
             for slot in plan.due:
                 by_domain[slot.mailbox.domain.lower()].append(slot)
             deliveries = [
@@ -428,11 +264,11 @@ class _Job:
     async def _deliver_domain(
         self,
         domain: str,
-        slots: list[_Slot],
+        slots: list[Slot],
         body: Body,
         settings: OrgSettings,
         shared: bytes | None,
-        plan: _Plan,
+        plan: Plan,
     ) -> None:
         by_key = {s.mailbox.key: s for s in slots}
         envelopes = [
@@ -454,7 +290,9 @@ class _Job:
         ]
 
         async def before_data(mailboxes: Sequence[Mailbox]) -> bool:
-            return await self._mark_attempting([by_key[m.key] for m in mailboxes])
+            return await mark_attempting(
+                self.c, [by_key[m.key] for m in mailboxes], ledger=self.p.ledger, now=self.now
+            )
 
         async def after(envelope: Envelope, attempt: Attempt) -> None:
             # Settled at once, not when the whole domain is done: a crash loses less.
@@ -464,25 +302,26 @@ class _Job:
 
         await self.p.direct.deliver(domain, envelopes, before_data, after)
 
-    async def _settle_direct(self, slot: _Slot, attempt: Attempt) -> float | None:
+    async def _settle_direct(self, slot: Slot, attempt: Attempt) -> float | None:
         """Report one recipient's attempt and record it; the seconds until its retry, if any."""
         m = slot.mailbox
         verdict = attempt.verdict
-        if verdict is Verdict.SKIPPED:
+        if verdict is AttemptVerdict.SKIPPED:
             return self.p.retry.base_s
-        if verdict is Verdict.DELIVERED:
-            await self.p.publish(
-                EmailDelivered(
-                    **self._envelope("delivered", m.key),
-                    recipient=m.address,
-                    reply_code=attempt.code,
-                    reply=attempt.text,
-                    remote_mta=attempt.remote_mta,
+        if verdict is AttemptVerdict.DELIVERED:
+            if self.reports_delivery:
+                await self.p.publish(
+                    EmailDelivered(
+                        **self._envelope("delivered", m.key),
+                        recipient=m.address,
+                        reply_code=attempt.code,
+                        reply=attempt.text,
+                        remote_mta=attempt.remote_mta,
+                    )
                 )
-            )
             await self._finish(slot, Outcome.DELIVERED)
             return None
-        if verdict is Verdict.BOUNCED:
+        if verdict is AttemptVerdict.BOUNCED:
             reason, kind = attempt.classify()
             await self._publish_bounce(slot, attempt, reason=reason, kind=kind)
             await self._finish(slot, Outcome.BOUNCED)
@@ -493,10 +332,18 @@ class _Job:
             await self._publish_expired(slot, attempt, reason="expired")
             await self._finish(slot, Outcome.BOUNCED)
             return None
+        await self._publish_deferred(slot, attempt, retry_at)
+        await self._defer(slot, retry_at)
+        return max(0.0, (retry_at - now).total_seconds())
+
+    async def _publish_deferred(self, slot: Slot, attempt: Attempt, retry_at: datetime) -> None:
+        """EmailDeferred, where the policy says the email's delivery is reported at all."""
+        if not self.reports_delivery:
+            return
         await self.p.publish(
             EmailDeferred(
-                **self._envelope("deferred", m.key, str(slot.attempt)),
-                recipient=m.address,
+                **self._envelope("deferred", slot.mailbox.key, str(slot.attempt)),
+                recipient=slot.mailbox.address,
                 reply_code=attempt.code,
                 status=attempt.status,
                 diagnostic=attempt.diagnostic,
@@ -505,11 +352,9 @@ class _Job:
                 retry_at=retry_at,
             )
         )
-        await self._defer(slot, retry_at)
-        return max(0.0, (retry_at - now).total_seconds())
 
     async def _publish_bounce(
-        self, slot: _Slot, attempt: Attempt, *, reason: str | None, kind: BounceKind
+        self, slot: Slot, attempt: Attempt, *, reason: str | None, kind: BounceKind
     ) -> None:
         await self.p.publish(
             EmailBounced(
@@ -524,7 +369,7 @@ class _Job:
             )
         )
 
-    async def _publish_expired(self, slot: _Slot, attempt: Attempt, *, reason: str | None) -> None:
+    async def _publish_expired(self, slot: Slot, attempt: Attempt, *, reason: str | None) -> None:
         age = (self.p.clock() - slot.first_at).total_seconds()
         await self.p.publish(
             EmailBounced(
@@ -540,7 +385,7 @@ class _Job:
             )
         )
 
-    async def _finish(self, slot: _Slot, outcome: Outcome) -> None:
+    async def _finish(self, slot: Slot, outcome: Outcome) -> None:
         done = RecipientMark(
             state=MarkState.DONE,
             attempt=slot.attempt,
@@ -549,7 +394,7 @@ class _Job:
         )
         await self._write_mark(slot, done)
 
-    async def _defer(self, slot: _Slot, retry_at: datetime) -> None:
+    async def _defer(self, slot: Slot, retry_at: datetime) -> None:
         deferred = RecipientMark(
             state=MarkState.DEFERRED,
             attempt=slot.attempt,
@@ -558,7 +403,7 @@ class _Job:
         )
         await self._write_mark(slot, deferred)
 
-    async def _write_mark(self, slot: _Slot, mark: RecipientMark) -> None:
+    async def _write_mark(self, slot: Slot, mark: RecipientMark) -> None:
         c = self.c
         revision = await self.p.ledger.put_mark(
             c.org_id, c.email_id, slot.mailbox.key, mark, last=slot.revision
@@ -589,19 +434,21 @@ class _Job:
         by_key = {s.mailbox.key: s for s in plan.due}
 
         async def before_data(mailboxes: Sequence[Mailbox]) -> bool:
-            return await self._mark_attempting([by_key[m.key] for m in mailboxes])
+            return await mark_attempting(
+                self.c, [by_key[m.key] for m in mailboxes], ledger=self.p.ledger, now=self.now
+            )
 
         attempts = await self.p.submission.submit(
             mailbox, mail_from, [s.mailbox for s in plan.due], message, before_data
         )
-        submitted: list[_Slot] = []
+        submitted: list[Slot] = []
         for slot, attempt in zip(plan.due, attempts, strict=True):
             verdict = attempt.verdict
-            if verdict is Verdict.SKIPPED:
+            if verdict is AttemptVerdict.SKIPPED:
                 plan.waits.append(self.p.retry.base_s)
-            elif verdict is Verdict.DELIVERED:
+            elif verdict is AttemptVerdict.DELIVERED:
                 submitted.append(slot)
-            elif verdict is Verdict.BOUNCED:
+            elif verdict is AttemptVerdict.BOUNCED:
                 # The mailbox's server saw the failure, not ours: no reason class to claim.
                 _, kind = attempt.classify()
                 await self._publish_bounce(slot, attempt, reason=None, kind=kind)
@@ -618,8 +465,7 @@ class _Job:
                 await self._finish(slot, Outcome.SUBMITTED)
         return Retry(min(plan.waits)) if plan.waits else DONE
 
-    async def _retry_submission(self, slot: _Slot, attempt: Attempt) -> float | None:
-        # No EmailDeferred here: deferrals are reported only for mail our own servers deliver.
+    async def _retry_submission(self, slot: Slot, attempt: Attempt) -> float | None:
         now = self.p.clock()
         retry_at = self.p.retry.next_retry(slot.attempt, slot.first_at, now)
         if retry_at is None:
@@ -634,5 +480,6 @@ class _Job:
             diagnostic=attempt.diagnostic,
             retry_at=retry_at.isoformat(),
         )
+        await self._publish_deferred(slot, attempt, retry_at)
         await self._defer(slot, retry_at)
         return max(0.0, (retry_at - now).total_seconds())

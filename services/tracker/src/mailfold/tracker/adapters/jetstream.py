@@ -12,9 +12,12 @@ import asyncio
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from mailfold.events import Event
+from mailfold.events import EmailClicked, EmailOpened, Event
 from mailfold.runtime import bus
 from mailfold.tracker.adapters.publisher import PublishBatch
+
+# What the tracker publishes (declared on its broker for the AsyncAPI document).
+PUBLISHES = (EmailOpened, EmailClicked)
 
 
 class AckTimeout(TimeoutError):

@@ -225,7 +225,7 @@ class EmbeddedNats(_ChildServer):
         """The nats-server configuration start() writes."""
         return "\n".join(
             [
-                "# Written by mailfold.runtime.embedded on every start; edits are overwritten.",
+                "# Written by mailfold.cli.embedded on every start; edits are overwritten.",
                 f"server_name: {json.dumps(self.server_name)}",
                 f'listen: "{LOOPBACK}:{self._port}"',
                 f'http: "{LOOPBACK}:{self._http_port}"',
