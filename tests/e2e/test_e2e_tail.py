@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import httpx
+from tests.e2e.conftest import Stack
 
 from mailfold.events import decode
 from mailfold.events.subjects import STREAM
 from mailfold.runtime import bus
-from tests.e2e.conftest import Stack
 
 
 async def _last_seq(nats_url: str) -> int:
@@ -50,16 +50,16 @@ def test_tail_from_seq_1_prints_every_event_of_the_run_as_json_lines(stack: Stac
     try:
         assert proc.stdout is not None
         while not lines or int(str(lines[-1]["seq"])) < last:
-            line = proc.stdout.readline()
-            assert line, f"tail ended early: {proc.stderr.read() if proc.stderr else ''}"
-            lines.append(json.loads(line))
+            text = proc.stdout.readline()
+            assert text, f"tail ended early: {proc.stderr.read() if proc.stderr else ''}"
+            lines.append(json.loads(text))
     finally:
         proc.terminate()
         proc.communicate(timeout=30)  # closes the pipes
     assert [line["seq"] for line in lines] == list(range(1, last + 1))
-    for line in lines:
-        event = decode(json.dumps(line["event"]).encode())
-        assert line["subject"] == f"mail.events.{event.org_id}.{event.event_type}"
+    for item in lines:
+        event = decode(json.dumps(item["event"]).encode())
+        assert item["subject"] == f"mail.events.{event.org_id}.{event.event_type}"
     # --no-follow stops at the end of the stream, for scripts.
     done = stack.cli("tail", "--from-seq", "1", "--no-follow")
     assert len(done.stdout.splitlines()) >= last

@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from standardwebhooks import Webhook
 
 from mailfold.events import EmailComposed, EmailDelivered, EmailSent, Event, RecordRef, new_id
 from mailfold.events.model import Module, Source

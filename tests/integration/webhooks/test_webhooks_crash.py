@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoint, make_org
 
 from mailfold.runtime.embedded import EmbeddedNats, free_port
-from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoint, make_org
 
 EVENTS = 30
 
@@ -84,7 +84,7 @@ async def test_sigkill_mid_delivery_loses_no_event_and_repeats_share_their_webho
             wanted = {e.event_id for e in events}
             async with asyncio.timeout(60):
                 while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
-                    await asyncio.sleep(0.1)
+                    await receiver.wait_for(len(receiver.requests) + 1)
 
             bodies = receiver.verified(endpoint["secret"])
             by_id: dict[str, list[dict[str, object]]] = {}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from mailfold.webhooks.bootstrap import Service
 from tests.integration.webhooks.conftest import (
     Org,
     Reply,
@@ -14,18 +14,24 @@ from tests.integration.webhooks.conftest import (
     always,
 )
 
+from mailfold.webhooks.bootstrap import Service
 
-async def _deliveries(org: Org, service: Service, endpoint_id: str, **params: str) -> list[dict]:
+
+async def _deliveries(
+    org: Org, service: Service, endpoint_id: str, **params: str
+) -> list[dict[str, Any]]:
     async with org.api(service) as api:
         response = await api.get(
             f"/v1/orgs/{org.org_id}/webhooks/{endpoint_id}/deliveries", params=params
         )
     assert response.status_code == 200, response.text
-    items: list[dict] = response.json()["items"]
+    items: list[dict[str, Any]] = response.json()["items"]
     return items
 
 
-async def _settled(org: Org, service: Service, endpoint_id: str, count: int) -> list[dict]:
+async def _settled(
+    org: Org, service: Service, endpoint_id: str, count: int
+) -> list[dict[str, Any]]:
     """Wait until `count` deliveries are settled (delivered, failed or disabled)."""
     async with asyncio.timeout(30):
         while True:

@@ -1,0 +1,155 @@
+"""Webhook delivery throughput next to a bare httpx client posting the same signed bodies.
+
+A backlog of events waits in MAIL_EVENTS; the webhooks service (in this process, on a real
+nats-server) folds, queues, signs and posts each to one endpoint, a receiver on loopback (also in
+this process) answering 204. The baseline is a bare `httpx.AsyncClient` posting the same bodies
+with the same headers and the same concurrency to the same receiver. Key `webhooks.deliver`.
+
+    uv run --frozen python bench/webhooks.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from _results import record
+from mailfold.events import EmailComposed, RecordRef, encode, new_id
+from mailfold.events.model import Module, Source
+from mailfold.runtime import bus
+from mailfold.runtime.embedded import EmbeddedNats
+from mailfold.runtime.ops import HttpServer
+from mailfold.runtime.orgs import create_org
+from mailfold.webhooks.bootstrap import Settings, start
+from mailfold.webhooks.domain import signing
+from mailfold.webhooks.domain.endpoints import new_secret, secret_key
+
+EVENTS: Final = 3000
+CONCURRENCY: Final = 8
+ROUNDS: Final = 2  # best kept: the machine is shared, other load only ever slows a round
+
+
+class Counter:
+    """A receiver that counts what it got and wakes a waiter at a target."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.done = asyncio.Event()
+
+    async def hook(self, request: Request) -> Response:
+        await request.body()
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+        return Response(status_code=204)
+
+    def expect(self, n: int) -> None:
+        self.count, self.target = 0, n
+        self.done.clear()
+
+
+def composed(org_id: str, i: int) -> EmailComposed:
+    return EmailComposed(
+        event_id=new_id(),
+        org_id=org_id,
+        email_id=f"bench-{i}",
+        occurred_at=datetime.now(UTC),
+        producer="bench",
+        source=Source.INDIVIDUAL,
+        from_addr="rep@crm.example",
+        to=("ann@example.org",),
+        subject="Quarterly review",
+        records=(RecordRef(record_id="lead-1", module=Module.LEADS),),
+    )
+
+
+async def service_round(
+    nats_url: str, receiver: Counter, url: str, org_id: str, token: str
+) -> float:
+    """Events/s through the webhooks service, from a backlog of EVENTS in the stream."""
+    settings = Settings(nats_url=nats_url, port=0, allow_loopback=True, concurrency=CONCURRENCY)
+    service = await start(settings)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{service.port}", headers={"authorization": f"Bearer {token}"}
+    ) as api:
+        created = await api.post(f"/v1/orgs/{org_id}/webhooks", json={"url": url})
+        created.raise_for_status()
+        endpoint_id = created.json()["id"]
+    await service.stop()
+    nc = await bus.connect(nats_url, "bench-publisher", reconnect=False)
+    js = nc.jetstream()
+    acks = [await bus.start_publish(js, composed(org_id, i)) for i in range(EVENTS)]
+    await asyncio.gather(*acks)
+    await bus.close(nc)
+    receiver.expect(EVENTS)
+    started = time.perf_counter()
+    service = await start(settings)
+    await asyncio.wait_for(receiver.done.wait(), 300)
+    elapsed = time.perf_counter() - started
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{service.port}", headers={"authorization": f"Bearer {token}"}
+    ) as api:
+        await api.delete(f"/v1/orgs/{org_id}/webhooks/{endpoint_id}")
+    await service.stop()
+    return EVENTS / elapsed
+
+
+async def bare_round(receiver: Counter, url: str, org_id: str) -> float:
+    """Events/s from a bare httpx client posting the same kind of signed bodies."""
+    key = secret_key(new_secret())
+    bodies = [encode(composed(org_id, i)) for i in range(EVENTS)]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    receiver.expect(EVENTS)
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=15.0) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                headers = signing.headers([key], new_id(), int(time.time()), body)
+                response = await client.post(url, content=body, headers=headers)
+                assert response.status_code == 204
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await receiver.done.wait()
+    return EVENTS / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as nats_server:
+        nc = await bus.connect(nats_server.url, "bench-setup", reconnect=False)
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+        token = await create_org(await bus.kv(js, bus.BUCKET_ORGS), "bench")
+        await bus.close(nc)
+        receiver = Counter()
+        server = HttpServer(
+            Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])]), "127.0.0.1", 0
+        )
+        await server.start()
+        url = f"http://127.0.0.1:{server.port}/hook"
+        served, bare = 0.0, 0.0
+        for _ in range(ROUNDS):
+            bare = max(bare, await bare_round(receiver, url, "bench"))
+            served = max(
+                served, await service_round(nats_server.url, receiver, url, "bench", token)
+            )
+        await server.stop()
+    record("webhooks.deliver", served, "events/s", bare)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
