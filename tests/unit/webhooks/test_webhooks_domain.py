@@ -10,6 +10,7 @@ from standardwebhooks import Webhook
 
 from mailfold.events import EmailComposed, EmailSent, RecordRef, new_id
 from mailfold.events.model import Module, Source
+from mailfold.webhooks.adapters.http import Refused, checked_address
 from mailfold.webhooks.domain import signing
 from mailfold.webhooks.domain.addresses import first_refusal
 from mailfold.webhooks.domain.endpoints import FieldError, check_url_shape, new_secret, secret_key
@@ -159,3 +160,28 @@ def test_per_email_sequence_counts_distinct_events_and_keeps_a_repeat_number() -
     assert (first, second, repeat) == (1, 2, 1)
     assert again is fold
     assert str(fold.state.status) == "Sent"
+
+
+async def test_plain_http_goes_only_to_loopback_even_in_development() -> None:
+    async def public(host: str, port: int) -> list[str]:
+        return ["93.184.216.34"]
+
+    async def local(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    with pytest.raises(Refused, match="loopback"):
+        await checked_address("http://hooks.example.org/x", allow_loopback=True, resolver=public)
+    _, address = await checked_address("http://localhost:9/x", allow_loopback=True, resolver=local)
+    assert address == "127.0.0.1"
+    _, address = await checked_address(
+        "https://hooks.example.org/", allow_loopback=False, resolver=public
+    )
+    assert address == "93.184.216.34"
+
+
+async def test_a_name_resolving_to_any_private_address_is_refused() -> None:
+    async def mixed(host: str, port: int) -> list[str]:
+        return ["93.184.216.34", "10.0.0.5"]
+
+    with pytest.raises(Refused, match="private"):
+        await checked_address("https://rebind.example.org/", allow_loopback=False, resolver=mixed)

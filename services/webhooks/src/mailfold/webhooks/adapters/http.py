@@ -11,7 +11,7 @@ from typing import Final
 import httpx
 import msgspec
 
-from mailfold.webhooks.domain.addresses import first_refusal
+from mailfold.webhooks.domain.addresses import first_refusal, is_loopback
 
 USER_AGENT: Final = "mailfold-webhooks/0.1"
 Resolve = Callable[[str, int], Awaitable[list[str]]]
@@ -58,6 +58,8 @@ async def checked_address(
     reason = first_refusal(addresses, allow_loopback=allow_loopback)
     if reason is not None:
         raise Refused(reason)
+    if parsed.scheme == "http" and not all(is_loopback(a) for a in addresses):
+        raise Refused("plain http is allowed only to loopback (development)")
     return parsed, addresses[0]
 
 

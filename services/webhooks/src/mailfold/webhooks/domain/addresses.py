@@ -30,6 +30,17 @@ def refusal(address: Address, *, allow_loopback: bool) -> str | None:
     return None
 
 
+def is_loopback(text: str) -> bool:
+    """Whether an address (text) is a loopback address, IPv4-mapped forms included."""
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
 def first_refusal(addresses: Iterable[str], *, allow_loopback: bool) -> str | None:
     """The refusal of the first address that may not be reached (all must be reachable)."""
     for text in addresses:

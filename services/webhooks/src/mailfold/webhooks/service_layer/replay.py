@@ -41,6 +41,7 @@ class Replayed(msgspec.Struct, frozen=True, kw_only=True):
     event_ids: list[str]
     complete: bool
     last_stream_seq: int | None = None
+    last_time: datetime | None = None  # when incomplete: replay again with this as `since`
 
 
 class Replayer:
@@ -86,6 +87,7 @@ class Replayer:
             event_ids=ids,
             complete=complete,
             last_stream_seq=in_range[-1].seq if in_range else None,
+            last_time=in_range[-1].time if in_range else None,
         )
 
     async def _find(self, endpoint: Endpoint, event_id: str) -> StreamEvent | None:
