@@ -174,3 +174,17 @@ async def test_events_feed_pages_only_the_orgs_own_events(
             bad = await api.get(path, params=params)
             assert bad.status_code == 422
             assert bad.json()["errors"][0]["field"] == field
+
+
+async def test_an_org_has_at_most_twenty_endpoints(
+    start_webhooks: StartWebhooks, org: Org, nats_url: str
+) -> None:
+    async with start_webhooks(nats_url) as service, org.api(service) as api:
+        for i in range(20):
+            await add_endpoint(api, org, f"http://127.0.0.1:9/hook{i}")
+        refused = await api.post(
+            f"/v1/orgs/{org.org_id}/webhooks", json={"url": "http://127.0.0.1:9/one-more"}
+        )
+        assert refused.status_code == 409
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert len((await api.get(f"/v1/orgs/{org.org_id}/webhooks")).json()["items"]) == 20

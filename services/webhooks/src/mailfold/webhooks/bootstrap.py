@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Final
@@ -149,6 +150,10 @@ async def start(settings: Settings) -> Service:
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
         connect_timeout=5,
+        # Through the process's logging (warnings and errors, on stderr), not FastStream's own
+        # stdout handler; its per-batch lines are debug.
+        logger=logging.getLogger("mailfold.webhooks.broker"),
+        log_level=logging.DEBUG,
     )
     poster = Poster(timeout_s=settings.timeout_s, allow_loopback=settings.allow_loopback)
     endpoints: kv.Endpoints | None = None

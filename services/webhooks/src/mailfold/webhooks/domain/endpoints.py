@@ -15,6 +15,7 @@ from mailfold.events import EVENT_TYPES, SOURCES
 SECRET_PREFIX: Final = "whsec_"
 MAX_SECRETS: Final = 2  # the current one and, during a rotation, the one before it
 MAX_URL_LENGTH: Final = 2048
+MAX_ENDPOINTS_PER_ORG: Final = 20  # each endpoint is a durable consumer and a delivery loop
 
 
 class Secret(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +64,10 @@ class FieldError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class TooManyEndpoints(ValueError):
+    """The org has as many endpoints as it may have."""
 
 
 class EndpointInput(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

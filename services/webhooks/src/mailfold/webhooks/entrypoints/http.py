@@ -20,7 +20,13 @@ from mailfold.webhooks.adapters.jobs import JobQueue
 from mailfold.webhooks.adapters.kv import Deliveries, Endpoints
 from mailfold.webhooks.adapters.stream import StreamReader, org_subject
 from mailfold.webhooks.domain.deliveries import Delivery
-from mailfold.webhooks.domain.endpoints import Endpoint, EndpointInput, EndpointPatch, FieldError
+from mailfold.webhooks.domain.endpoints import (
+    Endpoint,
+    EndpointInput,
+    EndpointPatch,
+    FieldError,
+    TooManyEndpoints,
+)
 from mailfold.webhooks.domain.retries import Outcome
 from mailfold.webhooks.service_layer.endpoints import Manager
 from mailfold.webhooks.service_layer.replay import Replayer
@@ -171,6 +177,8 @@ class Api:
             endpoint, secret = await self._manager.create(org_id, data)
         except FieldError as exc:
             return invalid(exc.field, exc.message)
+        except TooManyEndpoints as exc:
+            return problem(409, "Conflict", str(exc))
         return json_response(endpoint_view(endpoint, secret=secret), 201)
 
     async def list_(self, request: Request, org_id: str) -> Response:

@@ -10,12 +10,14 @@ import msgspec
 
 from mailfold.webhooks.adapters.http import Refused, Resolve, checked_address, resolve
 from mailfold.webhooks.domain.endpoints import (
+    MAX_ENDPOINTS_PER_ORG,
     MAX_SECRETS,
     Endpoint,
     EndpointInput,
     EndpointPatch,
     FieldError,
     Secret,
+    TooManyEndpoints,
     check_event_types,
     check_secret,
     check_sources,
@@ -59,6 +61,8 @@ class Manager:
 
     async def create(self, org_id: str, data: EndpointInput) -> tuple[Endpoint, str]:
         """A new endpoint, and its secret (shown to the caller once)."""
+        if len(self._store.of_org(org_id)) >= MAX_ENDPOINTS_PER_ORG:
+            raise TooManyEndpoints(f"an org has at most {MAX_ENDPOINTS_PER_ORG} webhook endpoints")
         url = await self._check_url(data.url)
         secret = check_secret(data.secret) if data.secret is not None else new_secret()
         now = self._clock()
