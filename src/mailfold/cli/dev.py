@@ -325,6 +325,10 @@ def _print_banner(stack: DevStack, services: list[str], demo_lines: list[str]) -
         lines.append(
             f"  query API        http://{LOOPBACK}:{p['projector_http']}/v1/orgs/{{org}}/..."
         )
+    if "webhooks" in services:
+        lines.append(
+            f"  webhooks API     http://{LOOPBACK}:{p['webhooks_http']}/v1/orgs/{{org}}/webhooks"
+        )
     lines.append(f"  sink MX          {LOOPBACK}:{p['sink_smtp']} (all outbound mail lands here)")
     lines.append(
         "  metrics          "
