@@ -21,6 +21,7 @@ from starlette.routing import Route
 from mailfold.events import EmailComposed, EmailDelivered, EmailSent, Event, RecordRef, new_id
 from mailfold.events.model import Module, Source
 from mailfold.runtime import bus
+from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import create_org
 from mailfold.webhooks.bootstrap import Service, Settings, start
@@ -86,6 +87,13 @@ def always(status: int) -> Script:
 
 
 StartReceiver = Callable[[Script], contextlib.AbstractAsyncContextManager[Receiver]]
+
+
+@pytest.fixture
+def nats_url(fresh_nats: EmbeddedNats) -> str:
+    """A nats-server of each test's own: endpoints and their queued jobs outlive a test, and a
+    later test's receiver may get the port an earlier endpoint still retries."""
+    return fresh_nats.url
 
 
 @pytest.fixture

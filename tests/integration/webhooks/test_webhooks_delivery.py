@@ -171,15 +171,17 @@ async def test_a_hanging_receiver_does_not_delay_another_endpoint(
         start_receiver(always(200)) as fast,
         start_webhooks(nats_url, timeout_s=30.0, concurrency=2) as service,
     ):
-        async with org.api(service) as api:
-            await add_endpoint(api, org, slow.url)
-            endpoint = await add_endpoint(api, org, fast.url)
-        await org.publish(*[org.composed(f"mail-h{i}") for i in range(6)])
-        await fast.wait_for(6)
-        # Every event reached the healthy endpoint while the other one still held them all.
-        assert len(slow.requests) == 2  # its two slots, both stuck
-        assert len(fast.verified(endpoint["secret"])) == 6
-        release.set()
+        try:
+            async with org.api(service) as api:
+                await add_endpoint(api, org, slow.url)
+                endpoint = await add_endpoint(api, org, fast.url)
+            await org.publish(*[org.composed(f"mail-h{i}") for i in range(6)])
+            await fast.wait_for(6)
+            # Every event reached the healthy endpoint while the other one still held them all.
+            assert len(slow.requests) == 2  # its two slots, both stuck
+            assert len(fast.verified(endpoint["secret"])) == 6
+        finally:
+            release.set()
 
 
 async def test_rotation_signs_with_both_secrets(
