@@ -61,6 +61,12 @@ async def test_event_is_delivered_once_with_a_valid_signature(
         assert body["email_status"] is None
         assert body["email_sequence"] == 1
         assert body["stream_sequence"] == seq
+        async with org.api(service) as api:
+            metrics = (await api.get("/metrics")).text
+            health = await api.get("/healthz")
+        assert 'mailfold_webhooks_deliveries_total{outcome="delivered"}' in metrics
+        assert "mailfold_webhooks_attempt_seconds_bucket" in metrics
+        assert health.status_code == 200
 
 
 async def test_status_and_per_email_sequence_follow_the_fold(

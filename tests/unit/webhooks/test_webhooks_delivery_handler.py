@@ -27,6 +27,9 @@ class FakeEndpoints:
     async def put(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
 
+    async def delete(self, org_id: str, endpoint_id: str) -> None:
+        raise AssertionError("the delivery handler never deletes endpoints")
+
 
 class FakeDeliveries:
     def __init__(self) -> None:

@@ -200,7 +200,12 @@ async def start(settings: Settings) -> Service:
         workers.start()
 
         reader = StreamReader(js)
-        manager = Manager(endpoints, allow_loopback=settings.allow_loopback)
+
+        async def forget(org_id: str, endpoint_id: str) -> None:
+            await queue.drop(org_id, endpoint_id)
+            await deliveries.drop_endpoint(org_id, endpoint_id)
+
+        manager = Manager(endpoints, allow_loopback=settings.allow_loopback, on_deleted=forget)
         api = Api(
             verifier,
             endpoints,

@@ -209,9 +209,7 @@ class Api:
         endpoint = self._endpoint(request, org_id)
         if isinstance(endpoint, Response):
             return endpoint
-        await self._endpoints.delete(org_id, endpoint.endpoint_id)
-        await self._queue.drop(org_id, endpoint.endpoint_id)
-        await self._deliveries.drop_endpoint(org_id, endpoint.endpoint_id)
+        await self._manager.delete(endpoint)
         return Response(status_code=204)
 
     async def endpoint_route(self, request: Request, org_id: str) -> Response:

@@ -110,3 +110,9 @@ class Manager:
         updated = msgspec.structs.replace(endpoint, **changes)
         await self._store.put(updated)
         return updated, shown
+
+    async def delete(self, endpoint: Endpoint) -> None:
+        """Remove the endpoint, then what it leaves behind (queued jobs, delivery records)."""
+        await self._store.delete(endpoint.org_id, endpoint.endpoint_id)
+        if self._on_deleted is not None:
+            await self._on_deleted(endpoint.org_id, endpoint.endpoint_id)
