@@ -14,6 +14,7 @@ from tests.integration.webhooks.conftest import (
     always,
 )
 
+from mailfold.runtime import bus
 from mailfold.webhooks.bootstrap import Service
 
 
@@ -234,3 +235,31 @@ async def test_an_endpoint_on_a_private_address_is_refused(
         assert plain.status_code == 422
         listed = await api.get(f"/v1/orgs/{org.org_id}/webhooks")
         assert listed.json()["items"] == []
+
+
+async def test_an_undecodable_event_is_dead_lettered_with_its_reason_and_the_rest_delivered(
+    start_webhooks: StartWebhooks, start_receiver: StartReceiver, org: Org, nats_url: str
+) -> None:
+    async with start_receiver(always(200)) as receiver, start_webhooks(nats_url) as service:
+        async with org.api(service) as api:
+            endpoint = await add_endpoint(api, org, receiver.url)
+        nc = await bus.connect(nats_url, "webhooks-test-poison", reconnect=False)
+        try:
+            js = nc.jetstream()
+            await js.publish(
+                f"mail.events.{org.org_id}.email_sent",
+                b'{"type": "email_sent", "event_id": 5}',
+                headers={"Nats-Msg-Id": "poison-1"},
+            )
+            good = org.composed("after-poison")
+            await org.publish(good)
+            (request,) = await receiver.wait_for(1)
+            assert request.headers["webhook-id"] == good.event_id
+            dlq = await js.pull_subscribe("mail.dlq.webhooks", stream="MAIL_DLQ")
+            (dead,) = await dlq.fetch(1, timeout=10)
+        finally:
+            await bus.close(nc)
+        assert dead.data == b'{"type": "email_sent", "event_id": 5}'
+        assert dead.headers is not None
+        assert "undecodable" in dead.headers["Mailfold-Error"]
+        assert receiver.verified(endpoint["secret"])[0]["data"]["event_id"] == good.event_id
