@@ -55,7 +55,7 @@ async def _deliver(
         email_id = composed.json()["email_id"]
 
         def mine() -> list[dict[str, Any]]:
-            return [b for b in receiver.verified(secret) if b["data"]["email_id"] == email_id]
+            return [b for b in receiver.verified(secret) if b["email_id"] == email_id]
 
         async with asyncio.timeout(60):
             while {b["type"] for b in mine()} != set(wanted):

@@ -132,7 +132,7 @@ async def test_deliveries_page_and_replay_resends_with_the_original_webhook_id(
         await receiver.wait_for(4)
         assert receiver.requests[3].headers["webhook-id"] == events[1].event_id
         replayed = receiver.verified(endpoint["secret"])[3]
-        assert replayed["data"]["event_id"] == events[1].event_id
+        assert replayed["event_id"] == events[1].event_id
 
         ranged = await api.post(f"{path}/replay", json={"since": before.isoformat()})
         assert ranged.status_code == 202

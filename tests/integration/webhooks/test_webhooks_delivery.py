@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 from tests.integration.webhooks.conftest import (
     Org,
     Reply,
@@ -14,6 +15,7 @@ from tests.integration.webhooks.conftest import (
     always,
 )
 
+from mailfold.events import encode
 from mailfold.runtime import bus
 from mailfold.webhooks.bootstrap import Service
 
@@ -56,9 +58,13 @@ async def test_event_is_delivered_once_with_a_valid_signature(
         (body,) = receiver.verified(endpoint["secret"])
         assert len(receiver.requests) == 1
         assert receiver.requests[0].headers["webhook-id"] == composed.event_id
+        # The event as published, plus the email's status and sequences.
+        assert {k: v for k, v in body.items() if not k.endswith(("_status", "_sequence"))} == (
+            msgspec.json.decode(encode(composed))
+        )
         assert body["type"] == "email_composed"
-        assert body["data"]["event_id"] == composed.event_id
-        assert body["data"]["org_id"] == org.org_id
+        assert body["event_id"] == composed.event_id
+        assert body["org_id"] == org.org_id
         assert body["email_status"] is None
         assert body["email_sequence"] == 1
         assert body["stream_sequence"] == seq
@@ -79,7 +85,7 @@ async def test_status_and_per_email_sequence_follow_the_fold(
         events = [org.composed("mail-2"), org.sent("mail-2"), org.delivered("mail-2")]
         await org.publish(*events)
         await receiver.wait_for(3)
-        bodies = {b["data"]["event_id"]: b for b in receiver.verified(endpoint["secret"])}
+        bodies = {b["event_id"]: b for b in receiver.verified(endpoint["secret"])}
         assert [bodies[e.event_id]["email_sequence"] for e in events] == [1, 2, 3]
         assert bodies[events[1].event_id]["email_status"] == "Sent"
         assert bodies[events[2].event_id]["email_status"] == "Delivered"
@@ -262,4 +268,4 @@ async def test_an_undecodable_event_is_dead_lettered_with_its_reason_and_the_res
         assert dead.data == b'{"type": "email_sent", "event_id": 5}'
         assert dead.headers is not None
         assert "undecodable" in dead.headers["Mailfold-Error"]
-        assert receiver.verified(endpoint["secret"])[0]["data"]["event_id"] == good.event_id
+        assert receiver.verified(endpoint["secret"])[0]["event_id"] == good.event_id

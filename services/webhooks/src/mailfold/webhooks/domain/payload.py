@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Final
 
 import msgspec
@@ -42,26 +41,14 @@ def fold_in(current: EmailFold | None, event: AnyEvent) -> tuple[EmailFold, int]
     )
 
 
-class Body(msgspec.Struct, frozen=True, kw_only=True):
-    """`type` and `timestamp` as the Standard Webhooks payload shape; `data` is the event."""
-
-    type: str
-    timestamp: datetime
-    data: dict[str, Any]
-    email_status: str | None
-    email_sequence: int
-    stream_sequence: int
-
-
 def body(raw_event: bytes, event: AnyEvent, state: EmailState, sequence: int, seq: int) -> bytes:
-    """The bytes that are signed and sent (computed once, so every retry sends the same)."""
-    return _ENCODER.encode(
-        Body(
-            type=event.event_type,
-            timestamp=event.occurred_at,
-            data=msgspec.json.decode(raw_event),
-            email_status=None if state.status is None else str(state.status),
-            email_sequence=sequence,
-            stream_sequence=seq,
-        )
-    )
+    """The bytes that are signed and sent (computed once, so every retry sends the same).
+
+    The event exactly as published (its `type` is the wire name, as the Standard Webhooks
+    payload shape has it), plus `email_status`, `email_sequence` and `stream_sequence`.
+    """
+    fields: dict[str, Any] = msgspec.json.decode(raw_event)
+    fields["email_status"] = None if state.status is None else str(state.status)
+    fields["email_sequence"] = sequence
+    fields["stream_sequence"] = seq
+    return _ENCODER.encode(fields)
