@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -30,12 +31,32 @@ class Refused(ValueError):
     """The URL's host resolves to an address deliveries may not reach."""
 
 
+_RESOLVED: dict[tuple[str, int], tuple[float, list[str]]] = {}
+RESOLVE_TTL_S: Final = 30.0
+
+
 async def resolve(host: str, port: int) -> list[str]:
-    """Every address the host resolves to (the system resolver, off the event loop)."""
+    """Every address the host resolves to (the system resolver, off the event loop).
+
+    An address literal is its own answer; names are kept 30 s. Caching is safe here because
+    the request goes to the address that was checked, never to a fresh resolution.
+    """
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    now = time.monotonic()
+    cached = _RESOLVED.get((host, port))
+    if cached is not None and now - cached[0] < RESOLVE_TTL_S:
+        return cached[1]
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if len(_RESOLVED) > 10_000:
+        _RESOLVED.clear()
+    _RESOLVED[(host, port)] = (now, addresses)
+    return addresses
 
 
 async def checked_address(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Final
 
 import msgspec
@@ -25,6 +26,7 @@ log = get_logger(__name__)
 
 FETCH_WAIT_S: Final = 1.0
 RESTART_DELAY_S: Final = 1.0
+IN_PROGRESS_AFTER_S: Final = 1.0
 
 
 class Workers:
@@ -93,34 +95,51 @@ class Workers:
                 await asyncio.sleep(RESTART_DELAY_S)
 
     async def _loop(self, org_id: str, endpoint_id: str) -> None:
+        """`concurrency` workers, fed by one fetcher that keeps up to as many jobs ready.
+
+        The fetch for the next jobs overlaps the attempts in flight, so a pull request's round
+        trip is not on each delivery's path. A job waits in the buffer at most one attempt.
+        """
         sub = await self._queue.subscribe(org_id, endpoint_id)
-        slots = asyncio.Semaphore(self._concurrency)
-        in_flight: set[asyncio.Task[None]] = set()
+        ready: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
+        room = asyncio.Semaphore(self._concurrency)
+        workers = [asyncio.create_task(self._work(ready, room)) for _ in range(self._concurrency)]
         try:
             while True:
-                await slots.acquire()
+                await room.acquire()
                 free = 1
-                while free < self._concurrency and not slots.locked():
-                    await slots.acquire()
+                while free < self._concurrency and not room.locked():
+                    await room.acquire()
                     free += 1
                 try:
                     messages = await sub.fetch(free, timeout=FETCH_WAIT_S)
                 except TimeoutError:
                     messages = []
+                now = time.monotonic()
                 for message in messages:
-                    free -= 1
-                    task = asyncio.create_task(self._one(message, slots))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                for _ in range(free):
-                    slots.release()
+                    ready.put_nowait((now, message))
+                for _ in range(free - len(messages)):
+                    room.release()
         finally:
-            for task in list(in_flight):
+            for task in workers:
                 task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _one(self, message: Msg, slots: asyncio.Semaphore) -> None:
+    async def _work(self, ready: asyncio.Queue[tuple[float, Msg]], room: asyncio.Semaphore) -> None:
+        while True:
+            fetched_at, message = await ready.get()
+            room.release()
+            if time.monotonic() - fetched_at > IN_PROGRESS_AFTER_S:
+                # It waited behind slow attempts: restart its ack_wait before this attempt.
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+            await self._one(message)
+
+    async def _one(self, message: Msg) -> None:
         try:
             try:
                 job = decode_job(message.data)
@@ -129,12 +148,14 @@ class Workers:
                 await message.term()
                 return
             settlement = await self._deliverer.attempt(job, attempt_number(message))
+            # Shielded: a 410 disables the endpoint, which stops this very loop; the attempt
+            # that did it is recorded and must still be settled.
             if settlement.action is Action.RETRY:
-                await message.nak(delay=settlement.delay_s)
+                await asyncio.shield(message.nak(delay=settlement.delay_s))
             elif settlement.action is Action.HOLD:
-                await message.nak(delay=60.0)
+                await asyncio.shield(message.nak(delay=60.0))
             else:
-                await message.ack()
+                await asyncio.shield(message.ack())
             delivery = settlement.delivery
             if delivery is not None:
                 last = delivery.history[-1]
@@ -147,8 +168,6 @@ class Workers:
         except Exception:
             # The job stays unacked: JetStream hands it out again after ack_wait.
             log.exception("delivery attempt failed", subject=message.subject)
-        finally:
-            slots.release()
 
     async def measure_backlog(self) -> None:
         """Set the backlog gauges from the consumers of every known endpoint."""

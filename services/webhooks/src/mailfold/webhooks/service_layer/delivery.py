@@ -97,7 +97,9 @@ class Deliverer:
             previous = await self._deliveries.get(job.org_id, job.endpoint_id, job.event_id)
         delivery = record(previous, job, attempt)
         await self._deliveries.put(delivery)
-        log.info(
+        # Deliveries are many and their record is kept; failures are what an operator reads.
+        level = {Outcome.DELIVERED: "debug", Outcome.RETRYING: "info"}.get(outcome, "warning")
+        getattr(log, level)(
             "webhook attempt",
             event_id=job.event_id,
             email_id=job.email_id,
