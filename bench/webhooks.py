@@ -93,8 +93,9 @@ class Receiver:
 
     async def wait_for(self, n: int, timeout: float = 300.0) -> None:
         async with asyncio.timeout(timeout):
-            while await self.count() - self._base < n:
-                await asyncio.sleep(0.02)  # noqa: ASYNC110 - the count lives in another process
+            # Polled: the count lives in another process.
+            while await self.count() - self._base < n:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
 
 
 def composed(org_id: str, i: int) -> EmailComposed:
