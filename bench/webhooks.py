@@ -9,6 +9,7 @@ same receiver. Key `webhooks.deliver`.
     uv run --frozen python bench/webhooks.py
 """
 
+# ruff: noqa: E402 - the faststream package is loaded before bench/ goes back on sys.path
 from __future__ import annotations
 
 import asyncio
@@ -21,6 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+# Run as a script, this file's folder comes first on sys.path, where bench/faststream.py would
+# shadow the faststream package the service imports: load the package without it.
+_HERE = (
+    sys.path.pop(0)
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).parent.resolve()
+    else None
+)
+import faststream  # noqa: F401
+
+if _HERE is not None:
+    sys.path.insert(0, _HERE)
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,10 +40,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from _results import record
+from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import EmailComposed, RecordRef, encode, new_id
 from mailfold.events.model import Module, Source
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats, free_port
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import create_org

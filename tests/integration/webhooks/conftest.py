@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import EmailComposed, EmailDelivered, EmailSent, Event, RecordRef, new_id
 from mailfold.events.model import Module, Source
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import create_org
 from mailfold.webhooks.bootstrap import Service, Settings, start

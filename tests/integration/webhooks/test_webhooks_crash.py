@@ -13,7 +13,7 @@ import httpx
 import pytest
 from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoint, make_org
 
-from mailfold.runtime.embedded import EmbeddedNats, free_port
+from mailfold.cli.embedded import EmbeddedNats, free_port
 
 EVENTS = 30
 
