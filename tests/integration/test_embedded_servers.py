@@ -32,7 +32,7 @@ from mailfold.cli.embedded import (
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 DEPLOY_CONFIGS = sorted(DEPLOY_NATS.rglob("*.conf"))
-SERVICES = ("ingest", "sender", "tracker", "projector")
+SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks")
 
 
 def _password_env() -> dict[str, str]:
@@ -371,6 +371,7 @@ OWN_AND_FOREIGN_EVENTS = [
     ("sender", "mail.events.{org}.email_sent", "mail.events.{org}.email_composed"),
     ("tracker", "mail.events.{org}.email_clicked", "mail.events.{org}.email_delivered"),
     ("projector", "mail.dlq.projector", "mail.events.{org}.email_opened"),
+    ("webhooks", "webhooks.jobs.{org}.ep_1", "mail.events.{org}.email_sent"),
 ]
 
 

@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
-SERVICES = ("ingest", "sender", "tracker", "projector")
+SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks")
 
 
 def _load(name: str) -> Any:
@@ -33,7 +33,13 @@ def _exposed_names() -> set[str]:
 
 def test_every_service_is_scraped_on_its_default_port() -> None:
     jobs = {job["job_name"]: job for job in _load("prometheus.yml")["scrape_configs"]}
-    ports = {"ingest": 8001, "tracker": 8002, "projector": 8003, "sender": 8004}
+    ports = {
+        "ingest": 8001,
+        "tracker": 8002,
+        "projector": 8003,
+        "sender": 8004,
+        "webhooks": 8006,
+    }
     for service, port in ports.items():
         targets = jobs[f"mailfold-{service}"]["static_configs"][0]["targets"]
         assert targets == [f"127.0.0.1:{port}"]

@@ -28,6 +28,7 @@ DEV_PORTS: Final = {
     "tracker_http": 8002,
     "projector_http": 8003,
     "sender_http": 8004,
+    "webhooks_http": 8006,
     "ingest_smtp": 2525,
     "sink_smtp": 2526,
 }
@@ -76,6 +77,11 @@ class DevStack:
                 "MAILFOLD_TRACKER_PORT": str(self.ports["tracker_http"]),
                 "MAILFOLD_PROJECTOR_PORT": str(self.ports["projector_http"]),
                 "MAILFOLD_SENDER_PORT": str(self.ports["sender_http"]),
+                "MAILFOLD_WEBHOOKS_PORT": str(self.ports["webhooks_http"]),
+                # Development: webhook endpoints may be http on this machine (a local receiver).
+                "MAILFOLD_WEBHOOKS_ALLOW_LOOPBACK": env_or(
+                    "MAILFOLD_WEBHOOKS_ALLOW_LOOPBACK", "true"
+                ),
                 "MAILFOLD_TRACKER_PUBLIC_URL": f"http://{LOOPBACK}:{self.ports['tracker_http']}",
                 # Nothing leaves the machine in dev: every domain routes to the local sink MX.
                 "MAILFOLD_SMTP_ROUTES": env_or(
@@ -150,6 +156,7 @@ def _write_runtime(stack: DevStack) -> None:
         "tracker_url": f"http://{LOOPBACK}:{p['tracker_http']}",
         "query_url": f"http://{LOOPBACK}:{p['projector_http']}",
         "sender_url": f"http://{LOOPBACK}:{p['sender_http']}",
+        "webhooks_url": f"http://{LOOPBACK}:{p['webhooks_http']}",
         "smtp": f"{LOOPBACK}:{p['ingest_smtp']}",
         "pid": os.getpid(),
         "ports": p,
@@ -213,6 +220,7 @@ def _wait_healthy(stack: DevStack, timeout: float = 60.0) -> list[str]:
         "tracker": stack.ports["tracker_http"],
         "projector": stack.ports["projector_http"],
         "sender": stack.ports["sender_http"],
+        "webhooks": stack.ports["webhooks_http"],
     }
     pending = {s: urls[s] for s in stack.children if s in urls}
     deadline = time.monotonic() + timeout
@@ -316,6 +324,10 @@ def _print_banner(stack: DevStack, services: list[str], demo_lines: list[str]) -
     if "projector" in services:
         lines.append(
             f"  query API        http://{LOOPBACK}:{p['projector_http']}/v1/orgs/{{org}}/..."
+        )
+    if "webhooks" in services:
+        lines.append(
+            f"  webhooks API     http://{LOOPBACK}:{p['webhooks_http']}/v1/orgs/{{org}}/webhooks"
         )
     lines.append(f"  sink MX          {LOOPBACK}:{p['sink_smtp']} (all outbound mail lands here)")
     lines.append(

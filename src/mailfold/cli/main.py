@@ -12,7 +12,7 @@ from typing import Any
 
 from mailfold.cli import config
 
-SERVICES = ("ingest", "sender", "tracker", "projector")
+SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks")
 
 
 def _service_entry(service: str) -> Callable[[], None] | None:
@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("org")
     p.add_argument("--out", default="export", help="output folder")
     p.set_defaults(func=_delegate("mailfold.projector.cli", "export_command"))
+
+    from mailfold.cli.tail import add_parser as add_tail
+
+    add_tail(sub)
 
     p = sub.add_parser("dsn", help="bounce reports")
     dsn_sub = p.add_subparsers(dest="dsn_command", required=True, metavar="ACTION")

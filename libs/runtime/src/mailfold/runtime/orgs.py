@@ -79,3 +79,28 @@ def bearer(header: str | None) -> str | None:
         return None
     scheme, _, value = header.partition(" ")
     return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def token_orgs(token: str) -> list[str]:
+    """The orgs a token could belong to (tokens read `mf_<org>_<random>`; both may hold '_')."""
+    if not token.startswith("mf_"):
+        return []
+    rest = token[3:]
+    return [rest[:i] for i, c in enumerate(rest) if c == "_" and valid_org_id(rest[:i])]
+
+
+async def check_bearer(verifier: TokenVerifier, org_id: str, header: str | None) -> int | None:
+    """None when the Authorization header holds the org's token, else the HTTP status to answer.
+
+    401 without a token or with an invalid one; 404 when it is another org's valid token, so
+    that one org cannot learn which other orgs exist.
+    """
+    token = bearer(header)
+    if token is None:
+        return 401
+    if await verifier.verify(org_id, token):
+        return None
+    for other in token_orgs(token):
+        if other != org_id and await verifier.verify(other, token):
+            return 404
+    return 401

@@ -1,0 +1,214 @@
+"""Webhook delivery throughput next to a bare httpx client posting the same signed bodies.
+
+A backlog of events waits in MAIL_EVENTS; the webhooks service (in this process, on a real
+nats-server) folds, queues, signs and posts each to one endpoint: a receiver on loopback, in a
+process of its own (this script with `--receiver`), answering 204. The baseline is a bare
+`httpx.AsyncClient` posting the same bodies with the same headers and the same concurrency to the
+same receiver. Key `webhooks.deliver`.
+
+    uv run --frozen python bench/webhooks.py
+"""
+
+# ruff: noqa: E402 - the faststream package is loaded before bench/ goes back on sys.path
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final
+
+# Run as a script, this file's folder comes first on sys.path, where bench/faststream.py would
+# shadow the faststream package the service imports: load the package without it.
+_HERE = (
+    sys.path.pop(0)
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).parent.resolve()
+    else None
+)
+import faststream  # noqa: F401
+
+if _HERE is not None:
+    sys.path.insert(0, _HERE)
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from _results import record
+from mailfold.cli.embedded import EmbeddedNats, free_port
+from mailfold.events import EmailComposed, RecordRef, encode, new_id
+from mailfold.events.model import Module, Source
+from mailfold.runtime import bus
+from mailfold.runtime.logging import configure_logging
+from mailfold.runtime.ops import HttpServer
+from mailfold.runtime.orgs import create_org
+from mailfold.webhooks.bootstrap import Settings, start
+from mailfold.webhooks.domain import signing
+from mailfold.webhooks.domain.endpoints import new_secret, secret_key
+
+EVENTS: Final = 3000
+CONCURRENCY: Final = 8
+ROUNDS: Final = 3  # best kept: the machine is shared, other load only ever slows a round
+
+
+class Counter:
+    """The receiver: counts what it got; `GET /count` says how many."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def hook(self, request: Request) -> Response:
+        await request.body()
+        self.count += 1
+        return Response(status_code=204)
+
+    async def total(self, _: Request) -> Response:
+        return Response(str(self.count), media_type="text/plain")
+
+
+async def serve_receiver(port: int) -> None:
+    """`--receiver PORT`: run the receiver until killed."""
+    counter = Counter()
+    app = Starlette(
+        routes=[
+            Route("/hook", counter.hook, methods=["POST"]),
+            Route("/count", counter.total, methods=["GET"]),
+        ]
+    )
+    server = HttpServer(app, "127.0.0.1", port)
+    await server.start()
+    await asyncio.Event().wait()
+
+
+class Receiver:
+    """The receiver process, seen from here."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/hook"
+        self._count_url = f"http://127.0.0.1:{port}/count"
+        self._base = 0
+        self._http = httpx.AsyncClient()  # one client: making one loads the CA bundle
+
+    async def count(self) -> int:
+        return int((await self._http.get(self._count_url)).text)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def expect(self) -> None:
+        self._base = await self.count()
+
+    async def wait_for(self, n: int, timeout: float = 300.0) -> None:
+        async with asyncio.timeout(timeout):
+            # Polled: the count lives in another process.
+            while await self.count() - self._base < n:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+
+
+def composed(org_id: str, i: int) -> EmailComposed:
+    return EmailComposed(
+        event_id=new_id(),
+        org_id=org_id,
+        email_id=f"bench-{i}",
+        occurred_at=datetime.now(UTC),
+        producer="bench",
+        source=Source.INDIVIDUAL,
+        from_addr="rep@crm.example",
+        to=("ann@example.org",),
+        subject="Quarterly review",
+        records=(RecordRef(record_id="lead-1", module=Module.LEADS),),
+    )
+
+
+async def service_round(nats_url: str, receiver: Receiver, org_id: str, token: str) -> float:
+    """Events/s through the webhooks service, from a backlog of EVENTS in the stream."""
+    settings = Settings(nats_url=nats_url, port=0, allow_loopback=True, concurrency=CONCURRENCY)
+    service = await start(settings)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{service.port}", headers={"authorization": f"Bearer {token}"}
+    ) as api:
+        created = await api.post(f"/v1/orgs/{org_id}/webhooks", json={"url": receiver.url})
+        created.raise_for_status()
+        endpoint_id = created.json()["id"]
+    await service.stop()
+    nc = await bus.connect(nats_url, "bench-publisher", reconnect=False)
+    js = nc.jetstream()
+    acks = [await bus.start_publish(js, composed(org_id, i)) for i in range(EVENTS)]
+    await asyncio.gather(*acks)
+    await bus.close(nc)
+    await receiver.expect()
+    started = time.perf_counter()
+    service = await start(settings)
+    await receiver.wait_for(EVENTS)
+    elapsed = time.perf_counter() - started
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{service.port}", headers={"authorization": f"Bearer {token}"}
+    ) as api:
+        await api.delete(f"/v1/orgs/{org_id}/webhooks/{endpoint_id}")
+    await service.stop()
+    return EVENTS / elapsed
+
+
+async def bare_round(receiver: Receiver, org_id: str) -> float:
+    """Events/s from a bare httpx client posting the same kind of signed bodies."""
+    key = secret_key(new_secret())
+    bodies = [encode(composed(org_id, i)) for i in range(EVENTS)]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    await receiver.expect()
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=15.0) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                headers = signing.headers([key], new_id(), int(time.time()), body)
+                response = await client.post(receiver.url, content=body, headers=headers)
+                assert response.status_code == 204
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    await receiver.wait_for(EVENTS)
+    return EVENTS / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    configure_logging("webhooks", level="info", json=True)  # as `mailfold serve webhooks` logs
+    port = free_port()
+    child = subprocess.Popen([sys.executable, __file__, "--receiver", str(port)])  # noqa: ASYNC220
+    try:
+        with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as nats_server:
+            nc = await bus.connect(nats_server.url, "bench-setup", reconnect=False)
+            js = nc.jetstream()
+            await bus.ensure_topology(js)
+            token = await create_org(await bus.kv(js, bus.BUCKET_ORGS), "bench")
+            await bus.close(nc)
+            receiver = Receiver(port)
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        await receiver.count()
+                        break
+                    except httpx.HTTPError:
+                        await asyncio.sleep(0.1)
+            served, bare = 0.0, 0.0
+            for _ in range(ROUNDS):
+                bare = max(bare, await bare_round(receiver, "bench"))
+                served = max(served, await service_round(nats_server.url, receiver, "bench", token))
+            await receiver.close()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+    record("webhooks.deliver", served, "events/s", bare)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--receiver":
+        asyncio.run(serve_receiver(int(sys.argv[2])))
+    else:
+        asyncio.run(main())

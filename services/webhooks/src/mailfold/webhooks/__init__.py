@@ -1,0 +1,1 @@
+"""mailfold webhooks: the event stream delivered to other systems' HTTP endpoints, signed and retried."""

@@ -1,0 +1,128 @@
+"""The delivery queue: WEBHOOK_JOBS, a work-queue stream with one durable consumer per endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Final
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from mailfold.runtime.bus import ensure_stream
+from mailfold.webhooks.domain.deliveries import Job
+
+JOBS_STREAM: Final = "WEBHOOK_JOBS"
+JOBS_PREFIX: Final = "webhooks.jobs"
+# Longer than the whole retry schedule (about 3 days and 3 hours) with room for a backlog.
+JOBS_MAX_AGE_S: Final = 7 * 24 * 3600.0
+MAX_ACK_PENDING: Final = 10_000  # per endpoint: jobs fetched or waiting for their next attempt
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_DECODER: Final = msgspec.msgpack.Decoder(Job)
+
+
+def jobs_config(*, replicas: int = 1) -> StreamConfig:
+    """Every delivery still to make; a job leaves the stream when its delivery is settled."""
+    return StreamConfig(
+        name=JOBS_STREAM,
+        subjects=[f"{JOBS_PREFIX}.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_age=JOBS_MAX_AGE_S,
+        duplicate_window=120.0,
+        num_replicas=replicas,
+    )
+
+
+def job_subject(org_id: str, endpoint_id: str) -> str:
+    """`webhooks.jobs.<org>.<endpoint>`: one subject, and one consumer, per endpoint."""
+    return f"{JOBS_PREFIX}.{org_id}.{endpoint_id}"
+
+
+def consumer_name(endpoint_id: str) -> str:
+    """The durable consumer of one endpoint's jobs, shared by every copy of the service."""
+    return f"webhook_{endpoint_id}"
+
+
+def decode_job(data: bytes) -> Job:
+    """A job from its stored form."""
+    return _DECODER.decode(data)
+
+
+class JobQueue:
+    """Enqueues jobs (deduplicated by their message id) and manages the endpoints' consumers."""
+
+    def __init__(self, js: JetStreamContext, *, ack_wait_s: float) -> None:
+        self._js = js
+        self._ack_wait_s = ack_wait_s
+
+    async def ensure(self, *, replicas: int = 1) -> None:
+        """Create the stream, or bring it to this configuration."""
+        await ensure_stream(self._js, jobs_config(replicas=replicas))
+
+    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]:
+        """Send one job without waiting; the future resolves once it is stored."""
+        return await self._js.publish_async(
+            job_subject(job.org_id, job.endpoint_id),
+            _ENCODER.encode(job),
+            headers={"Nats-Msg-Id": msg_id},
+        )
+
+    async def enqueue(self, jobs: list[tuple[Job, str]], timeout: float = 10.0) -> None:
+        """Store every job (job, message id) and wait until all are stored."""
+        futures = [await self.start_enqueue(job, msg_id) for job, msg_id in jobs]
+        if futures:
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*futures)
+
+    def consumer_config(self, org_id: str, endpoint_id: str) -> ConsumerConfig:
+        """Explicit acks; redelivery only after `ack_wait` (longer than an attempt) or a nak delay."""
+        return ConsumerConfig(
+            durable_name=consumer_name(endpoint_id),
+            filter_subject=job_subject(org_id, endpoint_id),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._ack_wait_s,
+            max_deliver=-1,  # the service counts attempts and gives up itself, recording why
+            max_ack_pending=MAX_ACK_PENDING,
+        )
+
+    async def subscribe(self, org_id: str, endpoint_id: str) -> JetStreamContext.PullSubscription:
+        """A pull subscription on the endpoint's durable consumer (created when missing)."""
+        return await self._js.pull_subscribe(
+            job_subject(org_id, endpoint_id),
+            durable=consumer_name(endpoint_id),
+            stream=JOBS_STREAM,
+            config=self.consumer_config(org_id, endpoint_id),
+        )
+
+    async def backlog(self, endpoint_id: str) -> int:
+        """Jobs not yet settled for the endpoint: waiting, in flight, or waiting for a retry."""
+        try:
+            info = await self._js.consumer_info(JOBS_STREAM, consumer_name(endpoint_id))
+        except NotFoundError:
+            return 0
+        return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+
+    async def drop(self, org_id: str, endpoint_id: str) -> None:
+        """Forget a deleted endpoint's consumer and every job still queued for it."""
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(JOBS_STREAM, consumer_name(endpoint_id))
+        await self._js.purge_stream(JOBS_STREAM, subject=job_subject(org_id, endpoint_id))
+
+
+def attempt_number(msg: Msg) -> int:
+    """How many times this job has been handed out, this time included (1 on the first)."""
+    return int(msg.metadata.num_delivered)

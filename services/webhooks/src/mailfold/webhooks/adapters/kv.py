@@ -1,0 +1,252 @@
+"""Endpoints, delivery records and the per-email fold, kept in NATS KV buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+)
+from nats.js.kv import KeyValue
+
+from mailfold.events import AnyEvent
+from mailfold.runtime.bus import key_token
+from mailfold.runtime.logging import get_logger
+from mailfold.webhooks.domain.deliveries import Delivery
+from mailfold.webhooks.domain.endpoints import Endpoint
+from mailfold.webhooks.domain.payload import EmailFold, fold_in
+
+log = get_logger(__name__)
+
+BUCKET_ENDPOINTS: Final = "mailfold_webhooks"  # <org>.<endpoint_id> -> Endpoint
+BUCKET_DELIVERIES: Final = "mailfold_webhook_deliveries"  # <org>.<endpoint_id>.<event> -> Delivery
+BUCKET_FOLDS: Final = "mailfold_webhook_emails"  # <org>.<email> -> EmailFold
+# Delivery records and folds are kept 30 days: replay beyond that still works from the stream
+# (the body then carries the fold's status from a fresh start).
+RECORD_TTL_S: Final = 30 * 24 * 3600.0
+
+_ENDPOINT = msgspec.json.Decoder(Endpoint)
+_DELIVERY = msgspec.json.Decoder(Delivery)
+_FOLD = msgspec.msgpack.Decoder(EmailFold)
+_JSON = msgspec.json.Encoder()
+_MSGPACK = msgspec.msgpack.Encoder()
+
+
+async def bucket(js: JetStreamContext, name: str, *, ttl: float | None = None) -> KeyValue:
+    """A KV bucket, created on first use (file storage, one value per key)."""
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE, ttl=ttl)
+        )
+
+
+async def latest_values(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
+    """The latest value of every key under `subject` in a KV bucket's stream (deletes skipped)."""
+    config = ConsumerConfig(
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    values: list[bytes] = []
+    try:
+        info = await sub.consumer_info()
+        wanted = int(info.num_pending or 0)
+        seen = 0
+        while seen < wanted:
+            try:
+                batch = await sub.fetch(min(256, wanted - seen), timeout=2.0)
+            except TimeoutError:
+                break
+            seen += len(batch)
+            for msg in batch:
+                operation = (msg.headers or {}).get("KV-Operation")
+                if operation not in ("DEL", "PURGE") and msg.data:
+                    values.append(msg.data)
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return values
+
+
+class Endpoints:
+    """Every org's endpoints, cached in memory and kept current by a KV watch.
+
+    Every copy of the service sees every change within milliseconds; a copy that changed an
+    endpoint sees its own change at once.
+    """
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._by_key: dict[str, Endpoint] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[str, Endpoint | None], None]] = []
+        self.ready = asyncio.Event()
+
+    def on_change(self, listener: Callable[[str, Endpoint | None], None]) -> None:
+        """Call `listener(endpoint_id, endpoint or None when deleted)` on every change."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Load every endpoint, then follow changes."""
+        watcher = await self._kv.watchall()
+        self._watcher = asyncio.create_task(self._follow(watcher))
+        await self.ready.wait()
+
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the initial values
+                    self.ready.set()
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self._apply(entry.key, None)
+                else:
+                    try:
+                        self._apply(entry.key, _ENDPOINT.decode(entry.value))
+                    except msgspec.DecodeError:
+                        log.error("unreadable endpoint", key=entry.key)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, key: str, endpoint: Endpoint | None) -> None:
+        endpoint_id = key.rsplit(".", 1)[-1]
+        previous = self._by_key.get(key)
+        if endpoint is None:
+            self._by_key.pop(key, None)
+        else:
+            if previous is not None and previous.updated_at > endpoint.updated_at:
+                return  # an older write seen after our own newer one
+            self._by_key[key] = endpoint
+        for listener in self._listeners:
+            listener(endpoint_id, endpoint)
+
+    async def stop(self) -> None:
+        """Stop following changes."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    def of_org(self, org_id: str) -> list[Endpoint]:
+        """The org's endpoints, oldest first."""
+        prefix = f"{org_id}."
+        found = [e for k, e in self._by_key.items() if k.startswith(prefix)]
+        return sorted(found, key=lambda e: e.endpoint_id)
+
+    def all(self) -> list[Endpoint]:
+        """Every endpoint of every org."""
+        return list(self._by_key.values())
+
+    def get(self, org_id: str, endpoint_id: str) -> Endpoint | None:
+        """One endpoint of one org (another org's id is not found)."""
+        return self._by_key.get(f"{org_id}.{endpoint_id}")
+
+    async def put(self, endpoint: Endpoint) -> None:
+        """Store an endpoint (create or replace)."""
+        key = f"{endpoint.org_id}.{endpoint.endpoint_id}"
+        await self._kv.put(key, _JSON.encode(endpoint))
+        self._apply(key, endpoint)
+
+    async def delete(self, org_id: str, endpoint_id: str) -> None:
+        """Remove an endpoint."""
+        key = f"{org_id}.{endpoint_id}"
+        await self._kv.delete(key)
+        self._apply(key, None)
+
+
+class Deliveries:
+    """One record per (endpoint, event): its outcome and latest attempts."""
+
+    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
+        self._js = js
+        self._kv = kv
+
+    @staticmethod
+    def _key(org_id: str, endpoint_id: str, event_id: str) -> str:
+        return f"{org_id}.{endpoint_id}.{key_token(event_id)}"
+
+    async def get(self, org_id: str, endpoint_id: str, event_id: str) -> Delivery | None:
+        """The record, or None when the event was never attempted for the endpoint."""
+        try:
+            entry = await self._kv.get(self._key(org_id, endpoint_id, event_id))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return None if not entry.value else _DELIVERY.decode(entry.value)
+
+    async def put(self, delivery: Delivery) -> None:
+        """Store the record."""
+        key = self._key(delivery.org_id, delivery.endpoint_id, delivery.event_id)
+        await self._kv.put(key, _JSON.encode(delivery))
+
+    async def of_endpoint(self, org_id: str, endpoint_id: str) -> list[Delivery]:
+        """Every record of the endpoint, in stream order.
+
+        Read as one pass over the bucket's stream (the latest value of each key), which is what
+        a KV watch does, without a round trip per key.
+        """
+        subject = f"$KV.{self._kv._name}.{org_id}.{endpoint_id}.>"
+        found: list[Delivery] = []
+        for raw in await latest_values(self._js, f"KV_{self._kv._name}", subject):
+            found.append(_DELIVERY.decode(raw))
+        return sorted(found, key=lambda d: (d.stream_seq, d.event_id))
+
+    async def drop_endpoint(self, org_id: str, endpoint_id: str) -> None:
+        """Forget every record of a deleted endpoint."""
+        for delivery in await self.of_endpoint(org_id, endpoint_id):
+            with contextlib.suppress(KeyNotFoundError):
+                await self._kv.purge(self._key(org_id, endpoint_id, delivery.event_id))
+
+
+class Folds:
+    """The per-email fold the bodies' status and sequence come from, updated compare-and-set."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @staticmethod
+    def _key(org_id: str, email_id: str) -> str:
+        return f"{org_id}.{key_token(email_id)}"
+
+    async def get(self, org_id: str, email_id: str) -> EmailFold | None:
+        """The email's fold, or None when no event of it was seen."""
+        try:
+            entry = await self._kv.get(self._key(org_id, email_id))
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return None if not entry.value else _FOLD.decode(entry.value)
+
+    async def apply(self, event: AnyEvent) -> tuple[EmailFold, int]:
+        """Fold one event in (copies of the service race safely); the fold and its sequence."""
+        key = self._key(event.org_id, event.email_id)
+        while True:
+            try:
+                entry = await self._kv.get(key)
+                current, revision = _FOLD.decode(entry.value or b""), entry.revision
+            except (KeyNotFoundError, KeyDeletedError):
+                current, revision = None, None
+            updated, number = fold_in(current, event)
+            if updated is current:
+                return updated, number
+            try:
+                if revision is None:
+                    await self._kv.create(key, _MSGPACK.encode(updated))
+                else:
+                    await self._kv.update(key, _MSGPACK.encode(updated), last=revision)
+            except KeyWrongLastSequenceError:
+                continue  # another copy folded an event of the same email first
+            return updated, number

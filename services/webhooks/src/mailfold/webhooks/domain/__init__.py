@@ -1,0 +1,1 @@
+"""Pure decisions of webhook delivery: endpoints, signatures, retries, payloads, addresses."""

@@ -1,0 +1,1 @@
+"""How work reaches the webhooks service: the MAIL_EVENTS subscriber, the delivery loops, HTTP."""

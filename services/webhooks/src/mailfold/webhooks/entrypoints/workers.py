@@ -1,0 +1,177 @@
+"""One delivery loop per enabled endpoint, each on the endpoint's own durable consumer.
+
+A slow or dead endpoint only ever holds its own loop's slots: every other endpoint (of any org)
+has its own consumer, fetches and in-flight attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Final
+
+import msgspec
+from nats.aio.msg import Msg
+
+from mailfold.runtime.logging import get_logger
+from mailfold.webhooks import metrics
+from mailfold.webhooks.adapters.jobs import JobQueue, attempt_number, decode_job
+from mailfold.webhooks.adapters.kv import Endpoints
+from mailfold.webhooks.domain.endpoints import Endpoint
+from mailfold.webhooks.domain.retries import Outcome
+from mailfold.webhooks.service_layer.delivery import Action, Deliverer
+
+log = get_logger(__name__)
+
+FETCH_WAIT_S: Final = 1.0
+RESTART_DELAY_S: Final = 1.0
+IN_PROGRESS_AFTER_S: Final = 1.0
+
+
+class Workers:
+    """Starts and stops the endpoints' delivery loops as endpoints come, change and go."""
+
+    def __init__(
+        self,
+        endpoints: Endpoints,
+        queue: JobQueue,
+        deliverer: Deliverer,
+        *,
+        concurrency: int,
+    ) -> None:
+        self._endpoints = endpoints
+        self._queue = queue
+        self._deliverer = deliverer
+        self._concurrency = concurrency
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._running = False
+
+    def start(self) -> None:
+        """Deliver to every enabled endpoint, and follow changes."""
+        self._running = True
+        self._endpoints.on_change(self._changed)
+        for endpoint in self._endpoints.all():
+            self._changed(endpoint.endpoint_id, endpoint)
+
+    def _changed(self, endpoint_id: str, endpoint: Endpoint | None) -> None:
+        if not self._running:
+            return
+        task = self._loops.get(endpoint_id)
+        wanted = endpoint is not None and endpoint.enabled
+        if wanted and (task is None or task.done()):
+            assert endpoint is not None
+            self._loops[endpoint_id] = asyncio.create_task(
+                self._run(endpoint.org_id, endpoint_id), name=f"webhook-{endpoint_id}"
+            )
+        elif not wanted and task is not None:
+            task.cancel()
+            del self._loops[endpoint_id]
+        metrics.WORKERS.set(len(self._loops))
+
+    def endpoint_ids(self) -> list[str]:
+        """Endpoints this copy delivers to."""
+        return list(self._loops)
+
+    async def stop(self) -> None:
+        """Stop every loop; attempts in flight are abandoned and redelivered later (at-least-once)."""
+        self._running = False
+        tasks = list(self._loops.values())
+        self._loops.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, org_id: str, endpoint_id: str) -> None:
+        while True:
+            try:
+                await self._loop(org_id, endpoint_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery loop failed; restarting", endpoint_id=endpoint_id)
+                await asyncio.sleep(RESTART_DELAY_S)
+
+    async def _loop(self, org_id: str, endpoint_id: str) -> None:
+        """`concurrency` workers, fed by one fetcher that keeps up to as many jobs ready.
+
+        The fetch for the next jobs overlaps the attempts in flight, so a pull request's round
+        trip is not on each delivery's path. A job waits in the buffer at most one attempt.
+        """
+        sub = await self._queue.subscribe(org_id, endpoint_id)
+        ready: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
+        room = asyncio.Semaphore(self._concurrency)
+        workers = [asyncio.create_task(self._work(ready, room)) for _ in range(self._concurrency)]
+        try:
+            while True:
+                await room.acquire()
+                free = 1
+                while free < self._concurrency and not room.locked():
+                    await room.acquire()
+                    free += 1
+                try:
+                    messages = await sub.fetch(free, timeout=FETCH_WAIT_S)
+                except TimeoutError:
+                    messages = []
+                now = time.monotonic()
+                for message in messages:
+                    ready.put_nowait((now, message))
+                for _ in range(free - len(messages)):
+                    room.release()
+        finally:
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _work(self, ready: asyncio.Queue[tuple[float, Msg]], room: asyncio.Semaphore) -> None:
+        while True:
+            fetched_at, message = await ready.get()
+            room.release()
+            if time.monotonic() - fetched_at > IN_PROGRESS_AFTER_S:
+                # It waited behind slow attempts: restart its ack_wait before this attempt.
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+            await self._one(message)
+
+    async def _one(self, message: Msg) -> None:
+        try:
+            try:
+                job = decode_job(message.data)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                log.error("unreadable delivery job dropped", subject=message.subject)
+                await message.term()
+                return
+            settlement = await self._deliverer.attempt(job, attempt_number(message))
+            # Shielded: a 410 disables the endpoint, which stops this very loop; the attempt
+            # that did it is recorded and must still be settled.
+            if settlement.action is Action.RETRY:
+                await asyncio.shield(message.nak(delay=settlement.delay_s))
+            elif settlement.action is Action.HOLD:
+                await asyncio.shield(message.nak(delay=60.0))
+            else:
+                await asyncio.shield(message.ack())
+            delivery = settlement.delivery
+            if delivery is not None:
+                last = delivery.history[-1]
+                metrics.ATTEMPTS.labels(str(last.outcome)).inc()
+                metrics.LATENCY.observe(last.latency_ms / 1000)
+                if last.outcome is not Outcome.RETRYING:
+                    metrics.DELIVERIES.labels(str(last.outcome)).inc()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The job stays unacked: JetStream hands it out again after ack_wait.
+            log.exception("delivery attempt failed", subject=message.subject)
+
+    async def measure_backlog(self) -> None:
+        """Set the backlog gauges from the consumers of every known endpoint."""
+        sizes = [await self._queue.backlog(e.endpoint_id) for e in self._endpoints.all()]
+        metrics.BACKLOG.set(sum(sizes))
+        metrics.BACKLOG_MAX.set(max(sizes, default=0))
+        metrics.BACKLOG_ENDPOINTS.set(sum(1 for s in sizes if s))

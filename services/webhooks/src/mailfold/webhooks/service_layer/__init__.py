@@ -1,0 +1,1 @@
+"""Handlers of the webhooks service: fan-out, delivery attempts, endpoint management, replay."""

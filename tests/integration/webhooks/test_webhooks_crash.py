@@ -1,0 +1,104 @@
+"""The webhooks service SIGKILLed mid-delivery and restarted: no event lost, repeats dedupable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoint, make_org
+
+from mailfold.cli.embedded import EmbeddedNats, free_port
+
+EVENTS = 30
+
+
+def _serve(nats_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MAILFOLD_NATS_URL": nats_url,
+        "MAILFOLD_WEBHOOKS_PORT": str(port),
+        "MAILFOLD_WEBHOOKS_ALLOW_LOOPBACK": "true",
+        "MAILFOLD_WEBHOOKS_TIMEOUT": "2",
+        "MAILFOLD_WEBHOOKS_ACK_GRACE": "1",
+        "MAILFOLD_WEBHOOKS_SCHEDULE": "0.2,0.2,0.2",
+        "MAILFOLD_WEBHOOKS_CONCURRENCY": "2",
+        "MAILFOLD_LOG_JSON": "true",
+    }
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mailfold.cli", "serve", "webhooks"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
+    async with asyncio.timeout(60), httpx.AsyncClient() as http:
+        while True:
+            assert proc.poll() is None, "the webhooks service exited"
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_delivery_loses_no_event_and_repeats_share_their_webhook_id(
+    fresh_nats: EmbeddedNats, start_receiver: StartReceiver, tmp_path: Path
+) -> None:
+    async def slow(_: int) -> Reply:
+        await asyncio.sleep(0.1)  # deliveries are in flight when the kill comes
+        return 200
+
+    org = await make_org(fresh_nats.url, "crashorg")
+    port = free_port()
+    log = tmp_path / "webhooks.log"
+    proc = _serve(fresh_nats.url, port, log)
+    try:
+        await _healthy(port, proc)
+        async with start_receiver(slow) as receiver:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"authorization": f"Bearer {org.token}"},
+            ) as api:
+                endpoint = await add_endpoint(api, org, receiver.url)
+            events = [org.composed(f"crash-{i}") for i in range(EVENTS)]
+            await org.publish(*events)
+            await receiver.wait_for(4)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            killed_at = len(receiver.requests)
+            assert killed_at < EVENTS  # the kill came mid-delivery
+
+            proc = _serve(fresh_nats.url, port, log)
+            await _healthy(port, proc)
+            wanted = {e.event_id for e in events}
+            async with asyncio.timeout(60):
+                while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
+                    await receiver.wait_for(len(receiver.requests) + 1)
+
+            bodies = receiver.verified(endpoint["secret"])
+            by_id: dict[str, list[dict[str, object]]] = {}
+            for request, body in zip(receiver.requests, bodies, strict=True):
+                by_id.setdefault(request.headers["webhook-id"], []).append(body)
+            # Every event arrived; a repeat carries the same webhook-id and the same body.
+            assert set(by_id) == wanted
+            for copies in by_id.values():
+                assert all(copy == copies[0] for copy in copies)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
