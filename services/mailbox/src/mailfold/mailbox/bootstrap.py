@@ -8,7 +8,6 @@ import contextlib
 import os
 import socket
 import ssl
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ from mailfold.runtime.settings import (
 
 log = get_logger(__name__)
 _mailbox_dec = msgspec.json.Decoder(MailboxSettings)
-SETTINGS_TTL_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,23 +134,6 @@ def _untoken(token: str) -> str:
     return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
-class _OrgSettingsCache:
-    """Org settings read at most every few seconds per org."""
-
-    def __init__(self, orgs: KeyValue) -> None:
-        self._orgs = orgs
-        self._cache: dict[str, tuple[float, OrgSettings]] = {}
-
-    async def get(self, org_id: str) -> OrgSettings:
-        hit = self._cache.get(org_id)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < SETTINGS_TTL_S:
-            return hit[1]
-        settings = await directory.load_settings(self._orgs, org_id)
-        self._cache[org_id] = (now, settings)
-        return settings
-
-
 @dataclass
 class Service:
     """A running mailbox service."""
@@ -208,7 +189,10 @@ async def start(settings: Settings) -> Service:
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
         dir_kv = await bus.kv(js, bus.BUCKET_DIRECTORY)
         store = store_adapter.MailboxStore(js, await store_adapter.bucket(js))
-        org_settings = _OrgSettingsCache(orgs)
+
+        async def org_settings(org_id: str) -> OrgSettings:
+            # Read once per batch of messages: a changed setting applies from the next batch.
+            return await directory.load_settings(orgs, org_id)
 
         async def publish(events: Sequence[Event]) -> None:
             acks = [await bus.start_publish(js, e) for e in events]
@@ -224,7 +208,7 @@ async def start(settings: Settings) -> Service:
             store=store,
             publish=publish,
             records_for=records_for,
-            org_settings=org_settings.get,
+            org_settings=org_settings,
             save_status=save_status,
             parse_bounce=failed_recipients,
         )

@@ -148,6 +148,9 @@ class ImapSession:
                 # SELECT then reports HIGHESTMODSEQ: an unchanged folder costs one command.
                 session.condstore = (await client.enable("CONDSTORE")).result == "OK"
         except BaseException as exc:
+            connecting = client._client_task
+            if not connecting.done():
+                connecting.cancel()  # a cancelled connect closes its own socket
             with contextlib.suppress(Exception):
                 client.protocol.transport.close()
             if isinstance(exc, asyncio.CancelledError):

@@ -28,6 +28,12 @@ def _refusal(exc: poplib.error_proto) -> MailboxError:
     return MailboxError(ErrorKind.PROTOCOL, text)
 
 
+def _close_late(done: asyncio.Future[poplib.POP3]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        with contextlib.suppress(Exception):
+            done.result().close()
+
+
 class Pop3Session:
     """One logged-in POP3 connection (a POP3 server locks the maildrop while it is open)."""
 
@@ -66,8 +72,13 @@ class Pop3Session:
                 raise
             return client
 
+        pending = asyncio.ensure_future(asyncio.to_thread(connect))
         try:
-            return cls(await asyncio.to_thread(connect))
+            return cls(await asyncio.shield(pending))
+        except asyncio.CancelledError:
+            # The thread goes on; close what it opens rather than leak the socket.
+            pending.add_done_callback(_close_late)
+            raise
         except poplib.error_proto as exc:
             raise _refusal(exc) from exc
         except Exception as exc:
