@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import socket
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from mailfold.events import Event, RecordRef
@@ -125,13 +125,9 @@ async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], Incoming
             log.warning("mailbox settings unreadable", key=key)
             continue
         if mailbox.incoming is not None:
-            user = _untoken(token)
+            user = store_adapter.untoken(token)
             found[(org_id, user)] = mailbox.incoming
     return found
-
-
-def _untoken(token: str) -> str:
-    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
 @dataclass
@@ -178,6 +174,36 @@ async def _watch_addresses(dir_kv: KeyValue, coordinator: Coordinator) -> None:
             await asyncio.sleep(1)
 
 
+async def build_ports(
+    js: JetStreamContext, orgs: KeyValue, dir_kv: KeyValue, *, timeout_s: float
+) -> Ports:
+    """The sync's ports on NATS: the shared publisher, the address index, the state bucket."""
+    store = store_adapter.MailboxStore(js, await store_adapter.bucket(js))
+
+    async def publish(events: Sequence[Event]) -> None:
+        acks = [await bus.start_publish(js, e) for e in events]
+        await asyncio.wait_for(asyncio.gather(*acks), timeout_s)
+
+    async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
+        return await directory.records_for_addresses(dir_kv, org_id, tuple(addresses))
+
+    async def org_settings(org_id: str) -> OrgSettings:
+        # Read once per batch of messages: a changed setting applies from the next batch.
+        return await directory.load_settings(orgs, org_id)
+
+    async def save_status(org_id: str, user: str, status: MailboxStatus) -> None:
+        await directory.save_mailbox_status(orgs, org_id, user, status)
+
+    return Ports(
+        store=store,
+        publish=publish,
+        records_for=records_for,
+        org_settings=org_settings,
+        save_status=save_status,
+        parse_bounce=failed_recipients,
+    )
+
+
 async def start(settings: Settings) -> Service:
     """Connect to NATS, lease and sync mailboxes, serve HTTP; port 0 picks a free port."""
     options = settings.options()
@@ -188,30 +214,7 @@ async def start(settings: Settings) -> Service:
         await bus.ensure_topology(js)
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
         dir_kv = await bus.kv(js, bus.BUCKET_DIRECTORY)
-        store = store_adapter.MailboxStore(js, await store_adapter.bucket(js))
-
-        async def org_settings(org_id: str) -> OrgSettings:
-            # Read once per batch of messages: a changed setting applies from the next batch.
-            return await directory.load_settings(orgs, org_id)
-
-        async def publish(events: Sequence[Event]) -> None:
-            acks = [await bus.start_publish(js, e) for e in events]
-            await asyncio.wait_for(asyncio.gather(*acks), settings.timeout_s)
-
-        async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
-            return await directory.records_for_addresses(dir_kv, org_id, tuple(addresses))
-
-        async def save_status(org_id: str, user: str, status: MailboxStatus) -> None:
-            await directory.save_mailbox_status(orgs, org_id, user, status)
-
-        ports = Ports(
-            store=store,
-            publish=publish,
-            records_for=records_for,
-            org_settings=org_settings,
-            save_status=save_status,
-            parse_bounce=failed_recipients,
-        )
+        ports = await build_ports(js, orgs, dir_kv, timeout_s=settings.timeout_s)
         metrics.BOARD.limit = settings.metric_mailboxes
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         coordinator = Coordinator(

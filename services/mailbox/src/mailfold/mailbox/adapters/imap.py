@@ -33,7 +33,7 @@ SENT_NAMES: Final = (
     "INBOX.Sent",
     "INBOX/Sent",
 )
-FETCH_BATCH: Final = 250
+FETCH_BATCH: Final = 50  # small: aioimaplib's parse of one reply grows faster than its size
 
 
 @dataclass(frozen=True, slots=True)

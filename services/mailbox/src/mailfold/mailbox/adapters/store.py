@@ -1,20 +1,19 @@
-"""Sync state in a NATS KV bucket: folder cursors, tracked messages, locators, leases.
+"""Sync state in a NATS KV bucket: folder cursors, tracked messages, sent Message-IDs, leases.
 
 Keys in `mailfold_mailbox` (documented in docs/operations.md):
 - `<org>.<user>.f.<folder>`            the folder's cursor
 - `<org>.<user>.f.<folder>.m.<chunk>`  tracked messages (UID or UIDL -> email id), in chunks
 - `<org>.<user>.sent.<hash>`           Message-ID of mail the mailbox sent -> email id (bounces)
 - `<org>.<user>.lease`                 the copy that holds the mailbox, until when
-- `<org>.loc.<email id>`               where a synced email lives (two-way deletion)
 `<user>` and `<folder>` are base64url tokens (keys may not hold '@', ' ' and friends).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import zlib
-from collections.abc import Iterable
 from typing import Final
 
 import msgspec
@@ -35,7 +34,6 @@ UIDL_CHUNKS: Final = 32
 _enc = msgspec.json.Encoder()
 _cursor = msgspec.json.Decoder(Cursor)
 _chunk = msgspec.json.Decoder(dict[str, str])
-_locator = msgspec.json.Decoder(Locator)
 _lease = msgspec.json.Decoder(Lease)
 
 
@@ -69,6 +67,11 @@ def _chunk_of(key: str, *, hashed: bool) -> int:
     if hashed:
         return zlib.crc32(key.encode()) % UIDL_CHUNKS
     return int(key) // UID_CHUNK
+
+
+def untoken(token: str) -> str:
+    """The text a key token stands for (see `key_token`)."""
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
 
 
 def _mailbox(org_id: str, user: str) -> str:
@@ -160,19 +163,29 @@ class MailboxStore:
         raw = await get_value(self._kv, self._sent_key(org_id, user, message_id))
         return None if raw is None else raw.decode()
 
-    async def locate(self, org_id: str, email_id: str, locator: Locator) -> None:
-        """Remember where a synced email lives; pipelined."""
-        await self._put(f"{org_id}.loc.{email_id}", _enc.encode(locator))
+    async def find(self, org_id: str, email_id: str) -> Locator | None:
+        """Where a synced email lives: its mailbox, folder and UID (or UIDL), from the UID maps.
 
-    async def locator(self, org_id: str, email_id: str) -> Locator | None:
-        """Where a synced email lives, if it is one."""
-        raw = await get_value(self._kv, f"{org_id}.loc.{email_id}")
-        return None if raw is None else _locator.decode(raw)
-
-    async def forget(self, org_id: str, email_ids: Iterable[str]) -> None:
-        """Drop the locators of emails that left their mailbox."""
-        for email_id in email_ids:
-            await self._kv.delete(f"{org_id}.loc.{email_id}")
+        A deletion through the API is rare; reading the org's maps for it spares the sync a
+        write per message.
+        """
+        needle = email_id.encode()
+        for key, value in (await entries(self._kv, f"{org_id}.*.f.*.m.*")).items():
+            if needle not in value:
+                continue
+            for uid, found in _chunk.decode(value).items():
+                if found != email_id:
+                    continue
+                _org, user_token, _f, folder_token, *_ = key.split(".")
+                cursor_raw = await get_value(self._kv, f"{org_id}.{user_token}.f.{folder_token}")
+                cursor = Cursor() if cursor_raw is None else _cursor.decode(cursor_raw)
+                return Locator(
+                    user=untoken(user_token),
+                    folder=untoken(folder_token),
+                    uid=uid,
+                    uidvalidity=cursor.uidvalidity,
+                )
+        return None
 
     async def acquire(self, org_id: str, user: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         """Take or renew the mailbox's lease: free, expired, or already ours (compare-and-set)."""

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import email.header
-import email.parser
-import email.policy
 import email.utils
 import functools
 import re
 from dataclasses import dataclass
-from email.message import Message
 from typing import Final
 
 MAX_SUBJECT: Final = 998
@@ -17,7 +14,6 @@ MAX_MESSAGE_ID: Final = 998
 MAX_ADDRESSES: Final = 500
 _WS: Final = re.compile(r"\s+")
 _ADDRESS: Final = re.compile(r"^[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9.-]{1,253}$")
-_PARSER: Final = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _BOUNCE_SENDERS: Final = ("mailer-daemon", "postmaster", "mail-daemon")
 _BOUNCE_SUBJECT: Final = re.compile(
     r"undeliver|delivery (?:status|failure|has failed)|returned mail|failure notice|"
@@ -53,20 +49,35 @@ class Summary:
         return local in _BOUNCE_SENDERS or bool(_BOUNCE_SUBJECT.search(self.subject))
 
 
-def _raw(msg: Message, name: str) -> str:
-    value = msg.get(name)
-    if value is None:
-        return ""
-    text = str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return _WS.sub(" ", text).strip()
+_WANTED: Final = frozenset(
+    {"from", "to", "cc", "bcc", "subject", "message-id", "date", "content-type"}
+)
+_FOLD: Final = re.compile(r"\r?\n[ \t]+")
 
 
-def _text(value: object) -> str:
+def _fields(section: bytes) -> dict[str, str]:
+    """The first value of each wanted header, unfolded; 8-bit bytes read as UTF-8.
+
+    A mailbox sync reads every message of a folder, so this reads only the fields the events
+    carry rather than building the stdlib's full message object.
+    """
+    text = _FOLD.sub(" ", section.decode("utf-8", "replace"))
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        name, colon, value = line.partition(":")
+        key = name.strip().lower()
+        if colon and key in _WANTED and key not in found:
+            found[key] = " ".join(value.split())
+    return found
+
+
+def _text(value: str) -> str:
+    if "=?" not in value:
+        return value
     try:
-        text = str(email.header.make_header(email.header.decode_header(str(value))))
+        text = str(email.header.make_header(email.header.decode_header(value)))
     except Exception:  # undecodable encoded words: keep the raw text
-        text = str(value)
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return value
     return _WS.sub(" ", text).strip()
 
 
@@ -108,17 +119,17 @@ def header_section(raw: bytes) -> bytes:
 def summarise(raw: bytes) -> Summary:
     """From, To, Cc, Bcc, Subject, Message-ID, Date and Content-Type; never raises."""
     try:
-        msg = _PARSER.parsebytes(header_section(raw))
-        senders = addresses_in(_raw(msg, "from"))
+        fields = _fields(header_section(raw))
+        senders = addresses_in(fields.get("from", ""))
         return Summary(
             from_addr=senders[0] if senders else "",
-            to=addresses_in(_raw(msg, "to")),
-            cc=addresses_in(_raw(msg, "cc")),
-            bcc=addresses_in(_raw(msg, "bcc")),
-            subject=_text(msg.get("subject", ""))[:MAX_SUBJECT],
-            message_id=_raw(msg, "message-id")[:MAX_MESSAGE_ID],
-            date_ms=_date_ms(_raw(msg, "date")),
-            content_type=_raw(msg, "content-type").lower(),
+            to=addresses_in(fields.get("to", "")),
+            cc=addresses_in(fields.get("cc", "")),
+            bcc=addresses_in(fields.get("bcc", "")),
+            subject=_text(fields.get("subject", ""))[:MAX_SUBJECT],
+            message_id=fields.get("message-id", "")[:MAX_MESSAGE_ID],
+            date_ms=_date_ms(fields.get("date", "")),
+            content_type=fields.get("content-type", "").lower(),
         )
     except Exception:  # a header that defeats every decoder: nothing can be attributed
         return Summary()

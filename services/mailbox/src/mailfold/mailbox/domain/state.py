@@ -32,7 +32,6 @@ class Locator(msgspec.Struct, kw_only=True):
     """Where a synced email lives: what deleting it in the mailbox needs."""
 
     user: str
-    protocol: str
     folder: str
     uid: str  # IMAP UID or POP3 UIDL
     uidvalidity: int = 0

@@ -39,6 +39,8 @@ async def _delete_imap(incoming: IncomingSettings, locator: Locator, options: Op
         selected = await session.select(locator.folder)
         if selected.uidvalidity != locator.uidvalidity:
             raise MailboxChanged(f"{locator.folder} was renumbered; try again after the next sync")
+        if not await session.present([int(locator.uid)]):
+            raise NotSynced(locator.uid)  # already gone from the mailbox
         await session.delete(locator.folder, int(locator.uid))
     finally:
         await session.close()
@@ -56,8 +58,9 @@ async def _delete_pop3(incoming: IncomingSettings, locator: Locator, options: Op
     )
     try:
         number = (await session.uidls()).get(locator.uid)
-        if number is not None:
-            await session.delete(number)
+        if number is None:
+            raise NotSynced(locator.uid)  # already gone from the mailbox
+        await session.delete(number)
     finally:
         await session.close()  # QUIT commits the deletion
 
@@ -66,13 +69,13 @@ async def delete_email(
     ports: Ports, load_incoming: LoadIncoming, options: Options, org_id: str, email_id: str
 ) -> str:
     """Delete a synced email in its mailbox, then publish EmailDeleted; the mailbox user."""
-    locator = await ports.store.locator(org_id, email_id)
+    locator = await ports.store.find(org_id, email_id)
     if locator is None:
         raise NotSynced(email_id)
     incoming = await load_incoming(org_id, locator.user)
     if incoming is None:
         raise MailboxError(ErrorKind.PROTOCOL, "the mailbox is no longer configured")
-    if locator.protocol == "pop3":
+    if incoming.protocol == "pop3":
         await _delete_pop3(incoming, locator, options)
     else:
         await _delete_imap(incoming, locator, options)
@@ -84,5 +87,4 @@ async def delete_email(
         occurred_at=ports.clock(),
     )
     await publish(ports, [event])
-    await ports.store.forget(org_id, [email_id])
     return locator.user

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from mailfold.events import Event, Source
+from mailfold.events import Event, RecordRef, Source
 from mailfold.mailbox import metrics
 from mailfold.mailbox.adapters.bounces import BounceFact
 from mailfold.mailbox.adapters.imap import FETCH_BATCH, ImapSession
@@ -22,7 +22,7 @@ from mailfold.mailbox.adapters.pop3 import Pop3Session
 from mailfold.mailbox.adapters.store import MailboxStore
 from mailfold.mailbox.domain import events as ev
 from mailfold.mailbox.domain.events import Role
-from mailfold.mailbox.domain.state import FolderState, Locator
+from mailfold.mailbox.domain.state import FolderState
 from mailfold.mailbox.domain.status import PERSISTENT, ErrorKind, MailboxError
 from mailfold.mailbox.service_layer.messages import MailboxRef, Outcome, RecordsFor, outcome_of
 from mailfold.runtime.directory import IncomingSettings, MailboxStatus, OrgSettings
@@ -30,6 +30,7 @@ from mailfold.runtime.logging import get_logger
 
 log = get_logger(__name__)
 POP3_FOLDER = "POP3"
+PROCESS_BATCH = 250  # messages decided, published and saved together
 
 
 @dataclass
@@ -92,6 +93,8 @@ class MailboxSync:
         self._status = MailboxStatus(state="pending", held_by=owner)
         self._wake = asyncio.Event()
         self._rescan = False
+        self._records: dict[tuple[str, ...], asyncio.Future[tuple[RecordRef, ...]]] = {}
+        self._settings: OrgSettings | None = None
 
     # --- status -------------------------------------------------------------------------------
 
@@ -232,12 +235,20 @@ class MailboxSync:
             self.mailbox.org_id, self.mailbox.user, folder, state, hashed=hashed
         )
 
+    def _new_round(self) -> None:
+        """Forget what the last round looked up: records and settings are read afresh."""
+        self._records = {}
+        self._settings = None
+
     async def _decide(self, role: Role, raws: Sequence[bytes]) -> list[Outcome]:
-        settings = await self.ports.org_settings(self.mailbox.org_id)
-        memo: dict[tuple[str, ...], asyncio.Future[tuple[object, ...]]] = {}
+        if self._settings is None:
+            self._settings = await self.ports.org_settings(self.mailbox.org_id)
+        settings = self._settings
+        memo = self._records
         records_for = self.ports.records_for
 
-        async def cached(org: str, addresses: Sequence[str]) -> tuple[object, ...]:
+        async def cached(org: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
+            # The same few correspondents write again and again: one lookup per round each.
             key = tuple(a.lower() for a in addresses)
             if key not in memo:
                 memo[key] = asyncio.ensure_future(records_for(org, addresses))
@@ -251,7 +262,7 @@ class MailboxSync:
                         role,
                         raw,
                         settings=settings,
-                        records_for=cached,  # type: ignore[arg-type]
+                        records_for=cached,
                         sent_email=self.ports.store.sent_email,
                         parse_bounce=self.ports.parse_bounce,
                         clock=self.ports.clock,
@@ -268,7 +279,7 @@ class MailboxSync:
         pairs: Sequence[tuple[str, Outcome]],
         known: set[str] | None,
     ) -> set[str]:
-        """Publish what is new, remember every email (UID -> id, locator, sent Message-ID)."""
+        """Publish what is new, remember every email (UID -> id, sent Message-ID)."""
         fresh: list[Event] = []
         kept: set[str] = set()
         org, user = self.mailbox.org_id, self.mailbox.user
@@ -277,24 +288,20 @@ class MailboxSync:
                 kept.add(outcome.email_id)  # re-keyed after a UIDVALIDITY reset: not new
             else:
                 fresh.extend(outcome.events)
-        await publish(self.ports, fresh)
+        # Events and bookkeeping go out together; the cursor is saved only after both landed.
+        published = asyncio.ensure_future(publish(self.ports, fresh))
         for uid, outcome in pairs:
             if outcome.email_id is None:
                 continue
             state.messages[uid] = outcome.email_id
-            locator = Locator(
-                user=user,
-                protocol=self.incoming.protocol,
-                folder=folder,
-                uid=uid,
-                uidvalidity=state.uidvalidity,
-            )
-            await self.ports.store.locate(org, outcome.email_id, locator)
             if outcome.sent_message_id:
                 await self.ports.store.remember_sent(
                     org, user, outcome.sent_message_id, outcome.email_id
                 )
-        await self.ports.store.flush()
+        try:
+            await self.ports.store.flush()
+        finally:
+            await published
         return kept
 
     async def _deleted(self, gone: Sequence[str], reason: str = "expunged") -> None:
@@ -311,10 +318,10 @@ class MailboxSync:
             if email_id
         ]
         await publish(self.ports, events)
-        await self.ports.store.forget(self.mailbox.org_id, [e.email_id for e in events])
 
     async def sync_folder(self, session: ImapSession, folder: str, role: Role) -> None:
         """One round on one folder: deletions, then new messages, then the cursor."""
+        self._new_round()
         selected = await session.select(folder)
         state = await self._state(folder)
         known: set[str] | None = None
@@ -353,19 +360,35 @@ class MailboxSync:
             await self._expunged(session, state)
         kept: set[str] = set()
         uids = await session.uids_from(state.last_uid + 1)
-        for start in range(0, len(uids), FETCH_BATCH):
-            batch = uids[start : start + FETCH_BATCH]
-            fetched = await session.fetch(batch)
-            metrics.MESSAGES_SEEN.labels("imap").inc(len(fetched))
-            outcomes = await self._decide(role, [raw for _, raw in fetched])
-            kept |= await self._keep(
-                folder,
-                state,
-                [(str(uid), o) for (uid, _), o in zip(fetched, outcomes, strict=True)],
-                known,
-            )
-            state.last_uid = max(state.last_uid, *batch)
-            await self._save(folder, state)
+        fetches = [uids[i : i + FETCH_BATCH] for i in range(0, len(uids), FETCH_BATCH)]
+        # One small FETCH is always on its way while a group is decided, published and saved:
+        # the server keeps sending, and no reply grows big enough to be slow to parse.
+        ahead = asyncio.ensure_future(session.fetch(fetches[0])) if fetches else None
+        taken = 0
+        try:
+            while ahead is not None:
+                group: list[tuple[int, bytes]] = []
+                while ahead is not None and len(group) < PROCESS_BATCH:
+                    group.extend(await ahead)
+                    taken += 1
+                    ahead = (
+                        asyncio.ensure_future(session.fetch(fetches[taken]))
+                        if taken < len(fetches)
+                        else None
+                    )
+                metrics.MESSAGES_SEEN.labels("imap").inc(len(group))
+                outcomes = await self._decide(role, [raw for _, raw in group])
+                kept |= await self._keep(
+                    folder,
+                    state,
+                    [(str(uid), o) for (uid, _), o in zip(group, outcomes, strict=True)],
+                    known,
+                )
+                state.last_uid = max(state.last_uid, *fetches[taken - 1])
+                await self._save(folder, state)
+        finally:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
         if known is not None:
             # Known before the reset and not found after it: gone from the folder.
             await self._deleted(sorted(known - kept))
@@ -385,6 +408,7 @@ class MailboxSync:
 
     async def rescan_folder(self, session: ImapSession, folder: str, role: Role) -> None:
         """Re-read recent messages that became no email (their sender may be a record now)."""
+        self._new_round()
         await session.select(folder)
         state = await self._state(folder)
         since = (self.ports.clock() - timedelta(days=self.options.rescan_days)).strftime("%d-%b-%Y")
@@ -429,11 +453,12 @@ class MailboxSync:
         )
         try:
             await self._set_status(state="syncing")
+            self._new_round()
             state = await self._state(POP3_FOLDER, hashed=True)
             listing = await session.uidls()
             new = [uidl for uidl in listing if uidl not in state.messages]
-            for start in range(0, len(new), FETCH_BATCH):
-                batch = new[start : start + FETCH_BATCH]
+            for start in range(0, len(new), PROCESS_BATCH):
+                batch = new[start : start + PROCESS_BATCH]
                 raws = [await session.retrieve(listing[uidl]) for uidl in batch]
                 metrics.MESSAGES_SEEN.labels("pop3").inc(len(raws))
                 outcomes = await self._decide(Role.INBOX, raws)
@@ -443,7 +468,7 @@ class MailboxSync:
                 await self._save(POP3_FOLDER, state, hashed=True)
             vanished = [uidl for uidl in state.messages if uidl not in listing]
             if vanished:
-                settings = await self.ports.org_settings(self.mailbox.org_id)
+                settings = self._settings or await self.ports.org_settings(self.mailbox.org_id)
                 if settings.pop3_vanished_is_deleted:
                     await self._deleted([state.messages[u] for u in vanished], "deleted_on_server")
                 for uidl in vanished:
