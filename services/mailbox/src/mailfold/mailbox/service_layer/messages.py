@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,34 +92,34 @@ async def bounce_events(
     return tuple(found)
 
 
-async def outcome_of(
+def lookup_key(role: Role, summary: Summary, settings: OrgSettings) -> tuple[str, ...]:
+    """The addresses whose records decide a message: the sender of inbound mail, the recipients
+    of sent mail; none for the CRM's own sent mail."""
+    if role is Role.INBOX:
+        return (summary.from_addr,) if summary.from_addr else ()
+    if ev.crm_email_id(summary.message_id, settings.mail_domain) is not None:
+        return ()
+    return summary.recipients
+
+
+def decide(
     mailbox: MailboxRef,
     role: Role,
     raw: bytes,
+    summary: Summary,
+    records: tuple[RecordRef, ...],
     *,
     settings: OrgSettings,
-    records_for: RecordsFor,
-    sent_email: SentEmail,
-    parse_bounce: Callable[[bytes], list[BounceFact]],
     clock: Callable[[], datetime],
 ) -> Outcome:
-    """Decide what a message is; only mail exchanged with a record's address becomes an email."""
-    summary = summarise(raw)
+    """What a message that is no bounce becomes, given the records of its lookup addresses.
+
+    Only mail exchanged with a record's address becomes an email.
+    """
     at = _when(summary, clock)
     org, user = mailbox.org_id, mailbox.user
     if role is Role.INBOX:
-        if summary.looks_like_bounce:
-            facts = parse_bounce(raw)
-            if facts:
-                # A bounce is a fact about mail this mailbox sent, never an email of its own.
-                return Outcome(
-                    events=await bounce_events(mailbox, facts, settings, sent_email, at),
-                    summary=summary,
-                )
-        if not summary.from_addr:
-            return NOTHING
-        records = await records_for(org, (summary.from_addr,))
-        if not records:
+        if not summary.from_addr or not records:
             return NOTHING
         email_id = ev.email_id_for(org, user, role, ev.message_key(summary, raw), summary.date_ms)
         received = ev.received(
@@ -135,10 +136,7 @@ async def outcome_of(
     if crm is not None:
         # The CRM sent it through this mailbox: the sender already said so; keep it for deletion.
         return Outcome(email_id=crm, summary=summary)
-    if not summary.recipients:
-        return NOTHING
-    records = await records_for(org, summary.recipients)
-    if not records:
+    if not summary.recipients or not records:
         return NOTHING
     email_id = ev.email_id_for(org, user, role, ev.message_key(summary, raw), summary.date_ms)
     captured, sent = ev.captured(
@@ -155,3 +153,42 @@ async def outcome_of(
         sent_message_id=summary.message_id,
         summary=summary,
     )
+
+
+async def outcomes_of(
+    mailbox: MailboxRef,
+    role: Role,
+    raws: Sequence[bytes],
+    *,
+    settings: OrgSettings,
+    records_for: RecordsFor,
+    sent_email: SentEmail,
+    parse_bounce: Callable[[bytes], list[BounceFact]],
+    clock: Callable[[], datetime],
+) -> list[Outcome]:
+    """Decide a batch of messages: one record lookup per distinct set of addresses."""
+    summaries = [summarise(raw) for raw in raws]
+    keys = [lookup_key(role, s, settings) for s in summaries]
+    wanted = sorted({k for k in keys if k})
+    found = dict(
+        zip(
+            wanted,
+            await asyncio.gather(*(records_for(mailbox.org_id, k) for k in wanted)),
+            strict=True,
+        )
+    )
+    outcomes: list[Outcome] = []
+    for raw, summary, key in zip(raws, summaries, keys, strict=True):
+        if role is Role.INBOX and summary.looks_like_bounce:
+            facts = parse_bounce(raw)
+            if facts:
+                # A bounce is a fact about mail this mailbox sent, never an email of its own.
+                at = _when(summary, clock)
+                events = await bounce_events(mailbox, facts, settings, sent_email, at)
+                outcomes.append(Outcome(events=events, summary=summary))
+                continue
+        records = found.get(key, ()) if key else ()
+        outcomes.append(
+            decide(mailbox, role, raw, summary, records, settings=settings, clock=clock)
+        )
+    return outcomes

@@ -24,7 +24,7 @@ from mailfold.mailbox.domain import events as ev
 from mailfold.mailbox.domain.events import Role
 from mailfold.mailbox.domain.state import FolderState
 from mailfold.mailbox.domain.status import PERSISTENT, ErrorKind, MailboxError
-from mailfold.mailbox.service_layer.messages import MailboxRef, Outcome, RecordsFor, outcome_of
+from mailfold.mailbox.service_layer.messages import MailboxRef, Outcome, RecordsFor, outcomes_of
 from mailfold.runtime.directory import IncomingSettings, MailboxStatus, OrgSettings
 from mailfold.runtime.logging import get_logger
 
@@ -254,22 +254,15 @@ class MailboxSync:
                 memo[key] = asyncio.ensure_future(records_for(org, addresses))
             return await memo[key]
 
-        return list(
-            await asyncio.gather(
-                *(
-                    outcome_of(
-                        self.mailbox,
-                        role,
-                        raw,
-                        settings=settings,
-                        records_for=cached,
-                        sent_email=self.ports.store.sent_email,
-                        parse_bounce=self.ports.parse_bounce,
-                        clock=self.ports.clock,
-                    )
-                    for raw in raws
-                )
-            )
+        return await outcomes_of(
+            self.mailbox,
+            role,
+            raws,
+            settings=settings,
+            records_for=cached,
+            sent_email=self.ports.store.sent_email,
+            parse_bounce=self.ports.parse_bounce,
+            clock=self.ports.clock,
         )
 
     async def _keep(
