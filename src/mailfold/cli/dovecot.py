@@ -151,6 +151,7 @@ service auth {{
         if ":" in user or ":" in password or "\n" in user + password:
             raise ValueError("user and password may not contain ':' or a line break")
         self._users[user] = password
+        self.folder.mkdir(parents=True, exist_ok=True)
         lines = [f"{u}:{{PLAIN}}{p}::::::" for u, p in self._users.items()]
         tmp = self.passwd_path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
