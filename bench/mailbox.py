@@ -135,7 +135,9 @@ def main() -> int:
             for round_ in range(1, ROUNDS + 1):  # alternated: a noisy moment hits both alike
                 bare_rates.append(asyncio.run(_bare(dovecot.imap_port)))
                 our_rates.append(asyncio.run(_synced(nats_server.url, dovecot.imap_port, round_)))
-            print(f"rounds: bare {[round(r) for r in bare_rates]}, synced {[round(r) for r in our_rates]}")
+            print(
+                f"rounds: bare {[round(r) for r in bare_rates]}, synced {[round(r) for r in our_rates]}"
+            )
             bare, ours = max(bare_rates), max(our_rates)
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -176,3 +176,21 @@ async def test_a_wrong_password_is_reported_while_other_mailboxes_keep_syncing(
     good_status = await org.status("good", "ok")
     assert good_status.error_kind == ""
     assert good_status.last_sync_at
+
+
+@pytest.mark.usefixtures("mailbox_service")
+async def test_recent_mail_is_read_again_when_a_record_gains_its_sender_address(
+    org: Org, mail: MessageFactory
+) -> None:
+    await org.record("contact-1", Module.CONTACTS, "bob@customer.example")
+    login = await org.mailbox("ann")
+    org.dovecot.deliver(login, mail("dora@newcustomer.example", "ann@acme.example", "Earlier"))
+    org.dovecot.deliver(login, mail("bob@customer.example", "ann@acme.example", "Known"))
+    await org.wait_for(EmailReceived)  # the round that read both is over: Dora was nobody then
+
+    await org.record("lead-9", Module.LEADS, "dora@newcustomer.example")
+
+    received = await org.wait_for(EmailReceived, 2)
+    earlier = next(e for e in received if e.subject == "Earlier")
+    assert [r.record_id for r in earlier.records] == ["lead-9"]
+    assert len(received) == 2
