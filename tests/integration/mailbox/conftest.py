@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -82,6 +82,24 @@ async def mailbox_service(nats_client: Client, nats_url: str) -> AsyncIterator[S
     service = await start(service_settings(nats_url))
     yield service
     await service.stop()
+
+
+StartCopy = Callable[[], Awaitable[Service]]
+
+
+@pytest.fixture
+async def start_copy(nats_client: Client, nats_url: str) -> AsyncIterator[StartCopy]:
+    """`await start_copy()`: one more copy of the service; all are stopped after the test."""
+    started: list[Service] = []
+
+    async def make() -> Service:
+        service = await start(service_settings(nats_url))
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        await service.stop()
 
 
 async def read_events(js: JetStreamContext, org_id: str) -> list[AnyEvent]:
@@ -165,6 +183,7 @@ class Org:
     token: str
     js: JetStreamContext
     dovecot: Dovecot
+    users: list[str] = field(default_factory=list)
 
     async def record(self, record_id: str, module: Module, *addresses: str) -> None:
         directory_kv = await bus.kv(self.js, bus.BUCKET_DIRECTORY)
@@ -184,6 +203,7 @@ class Org:
     ) -> str:
         """A Dovecot user and the org's mailbox settings for it; the Dovecot user name."""
         login = f"{user}-{self.org_id}"
+        self.users.append(user)
         self.dovecot.add_user(login, password)
         port = self.dovecot.pop3_port if protocol == "pop3" else self.dovecot.imap_port
         orgs = await bus.kv(self.js, bus.BUCKET_ORGS)
@@ -232,9 +252,14 @@ class Org:
 
 
 @pytest.fixture
-async def org(js: JetStreamContext, org_id: str, dovecot: Dovecot) -> Org:
-    token = await create_org(await bus.kv(js, bus.BUCKET_ORGS), org_id)
-    return Org(org_id, token, js, dovecot)
+async def org(js: JetStreamContext, org_id: str, dovecot: Dovecot) -> AsyncIterator[Org]:
+    """A new org; its mailboxes are removed afterwards, so later tests' services leave them be."""
+    orgs = await bus.kv(js, bus.BUCKET_ORGS)
+    token = await create_org(orgs, org_id)
+    created = Org(org_id, token, js, dovecot)
+    yield created
+    for user in created.users:
+        await orgs.delete(directory.mailbox_key(org_id, user))
 
 
 MessageFactory = Callable[..., bytes]

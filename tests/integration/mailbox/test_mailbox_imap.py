@@ -21,7 +21,7 @@ from mailfold.events.ids import new_id
 from mailfold.mailbox.bootstrap import Service
 
 if TYPE_CHECKING:
-    from tests.integration.mailbox.conftest import BounceFactory, MessageFactory, Org
+    from tests.integration.mailbox.conftest import BounceFactory, MessageFactory, Org, StartCopy
 
 T = TypeVar("T")
 
@@ -194,3 +194,27 @@ async def test_recent_mail_is_read_again_when_a_record_gains_its_sender_address(
     earlier = next(e for e in received if e.subject == "Earlier")
     assert [r.record_id for r in earlier.records] == ["lead-9"]
     assert len(received) == 2
+
+
+async def test_mailboxes_spread_over_copies_and_move_when_a_copy_stops(
+    org: Org, mail: MessageFactory, start_copy: StartCopy
+) -> None:
+    await org.record("contact-1", Module.CONTACTS, "bob@customer.example")
+    first, second = await start_copy(), await start_copy()
+    users = ["m1", "m2", "m3", "m4"]
+    logins = [await org.mailbox(user) for user in users]
+    for login in logins:
+        org.dovecot.deliver(login, mail("bob@customer.example", "rep@acme.example", "One"))
+    await org.wait_for(EmailReceived, len(users))
+    ours = {(org.org_id, user) for user in users}
+    held_first, held_second = set(first.coordinator.held), set(second.coordinator.held)
+    assert ours <= held_first | held_second
+    assert not ours & held_first & held_second  # each mailbox is held by one copy
+
+    await first.stop()
+    for login in logins:
+        org.dovecot.deliver(login, mail("bob@customer.example", "rep@acme.example", "Two"))
+    received = await org.wait_for(EmailReceived, 2 * len(users))
+    assert ours <= set(second.coordinator.held)
+    assert len(received) == 2 * len(users)
+    assert {e.mailbox_user for e in received} == set(users)
