@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The parser still lives in ingest; when it moves to its own library this import is the one line
-# that changes.
-from mailfold.ingest.domain.dsn import parse
+from mailfold.bounces import parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +30,8 @@ def failed_recipients(raw: bytes) -> list[BounceFact]:
             original_message_id=r.original_message_id,
             status=r.status,
             reply_code=r.reply_code,
-            reason=r.reason,
-            kind=r.kind,
+            reason=str(r.reason),
+            kind=str(r.kind),
             diagnostic=r.diagnostic,
             reporting_mta=r.reporting_mta,
         )
