@@ -113,7 +113,7 @@ async def _synced(nats_url: str, port: int, round_: int) -> float:
 
 def main() -> int:
     from mailfold.cli.dovecot import MISSING_HINT, Dovecot, dovecot_binary
-    from mailfold.runtime.embedded import EmbeddedNats
+    from mailfold.cli.embedded import EmbeddedNats
 
     if dovecot_binary() is None:
         print(f"mailbox: skipped, {MISSING_HINT}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from mailfold.runtime.embedded import free_ports
+from mailfold.cli.embedded import free_ports
 
 LOOPBACK: Final = "127.0.0.1"
 START_TIMEOUT: Final = 20.0
