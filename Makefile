@@ -28,6 +28,7 @@ run: install
 	$(UV) run --frozen mailfold dev
 
 test: install
+	@scripts/ensure-dovecot.sh
 	$(UV) run --frozen pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: install

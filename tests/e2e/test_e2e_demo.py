@@ -89,7 +89,7 @@ def test_the_demo_is_seeded_and_the_printed_commands_work_as_printed(tmp_path: P
             ("Individual", "Clicked"),
             ("Mass Email", "Opened"),
             ("BCC Dropbox", "Sent"),
-            ("IMAP", "Received"),
+            ("External", "Received"),
         }
         email = subprocess.run(
             ["bash", "-c", commands[0] + " && " + commands[2]],

@@ -99,8 +99,12 @@ async def test_export_writes_the_attachments_of_composed_dropbox_and_received_ma
 
     assert "exported 3 emails and 3 attachments" in done.stdout
     by_source = {r["source"]: r for r in rows}
-    assert set(by_source) == {"Mass Email", "BCC Dropbox", "IMAP"}
-    expected = {"Mass Email": b"%PDF offer", "BCC Dropbox": b"call notes", "IMAP": b"%PDF signed"}
+    assert set(by_source) == {"Mass Email", "BCC Dropbox", "External"}
+    expected = {
+        "Mass Email": b"%PDF offer",
+        "BCC Dropbox": b"call notes",
+        "External": b"%PDF signed",
+    }
     for source, content in expected.items():
         row = by_source[source]
         (path,) = row["attachments"].split(";")

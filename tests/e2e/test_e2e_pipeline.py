@@ -368,7 +368,7 @@ async def test_inbound_mail_from_a_secondary_address_is_received_on_every_record
     assert contact[0]["email_id"] == account[0]["email_id"]
     assert contact[0]["status"] == "Received"
     assert contact[0]["direction"] == "incoming"
-    assert contact[0]["source"] == "IMAP"
+    assert contact[0]["source"] == "External"
     assert await api.timeline(f"lead-s{n}") == []
 
 
@@ -463,7 +463,7 @@ async def test_the_crm_filter_leaves_out_imap_dropbox_and_associated_mail(
         return items if len(items) == 4 else None
 
     everything = await eventually(all_four)
-    assert {e["source"] for e in everything} == {"Individual", "BCC Dropbox", "IMAP", "External"}
+    assert {e["source"] for e in everything} == {"Individual", "BCC Dropbox", "External"}
     crm_only = await api.timeline(record, "crm")
     assert [e["email_id"] for e in crm_only] == [crm]
 

@@ -32,7 +32,7 @@ from mailfold.cli.embedded import (
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 DEPLOY_CONFIGS = sorted(DEPLOY_NATS.rglob("*.conf"))
-SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks")
+SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks", "mailbox")
 
 
 def _password_env() -> dict[str, str]:
@@ -372,6 +372,7 @@ OWN_AND_FOREIGN_EVENTS = [
     ("tracker", "mail.events.{org}.email_clicked", "mail.events.{org}.email_delivered"),
     ("projector", "mail.dlq.projector", "mail.events.{org}.email_opened"),
     ("webhooks", "webhooks.jobs.{org}.ep_1", "mail.events.{org}.email_sent"),
+    ("mailbox", "mail.events.{org}.email_deleted", "mail.events.{org}.email_delivered"),
 ]
 
 

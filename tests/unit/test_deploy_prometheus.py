@@ -12,7 +12,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 PROMETHEUS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
-SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks")
+SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks", "mailbox")
 
 
 def _load(name: str) -> Any:
@@ -39,6 +39,7 @@ def test_every_service_is_scraped_on_its_default_port() -> None:
         "projector": 8003,
         "sender": 8004,
         "webhooks": 8006,
+        "mailbox": 8005,
     }
     for service, port in ports.items():
         targets = jobs[f"mailfold-{service}"]["static_configs"][0]["targets"]

@@ -85,6 +85,24 @@ def _create_org(stack: DevStack) -> str | None:
     return asyncio.run(create())
 
 
+def _incoming(stack: DevStack) -> dict[str, Any]:
+    """The demo mailbox's IMAP side, where `make run` started a Dovecot for it."""
+    if stack.dovecot_imap is None:
+        return {}
+    from mailfold.cli.dev import DEMO_MAILBOX_PASSWORD, DEMO_MAILBOX_USER
+
+    return {
+        "incoming": {
+            "protocol": "imap",
+            "host": "127.0.0.1",
+            "port": stack.dovecot_imap,
+            "security": "none",
+            "username": DEMO_MAILBOX_USER,
+            "secret": DEMO_MAILBOX_PASSWORD,
+        }
+    }
+
+
 def _seed(stack: DevStack, token: str) -> dict[str, str]:
     """Settings, records, a mailbox, and one email per channel; returns email ids by name."""
     api = f"http://127.0.0.1:{stack.ports['ingest_http']}/v1/orgs/{DEMO_ORG}"
@@ -113,6 +131,7 @@ def _seed(stack: DevStack, token: str) -> dict[str, str]:
             "secret": "demo-secret",
             "security": "none",
             "email": REP,
+            **_incoming(stack),
         },
     )
     html = (

@@ -29,9 +29,14 @@ DEV_PORTS: Final = {
     "projector_http": 8003,
     "sender_http": 8004,
     "webhooks_http": 8006,
+    "mailbox_http": 8005,
     "ingest_smtp": 2525,
     "sink_smtp": 2526,
+    "dovecot_imap": 1143,
+    "dovecot_pop3": 1110,
 }
+DEMO_MAILBOX_USER: Final = "rep"
+DEMO_MAILBOX_PASSWORD: Final = "demo-mailbox-password"
 
 
 def _port_free(port: int) -> bool:
@@ -64,6 +69,7 @@ class DevStack:
     database_url: str = ""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     servers: list[object] = field(default_factory=list)
+    dovecot_imap: int | None = None  # the demo mailbox's IMAP port, where Dovecot is installed
 
     def service_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -82,6 +88,7 @@ class DevStack:
                 "MAILFOLD_WEBHOOKS_ALLOW_LOOPBACK": env_or(
                     "MAILFOLD_WEBHOOKS_ALLOW_LOOPBACK", "true"
                 ),
+                "MAILFOLD_MAILBOX_PORT": str(self.ports["mailbox_http"]),
                 "MAILFOLD_TRACKER_PUBLIC_URL": f"http://{LOOPBACK}:{self.ports['tracker_http']}",
                 # Nothing leaves the machine in dev: every domain routes to the local sink MX.
                 "MAILFOLD_SMTP_ROUTES": env_or(
@@ -195,6 +202,42 @@ def _start_sink(stack: DevStack) -> None:
     raise RuntimeError(f"the sink MX did not start; see {logs / 'sink.log'}")
 
 
+def _start_dovecot(stack: DevStack) -> str:
+    """A local Dovecot with the demo mailbox, where Dovecot is installed; a line to print."""
+    from mailfold.cli.dovecot import Dovecot, DovecotError, dovecot_binary
+
+    if dovecot_binary() is None:
+        return (
+            "  demo mailbox     none: Dovecot is not installed (sudo apt-get install "
+            "dovecot-imapd dovecot-pop3d, then make run again)"
+        )
+    dovecot = Dovecot(
+        stack.data / "dovecot",
+        imap_port=stack.ports["dovecot_imap"],
+        pop3_port=stack.ports["dovecot_pop3"],
+    )
+    fresh = not dovecot.maildir(DEMO_MAILBOX_USER).exists()
+    try:
+        dovecot.add_user(DEMO_MAILBOX_USER, DEMO_MAILBOX_PASSWORD)
+        dovecot.start()
+    except DovecotError as exc:
+        return f"  demo mailbox     none: Dovecot did not start ({str(exc).splitlines()[0]})"
+    stack.servers.append(dovecot)
+    stack.dovecot_imap = dovecot.imap_port
+    if fresh:
+        reply = (
+            "From: Bob <bob@example.org>\r\nTo: rep@demo.example\r\n"
+            "Subject: Re: Sent through my own mailbox\r\n"
+            "Message-ID: <demo-reply-1@example.org>\r\n"
+            "Date: Mon, 30 Nov 2026 09:00:00 +0000\r\n\r\nThanks, that helps.\r\n"
+        )
+        dovecot.deliver(DEMO_MAILBOX_USER, reply.encode())
+    return (
+        f"  demo mailbox     imap://{DEMO_MAILBOX_USER}@{LOOPBACK}:{dovecot.imap_port} "
+        f"(password {DEMO_MAILBOX_PASSWORD}; POP3 on {dovecot.pop3_port})"
+    )
+
+
 def _start_services(stack: DevStack, services: list[str]) -> None:
     env = stack.service_env()
     logs = stack.data / "logs"
@@ -221,6 +264,7 @@ def _wait_healthy(stack: DevStack, timeout: float = 60.0) -> list[str]:
         "projector": stack.ports["projector_http"],
         "sender": stack.ports["sender_http"],
         "webhooks": stack.ports["webhooks_http"],
+        "mailbox": stack.ports["mailbox_http"],
     }
     pending = {s: urls[s] for s in stack.children if s in urls}
     deadline = time.monotonic() + timeout
@@ -274,6 +318,7 @@ def run_dev(*, demo: bool = True) -> int:
         _write_runtime(stack)
         services = available_services()
         _start_sink(stack)
+        mailbox_line = _start_dovecot(stack)
         _start_services(stack, services)
         failed = _wait_healthy(stack)
         if failed:
@@ -288,7 +333,7 @@ def run_dev(*, demo: bool = True) -> int:
             demo_lines = seed_demo(stack)
         else:
             demo_lines = []
-        _print_banner(stack, services, demo_lines)
+        _print_banner(stack, services, [mailbox_line, *demo_lines])
         while not stopping:
             for service, proc in stack.children.items():
                 if proc.poll() is not None:
@@ -330,12 +375,16 @@ def _print_banner(stack: DevStack, services: list[str], demo_lines: list[str]) -
             f"  webhooks API     http://{LOOPBACK}:{p['webhooks_http']}/v1/orgs/{{org}}/webhooks"
         )
     lines.append(f"  sink MX          {LOOPBACK}:{p['sink_smtp']} (all outbound mail lands here)")
+    if "mailbox" in services:
+        lines.append(
+            f"  mailbox API      http://{LOOPBACK}:{p['mailbox_http']}/v1/orgs/{{org}}/emails/{{id}}"
+        )
     lines.append(
         "  metrics          "
         + ", ".join(f"http://{LOOPBACK}:{p[s + '_http']}/metrics" for s in services)
     )
     lines.append(f"  logs             {stack.data}/logs/")
-    lines.extend(demo_lines)
+    lines.extend(line for line in demo_lines if line is not None)
     lines.append("")
     lines.append("ready")
     print("\n".join(lines), flush=True)

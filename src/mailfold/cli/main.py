@@ -12,7 +12,7 @@ from typing import Any
 
 from mailfold.cli import config
 
-SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks")
+SERVICES = ("ingest", "sender", "tracker", "projector", "webhooks", "mailbox")
 
 
 def _service_entry(service: str) -> Callable[[], None] | None:

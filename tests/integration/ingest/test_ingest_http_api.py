@@ -283,7 +283,11 @@ async def test_settings_are_saved_and_read_back(api: httpx.AsyncClient, org_id: 
     put = await api.put(f"/v1/orgs/{org_id}/settings", json=settings)
     assert put.status_code == 200
     got = await api.get(f"/v1/orgs/{org_id}/settings")
-    assert got.json() == {**settings, "dropbox_senders": ["rep@acme.example"]}
+    assert got.json() == {
+        **settings,
+        "dropbox_senders": ["rep@acme.example"],
+        "pop3_vanished_is_deleted": False,
+    }
 
 
 async def test_invalid_settings_name_every_field(api: httpx.AsyncClient, org_id: str) -> None:

@@ -169,7 +169,7 @@ async def test_inbound_mail_reaches_both_contacts_sharing_the_senders_address(
     await send(ingest, raw, "bob@x.example", f"in+{org_id}+alice@in.acme.example")
     (event,) = await events(org_id)
     assert isinstance(event, EmailReceived)
-    assert event.source is Source.IMAP
+    assert event.source is Source.EXTERNAL
     assert event.transport is Transport.INTEGRATED_MAILBOX
     assert event.from_addr == "bob@x.example"
     assert event.to == ("rep@acme.example",)

@@ -21,7 +21,12 @@ from mailfold.ingest.domain import requests as req
 from mailfold.ingest.domain.validation import Invalid, KeyReused, NotFound, TooLarge
 from mailfold.ingest.service_layer import api
 from mailfold.ingest.service_layer.ports import Ports
-from mailfold.runtime.directory import MailboxSettings, RecordEntry
+from mailfold.runtime.directory import (
+    IncomingSettings,
+    MailboxSettings,
+    MailboxStatus,
+    RecordEntry,
+)
 
 ORG = "acme"
 
@@ -227,3 +232,29 @@ async def test_mailbox_answers_never_hold_the_secret(ports: Ports) -> None:
     assert "secret" not in shown
     assert await api.get_mailbox(ports, ORG, "alice") == shown
     assert "hunter2-secret" not in repr(mailbox)
+
+
+async def test_a_mailbox_shows_its_sync_state_and_never_its_incoming_secret(ports: Ports) -> None:
+    assert isinstance(ports.directory, MemoryDirectory)
+    incoming = IncomingSettings(
+        protocol="imap", host="imap.x", port=993, username="ann", secret="imap-secret-42"
+    )
+    mailbox = MailboxSettings(smtp_host="smtp.x", username="u", secret="s", incoming=incoming)
+    shown = await api.put_mailbox(ports, ORG, "alice", mailbox)
+    assert "imap-secret-42" not in repr(shown)
+    assert shown["sync"] == {
+        "state": "pending",
+        "error_kind": "",
+        "last_error": "",
+        "last_sync_at": None,
+        "updated_at": None,
+    }
+    ports.directory.mailbox_statuses[(ORG, "alice")] = MailboxStatus(
+        state="failing",
+        error_kind="auth",
+        last_error="[AUTHENTICATIONFAILED] Authentication failed.",
+    )
+    got = await api.get_mailbox(ports, ORG, "alice")
+    assert got["sync"]["state"] == "failing"  # type: ignore[index]
+    assert got["sync"]["error_kind"] == "auth"  # type: ignore[index]
+    assert "imap-secret-42" not in repr(got)

@@ -169,7 +169,7 @@ async def test_inbound_mail_links_every_record_of_the_sender(
     assert delivery.reply is replies.ACCEPTED
     (event,) = publisher.events
     assert isinstance(event, EmailReceived)
-    assert event.source is Source.IMAP
+    assert event.source is Source.EXTERNAL
     assert event.transport is Transport.INTEGRATED_MAILBOX
     assert event.mailbox_user == "alice"
     assert {r.record_id for r in event.records} == {"c1", "c2"}

@@ -263,3 +263,59 @@ def test_reading_any_json_gives_a_command_or_errors_naming_real_fields(document:
     for error in errors:
         top = error.field.split("[")[0].split(".")[0]
         assert error.field in given or top in KNOWN, error
+
+
+def test_a_mailbox_gains_an_incoming_side_with_protocol_defaults() -> None:
+    mailbox = req.mailbox_from_json(
+        {
+            "smtp_host": "smtp.x.example",
+            "username": "u",
+            "secret": "s",
+            "incoming": {
+                "protocol": "imap",
+                "host": "imap.x.example",
+                "username": "ann",
+                "secret": "pw",
+                "folders": ["INBOX", "Sent", "INBOX"],
+            },
+        }
+    )
+    assert mailbox.incoming is not None
+    assert (mailbox.incoming.port, mailbox.incoming.security) == (993, "tls")
+    assert mailbox.incoming.folders == ("INBOX", "Sent")
+    assert "pw" not in repr(mailbox.incoming)
+
+
+def test_a_bad_incoming_side_names_each_field_under_incoming() -> None:
+    with pytest.raises(Invalid) as caught:
+        req.mailbox_from_json(
+            {
+                "smtp_host": "smtp.x.example",
+                "username": "u",
+                "secret": "s",
+                "incoming": {
+                    "protocol": "pop3",
+                    "host": "bad host!",
+                    "port": 70000,
+                    "security": "maybe",
+                    "folders": ["Sent"],
+                    "colour": "blue",
+                },
+            }
+        )
+    assert fields_at_fault(caught.value) == {
+        "incoming.host",
+        "incoming.port",
+        "incoming.security",
+        "incoming.username",
+        "incoming.secret",
+        "incoming.folders",
+        "incoming.colour",
+    }
+
+
+def test_the_pop3_deletion_setting_must_be_a_boolean() -> None:
+    assert req.settings_from_json({"pop3_vanished_is_deleted": True}).pop3_vanished_is_deleted
+    with pytest.raises(Invalid) as caught:
+        req.settings_from_json({"pop3_vanished_is_deleted": "yes"})
+    assert fields_at_fault(caught.value) == {"pop3_vanished_is_deleted"}

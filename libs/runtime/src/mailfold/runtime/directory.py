@@ -34,6 +34,41 @@ class OrgSettings(msgspec.Struct, frozen=True, kw_only=True):
     blacklisted_domains: tuple[str, ...] = ()
     dropbox_senders: Annotated[tuple[str, ...], msgspec.Meta(max_length=MAX_DROPBOX_SENDERS)] = ()
     mail_domain: str = DEFAULT_MAIL_DOMAIN
+    # POP3 cannot tell a deletion from a download: a vanished UIDL counts as deleted only when
+    # the org says its mailboxes delete on the server (see docs/mailbox.md).
+    pop3_vanished_is_deleted: bool = False
+
+
+class IncomingSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The receiving side of an integrated mailbox, read by the mailbox service.
+
+    `secret` is never logged, published or returned by an API.
+    """
+
+    protocol: str  # "imap" | "pop3"
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    security: str = "tls"  # "tls" | "starttls" | "none"
+    username: str
+    secret: str
+    folders: tuple[str, ...] = ()  # IMAP: watched folders; empty means INBOX and the Sent folder
+
+    def __repr__(self) -> str:
+        return (
+            f"IncomingSettings(protocol={self.protocol!r}, host={self.host!r}, "
+            f"port={self.port}, username={self.username!r}, secret='***')"
+        )
+
+
+class MailboxStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """How a mailbox's sync is going, written by the copy of the mailbox service that holds it."""
+
+    state: str = "pending"  # "pending" | "syncing" | "ok" | "failing"
+    error_kind: str = ""  # "auth" | "tls" | "unreachable" | "quota" | "timeout" | "protocol" | ...
+    last_error: str = ""
+    last_sync_at: str = ""  # ISO 8601, UTC
+    updated_at: str = ""
+    held_by: str = ""
 
 
 class MailboxSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +83,7 @@ class MailboxSettings(msgspec.Struct, frozen=True, kw_only=True):
     secret: str
     security: str = "starttls"  # "starttls" | "tls" | "none"
     email: str = ""
+    incoming: IncomingSettings | None = None
 
     def __repr__(self) -> str:
         return (
@@ -71,6 +107,7 @@ class RecordEntry(msgspec.Struct, frozen=True, kw_only=True):
 
 _settings_dec = msgspec.json.Decoder(OrgSettings)
 _mailbox_dec = msgspec.json.Decoder(MailboxSettings)
+_status_dec = msgspec.json.Decoder(MailboxStatus)
 _record_dec = msgspec.json.Decoder(RecordEntry)
 _refs_dec = msgspec.json.Decoder(tuple[RecordRef, ...])
 _verp_dec = msgspec.json.Decoder(VerpRecord)
@@ -85,6 +122,11 @@ def settings_key(org_id: str) -> str:
 def mailbox_key(org_id: str, user: str) -> str:
     """`<org>.mailbox.<user>` in mailfold_orgs."""
     return f"{org_id}.mailbox.{key_token(user)}"
+
+
+def mailbox_status_key(org_id: str, user: str) -> str:
+    """`<org>.mailboxstatus.<user>` in mailfold_orgs."""
+    return f"{org_id}.mailboxstatus.{key_token(user)}"
 
 
 def record_key(org_id: str, record_id: str) -> str:
@@ -147,6 +189,19 @@ async def load_mailbox(orgs: KeyValue, org_id: str, user: str) -> MailboxSetting
 async def save_mailbox(orgs: KeyValue, org_id: str, user: str, mailbox: MailboxSettings) -> None:
     """Replace a user's integrated mailbox."""
     await orgs.put(mailbox_key(org_id, user), _enc.encode(mailbox))
+
+
+async def load_mailbox_status(orgs: KeyValue, org_id: str, user: str) -> MailboxStatus | None:
+    """The sync status of a user's mailbox, if the mailbox service has written one."""
+    raw = await get_value(orgs, mailbox_status_key(org_id, user))
+    return None if raw is None else _status_dec.decode(raw)
+
+
+async def save_mailbox_status(
+    orgs: KeyValue, org_id: str, user: str, status: MailboxStatus
+) -> None:
+    """Replace the sync status of a user's mailbox."""
+    await orgs.put(mailbox_status_key(org_id, user), _enc.encode(status))
 
 
 async def load_record(directory: KeyValue, org_id: str, record_id: str) -> RecordEntry | None:

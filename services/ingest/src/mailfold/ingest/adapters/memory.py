@@ -10,7 +10,7 @@ import msgspec
 from mailfold.events import ContentRef, Event, RecordRef, VerpRecord
 from mailfold.ingest.domain.template import Template
 from mailfold.ingest.service_layer.ports import IdempotencyClaim
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
+from mailfold.runtime.directory import MailboxSettings, MailboxStatus, OrgSettings, RecordEntry
 
 
 class PublishFailed(ConnectionError):
@@ -62,6 +62,7 @@ class MemoryDirectory:
         self.orgs: set[str] = set(orgs)
         self.settings: dict[str, OrgSettings] = {}
         self.mailboxes: dict[tuple[str, str], MailboxSettings] = {}
+        self.mailbox_statuses: dict[tuple[str, str], MailboxStatus] = {}
         self.records: dict[tuple[str, str], RecordEntry] = {}
         self.templates: dict[tuple[str, str], Template] = {}
 
@@ -84,6 +85,10 @@ class MemoryDirectory:
     async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
         """Replace a user's integrated mailbox."""
         self.mailboxes[(org_id, user)] = mailbox
+
+    async def load_mailbox_status(self, org_id: str, user: str) -> MailboxStatus | None:
+        """The sync status the mailbox service wrote for a user's mailbox, if any."""
+        return self.mailbox_statuses.get((org_id, user))
 
     async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
         """One record, if it exists."""

@@ -41,6 +41,7 @@ from mailfold.runtime import bus, directory
 from mailfold.runtime.content import put_content
 from mailfold.runtime.directory import (
     MailboxSettings,
+    MailboxStatus,
     OrgCache,
     OrgSettings,
     RecordEntry,
@@ -298,6 +299,10 @@ class KvDirectory:
     async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
         """Replace a user's integrated mailbox."""
         await directory.save_mailbox(self._orgs, org_id, user, mailbox)
+
+    async def load_mailbox_status(self, org_id: str, user: str) -> MailboxStatus | None:
+        """The sync status the mailbox service wrote for a user's mailbox, if any."""
+        return await directory.load_mailbox_status(self._orgs, org_id, user)
 
     async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
         """One record, if it exists."""

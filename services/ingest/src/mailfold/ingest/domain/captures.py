@@ -72,7 +72,10 @@ def received_event(
     records: tuple[RecordRef, ...],
     occurred_at: datetime,
 ) -> EmailReceived:
-    """EmailReceived for one mailbox; the ids derive from the raw message and the mailbox."""
+    """EmailReceived (source External) for mail a mailbox forwarded to `in+<org>@`.
+
+    The ids derive from the raw message and the mailbox.
+    """
     email_id = derived_id("received", org_id, user or "", raw.sha256, unix_ms=_ms(summary))
     return EmailReceived(
         event_id=derived_id("email_received", email_id, unix_ms=_ms(summary)),
@@ -80,7 +83,8 @@ def received_event(
         email_id=email_id,
         occurred_at=occurred_at,
         producer=PRODUCER,
-        source=Source.IMAP,
+        # Forwarded by SMTP, not read over IMAP or POP3: the mailbox service alone says IMAP/POP3.
+        source=Source.EXTERNAL,
         transport=Transport.INTEGRATED_MAILBOX,
         from_addr=sender,
         to=summary.to,

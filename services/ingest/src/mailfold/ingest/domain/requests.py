@@ -20,6 +20,7 @@ from mailfold.runtime.directory import (
     DEFAULT_MASS_DAILY_LIMIT,
     MAX_ADDRESSES_PER_RECORD,
     MAX_DROPBOX_SENDERS,
+    IncomingSettings,
     MailboxSettings,
     OrgSettings,
     RecordEntry,
@@ -65,11 +66,23 @@ _ATTACHMENT_FIELDS: Final = frozenset({"name", "content_type", "content_base64"}
 _TEMPLATE_FIELDS: Final = frozenset({"subject", "html", "text", "attachments"})
 _RECORD_FIELDS: Final = frozenset({"module", "addresses"})
 _SETTINGS_FIELDS: Final = frozenset(
-    {"time_zone", "mass_email_daily_limit", "blacklisted_domains", "dropbox_senders", "mail_domain"}
+    {
+        "time_zone",
+        "mass_email_daily_limit",
+        "blacklisted_domains",
+        "dropbox_senders",
+        "mail_domain",
+        "pop3_vanished_is_deleted",
+    }
 )
 _MAILBOX_FIELDS: Final = frozenset(
-    {"smtp_host", "smtp_port", "username", "secret", "security", "email"}
+    {"smtp_host", "smtp_port", "username", "secret", "security", "email", "incoming"}
 )
+_INCOMING_FIELDS: Final = frozenset(
+    {"protocol", "host", "port", "security", "username", "secret", "folders"}
+)
+INCOMING_PROTOCOLS: Final = {"imap": 993, "pop3": 995}
+MAX_WATCHED_FOLDERS: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,13 +384,52 @@ def settings_from_json(document: object) -> OrgSettings:
     mail_domain = fields.string("mail_domain", max_length=253, single_line=True)
     if mail_domain is not None and not is_domain(normalise_domain(mail_domain)):
         fields.fail("mail_domain", "is not a domain name")
+    vanished = fields.raw("pop3_vanished_is_deleted")
+    if vanished is not None and not isinstance(vanished, bool):
+        fields.fail("pop3_vanished_is_deleted", "must be true or false")
     fields.check()
     return OrgSettings(
+        pop3_vanished_is_deleted=vanished is True,
         time_zone=time_zone,
         mass_email_daily_limit=DEFAULT_MASS_DAILY_LIMIT if limit is None else limit,
         blacklisted_domains=tuple(dict.fromkeys(blacklisted)),
         dropbox_senders=tuple(dict.fromkeys(senders)),
         mail_domain=normalise_domain(mail_domain) if mail_domain else DEFAULT_MAIL_DOMAIN,
+    )
+
+
+def _incoming(parent: Fields) -> IncomingSettings | None:
+    """The receiving side of a mailbox (IMAP or POP3); errors are named `incoming.<field>`."""
+    fields = Fields(parent.raw("incoming"), allowed=_INCOMING_FIELDS, prefix="incoming.")
+    protocol = fields.string("protocol", required=True, max_length=8)
+    if protocol is not None and protocol not in INCOMING_PROTOCOLS:
+        fields.fail("protocol", f"must be one of {', '.join(INCOMING_PROTOCOLS)}")
+    host = fields.string("host", required=True, max_length=253, single_line=True)
+    if host is not None and not _HOST.match(host):
+        fields.fail("host", "is not a host name or IP address")
+    port = fields.integer("port", minimum=1, maximum=65535)
+    security = fields.string("security", max_length=16)
+    if security is not None and security not in SECURITY_MODES:
+        fields.fail("security", f"must be one of {', '.join(SECURITY_MODES)}")
+    username = fields.string("username", required=True, max_length=320, single_line=True)
+    secret = fields.string("secret", required=True, max_length=4096, single_line=True)
+    folders = fields.strings("folders", max_items=MAX_WATCHED_FOLDERS, max_length=255) or []
+    for i, name in enumerate(folders):
+        if not name.strip() or '"' in name or "\\" in name:
+            fields.fail(f"folders[{i}]", "must be a non-empty folder name without quotes")
+    if protocol == "pop3" and folders:
+        fields.fail("folders", "POP3 has one folder: leave folders out")
+    parent.merge(fields)
+    if fields.errors or protocol is None or host is None or username is None or secret is None:
+        return None
+    return IncomingSettings(
+        protocol=protocol,
+        host=host,
+        port=port if port is not None else INCOMING_PROTOCOLS[protocol],
+        security=security or "tls",
+        username=username,
+        secret=secret,
+        folders=tuple(dict.fromkeys(f.strip() for f in folders)),
     )
 
 
@@ -396,11 +448,13 @@ def mailbox_from_json(document: object) -> MailboxSettings:
     address = fields.string("email", max_length=320, single_line=True)
     if address is not None and address and not is_address(address.strip()):
         fields.fail("email", "is not an email address")
+    incoming = _incoming(fields) if fields.has("incoming") else None
     fields.check()
     assert host is not None
     assert username is not None
     assert secret is not None
     return MailboxSettings(
+        incoming=incoming,
         smtp_host=host,
         smtp_port=587 if port is None else port,
         username=username,

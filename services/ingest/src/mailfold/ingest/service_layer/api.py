@@ -28,7 +28,7 @@ from mailfold.ingest.domain.template import Template
 from mailfold.ingest.domain.validation import FieldError, Invalid, KeyReused, NotFound, TooLarge
 from mailfold.ingest.service_layer import quota
 from mailfold.ingest.service_layer.ports import IdempotencyClaim, Ports
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
+from mailfold.runtime.directory import MailboxSettings, MailboxStatus, OrgSettings, RecordEntry
 
 PRODUCER: Final = "ingest"
 HTML: Final = "text/html; charset=utf-8"
@@ -285,9 +285,11 @@ async def get_settings(ports: Ports, org_id: str) -> OrgSettings:
     return await ports.directory.load_settings(org_id)
 
 
-def mailbox_view(user: str, mailbox: MailboxSettings) -> dict[str, object]:
-    """A mailbox as the API shows it: everything but the secret."""
-    return {
+def mailbox_view(
+    user: str, mailbox: MailboxSettings, status: MailboxStatus | None = None
+) -> dict[str, object]:
+    """A mailbox as the API shows it: everything but the secrets, and how its sync is going."""
+    view: dict[str, object] = {
         "user": user,
         "smtp_host": mailbox.smtp_host,
         "smtp_port": mailbox.smtp_port,
@@ -295,6 +297,25 @@ def mailbox_view(user: str, mailbox: MailboxSettings) -> dict[str, object]:
         "security": mailbox.security,
         "email": mailbox.email,
     }
+    incoming = mailbox.incoming
+    if incoming is not None:
+        view["incoming"] = {
+            "protocol": incoming.protocol,
+            "host": incoming.host,
+            "port": incoming.port,
+            "security": incoming.security,
+            "username": incoming.username,
+            "folders": list(incoming.folders),
+        }
+        shown = status or MailboxStatus()
+        view["sync"] = {
+            "state": shown.state,
+            "error_kind": shown.error_kind,
+            "last_error": shown.last_error,
+            "last_sync_at": shown.last_sync_at or None,
+            "updated_at": shown.updated_at or None,
+        }
+    return view
 
 
 async def put_mailbox(
@@ -310,4 +331,4 @@ async def get_mailbox(ports: Ports, org_id: str, user: str) -> dict[str, object]
     mailbox = await ports.directory.load_mailbox(org_id, user)
     if mailbox is None:
         raise NotFound([FieldError("user", f"no integrated mailbox for user {user!r}")])
-    return mailbox_view(user, mailbox)
+    return mailbox_view(user, mailbox, await ports.directory.load_mailbox_status(org_id, user))

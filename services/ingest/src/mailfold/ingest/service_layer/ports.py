@@ -12,7 +12,7 @@ import msgspec
 from mailfold.events import ContentRef, Event, RecordRef, VerpRecord
 from mailfold.ingest.domain.quota import Charge, RecordUsage
 from mailfold.ingest.domain.template import Template
-from mailfold.runtime.directory import MailboxSettings, OrgSettings, RecordEntry
+from mailfold.runtime.directory import MailboxSettings, MailboxStatus, OrgSettings, RecordEntry
 
 
 class Publisher(Protocol):
@@ -53,6 +53,9 @@ class Directory(Protocol):
 
     async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
         """Replace a user's integrated mailbox."""
+
+    async def load_mailbox_status(self, org_id: str, user: str) -> MailboxStatus | None:
+        """The sync status the mailbox service wrote for a user's mailbox, if any."""
 
     async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
         """One record, if it exists."""

@@ -1,0 +1,1 @@
+"""I/O: IMAP, POP3, NATS KV state, the bounce parser."""

@@ -1,0 +1,257 @@
+"""The mailbox service's composition root: settings from the environment, wiring, start, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from mailfold.events import Event, RecordRef
+from mailfold.mailbox import metrics
+from mailfold.mailbox.adapters import store as store_adapter
+from mailfold.mailbox.adapters.bounces import failed_recipients
+from mailfold.mailbox.entrypoints.http import mailbox_app
+from mailfold.mailbox.service_layer.coordinator import Coordinator
+from mailfold.mailbox.service_layer.deletion import delete_email
+from mailfold.mailbox.service_layer.sync import Options, Ports
+from mailfold.runtime import bus, directory
+from mailfold.runtime.directory import IncomingSettings, MailboxSettings, MailboxStatus, OrgSettings
+from mailfold.runtime.logging import configure_logging, get_logger
+from mailfold.runtime.ops import HttpServer
+from mailfold.runtime.orgs import TokenVerifier
+from mailfold.runtime.service import run_until_signalled
+from mailfold.runtime.settings import (
+    CommonSettings,
+    ConfigError,
+    env_bool,
+    env_float,
+    env_int,
+    env_str,
+)
+
+log = get_logger(__name__)
+_mailbox_dec = msgspec.json.Decoder(MailboxSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the mailbox service reads from the environment (see docs/mailbox.md)."""
+
+    nats_url: str
+    host: str = "127.0.0.1"
+    port: int = 8005
+    lease_s: float = 15.0
+    poll_s: float = 60.0
+    idle_s: float = 25 * 60.0
+    max_resets: int = 3
+    timeout_s: float = 30.0
+    backoff_max_s: float = 300.0
+    rescan_days: float = 7.0
+    use_condstore: bool = True
+    ca_file: str = ""
+    metric_mailboxes: int = 50
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read MAILFOLD_MAILBOX_* variables; a bad value raises ConfigError naming it."""
+        common = CommonSettings.from_env()
+        idle_s = env_float("MAILFOLD_MAILBOX_IDLE_SECONDS", 25 * 60.0)
+        if not 0 < idle_s < 29 * 60:
+            raise ConfigError("MAILFOLD_MAILBOX_IDLE_SECONDS must be above 0 and below 1740")
+        settings = cls(
+            nats_url=common.nats_url,
+            host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
+            port=env_int("MAILFOLD_MAILBOX_PORT", 8005, minimum=0),
+            lease_s=env_float("MAILFOLD_MAILBOX_LEASE_SECONDS", 15.0),
+            poll_s=env_float("MAILFOLD_MAILBOX_POLL_SECONDS", 60.0),
+            idle_s=idle_s,
+            max_resets=env_int("MAILFOLD_MAILBOX_MAX_RESETS", 3, minimum=1),
+            timeout_s=env_float("MAILFOLD_MAILBOX_TIMEOUT_SECONDS", 30.0),
+            backoff_max_s=env_float("MAILFOLD_MAILBOX_BACKOFF_MAX_SECONDS", 300.0),
+            rescan_days=env_float("MAILFOLD_MAILBOX_RESCAN_DAYS", 7.0),
+            use_condstore=env_bool("MAILFOLD_MAILBOX_CONDSTORE", True),
+            ca_file=env_str("MAILFOLD_MAILBOX_CA_FILE", ""),
+            metric_mailboxes=env_int("MAILFOLD_MAILBOX_METRIC_MAILBOXES", 50, minimum=1),
+        )
+        for name, value in (
+            ("MAILFOLD_MAILBOX_LEASE_SECONDS", settings.lease_s),
+            ("MAILFOLD_MAILBOX_POLL_SECONDS", settings.poll_s),
+            ("MAILFOLD_MAILBOX_TIMEOUT_SECONDS", settings.timeout_s),
+        ):
+            if value <= 0:
+                raise ConfigError(f"{name} must be above 0, got {value}")
+        return settings
+
+    def options(self) -> Options:
+        """The sync options these settings give."""
+        context = None
+        if self.ca_file:
+            try:
+                context = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"MAILFOLD_MAILBOX_CA_FILE: {exc}") from exc
+        return Options(
+            poll_s=self.poll_s,
+            idle_s=self.idle_s,
+            max_resets=self.max_resets,
+            timeout_s=self.timeout_s,
+            backoff_max_s=self.backoff_max_s,
+            rescan_days=self.rescan_days,
+            use_condstore=self.use_condstore,
+            tls_context=context,
+        )
+
+
+async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], IncomingSettings]:
+    """Every mailbox with an incoming side, by (org, user)."""
+    found: dict[tuple[str, str], IncomingSettings] = {}
+    for key, raw in (await store_adapter.entries(orgs, "*.mailbox.*")).items():
+        org_id, _, token = key.split(".", 2)
+        if not raw:
+            continue
+        try:
+            mailbox = _mailbox_dec.decode(raw)
+        except msgspec.DecodeError:
+            log.warning("mailbox settings unreadable", key=key)
+            continue
+        if mailbox.incoming is not None:
+            user = store_adapter.untoken(token)
+            found[(org_id, user)] = mailbox.incoming
+    return found
+
+
+@dataclass
+class Service:
+    """A running mailbox service."""
+
+    nc: Client
+    coordinator: Coordinator
+    http: HttpServer
+    watcher: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        """The HTTP port it listens on."""
+        return self.http.port
+
+    async def stop(self) -> None:
+        """Stop answering, stop every sync and give the leases back, disconnect."""
+        await self.http.stop()
+        self.watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.watcher
+        await self.coordinator.stop()
+        await bus.close(self.nc)
+        log.info("mailbox stopped")
+
+
+async def _watch_addresses(dir_kv: KeyValue, coordinator: Coordinator) -> None:
+    """A record gained (or lost) an address: its org's mailboxes re-read recent mail."""
+    while True:
+        try:
+            watcher = await dir_kv.watch("*.addr.*", ignore_deletes=True)
+            ready = False
+            async for entry in watcher:
+                if entry is None:
+                    ready = True
+                    continue
+                if ready and entry.value:
+                    coordinator.rescan(entry.key.split(".", 1)[0])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # NATS away: watch again shortly
+            log.warning("address watch failed", error=str(exc))
+            await asyncio.sleep(1)
+
+
+async def build_ports(
+    js: JetStreamContext, orgs: KeyValue, dir_kv: KeyValue, *, timeout_s: float
+) -> Ports:
+    """The sync's ports on NATS: the shared publisher, the address index, the state bucket."""
+    store = store_adapter.MailboxStore(js, await store_adapter.bucket(js))
+
+    async def publish(events: Sequence[Event]) -> None:
+        acks = [await bus.start_publish(js, e) for e in events]
+        await asyncio.wait_for(asyncio.gather(*acks), timeout_s)
+
+    async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
+        return await directory.records_for_addresses(dir_kv, org_id, tuple(addresses))
+
+    async def org_settings(org_id: str) -> OrgSettings:
+        # Read once per batch of messages: a changed setting applies from the next batch.
+        return await directory.load_settings(orgs, org_id)
+
+    async def save_status(org_id: str, user: str, status: MailboxStatus) -> None:
+        await directory.save_mailbox_status(orgs, org_id, user, status)
+
+    return Ports(
+        store=store,
+        publish=publish,
+        records_for=records_for,
+        org_settings=org_settings,
+        save_status=save_status,
+        parse_bounce=failed_recipients,
+    )
+
+
+async def start(settings: Settings) -> Service:
+    """Connect to NATS, lease and sync mailboxes, serve HTTP; port 0 picks a free port."""
+    options = settings.options()
+    nc = await bus.connect(settings.nats_url, "mailfold-mailbox")
+    coordinator: Coordinator | None = None
+    try:
+        js = nc.jetstream()
+        await bus.ensure_topology(js)
+        orgs = await bus.kv(js, bus.BUCKET_ORGS)
+        dir_kv = await bus.kv(js, bus.BUCKET_DIRECTORY)
+        ports = await build_ports(js, orgs, dir_kv, timeout_s=settings.timeout_s)
+        metrics.BOARD.limit = settings.metric_mailboxes
+        owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        coordinator = Coordinator(
+            ports,
+            lambda: configured_mailboxes(orgs),
+            options,
+            owner=owner,
+            lease_s=settings.lease_s,
+        )
+        coordinator.start()
+        watcher = asyncio.create_task(_watch_addresses(dir_kv, coordinator))
+
+        async def load_incoming(org_id: str, user: str) -> IncomingSettings | None:
+            mailbox = await directory.load_mailbox(orgs, org_id, user)
+            return None if mailbox is None else mailbox.incoming
+
+        async def delete(org_id: str, email_id: str) -> str:
+            return await delete_email(ports, load_incoming, options, org_id, email_id)
+
+        async def health() -> dict[str, object]:
+            return {"nats": "ok" if nc.is_connected else "disconnected"}
+
+        http = HttpServer(
+            mailbox_app(delete, TokenVerifier(orgs), health), settings.host, settings.port
+        )
+        await http.start()
+    except BaseException:
+        if coordinator is not None:
+            await coordinator.stop()
+        await bus.close(nc)
+        raise
+    log.info("mailbox listening", host=settings.host, port=http.port, owner=owner)
+    return Service(nc, coordinator, http, watcher)
+
+
+def main() -> None:
+    """`mailfold serve mailbox`: run until SIGINT or SIGTERM."""
+    common = CommonSettings.from_env()
+    configure_logging("mailbox", level=common.log_level, json=common.log_json)
+    run_until_signalled(lambda: start(Settings.from_env()))

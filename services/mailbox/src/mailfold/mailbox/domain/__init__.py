@@ -1,0 +1,1 @@
+"""Pure decisions: what a mailbox message means, ids, sync state."""

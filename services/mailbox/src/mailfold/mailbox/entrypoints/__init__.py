@@ -1,0 +1,1 @@
+"""HTTP routes: deletion through the API, health and metrics."""

@@ -1,0 +1,1 @@
+"""Handlers that orchestrate a mailbox sync: folders, workers, leases."""
