@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import re
-import uuid
 from datetime import datetime
 from typing import Final
 
@@ -24,11 +23,11 @@ from mailfold.events import (
     Source,
     Transport,
 )
+from mailfold.events.ids import derived_id
 from mailfold.events.model import BounceKind
 from mailfold.mailbox.domain.messages import Summary
 
 PRODUCER: Final = "mailbox"
-_MAX_MS: Final = (1 << 48) - 1
 _CRM_MESSAGE_ID: Final = re.compile(
     r"^<?([0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})@([^<>@\s]+)>?$"
 )
@@ -39,19 +38,6 @@ class Role(enum.StrEnum):
 
     INBOX = "inbox"
     SENT = "sent"
-
-
-def derived_id(*parts: str, unix_ms: int) -> str:
-    """A UUIDv7-shaped id whose random bits come from a SHA-256 of `parts`."""
-    seed = "\x1f".join(parts).encode("utf-8", "surrogatepass")
-    rand = int.from_bytes(hashlib.sha256(seed).digest()[:10], "big")
-    ms = unix_ms if 0 <= unix_ms <= _MAX_MS else 0
-    value = ms << 80
-    value |= 0x7 << 76
-    value |= ((rand >> 62) & 0xFFF) << 64
-    value |= 0b10 << 62
-    value |= rand & 0x3FFF_FFFF_FFFF_FFFF
-    return str(uuid.UUID(int=value))
 
 
 def normal_message_id(message_id: str) -> str:
