@@ -122,11 +122,20 @@ class PutTemplate:
 
 
 def decode_json(body: bytes) -> object:
-    """The JSON document in a request body; 422 naming `body` when it is not JSON."""
+    """The JSON document in a request body; 422 naming `body` when it is not JSON.
+
+    The message never quotes the body: it may hold a secret, and it goes back to the client.
+    """
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise Invalid([FieldError("body", f"is not valid JSON: {exc}")]) from exc
+        raise Invalid([FieldError("body", f"is not valid JSON: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise Invalid(
+            [FieldError("body", f"is not valid UTF-8 (byte {exc.start}): {exc.reason}")]
+        ) from None
+    except RecursionError:
+        raise Invalid([FieldError("body", "is nested too deeply")]) from None
 
 
 def fingerprint(document: object) -> str:
