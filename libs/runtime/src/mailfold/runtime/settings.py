@@ -142,25 +142,3 @@ class HttpLimits:
             backlog=env_int("MAILFOLD_HTTP_BACKLOG", 2048, minimum=1),
             max_connections=env_int("MAILFOLD_HTTP_MAX_CONNECTIONS", 1000, minimum=1),
         )
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpLimits:
-    """Timeouts and limits of an SMTP listener (MAILFOLD_SMTP_*; see docs/operations.md)."""
-
-    command_timeout_s: float = 120.0
-    data_timeout_s: float = 600.0
-    backlog: int = 2048
-    max_connections: int = 500
-
-    @classmethod
-    def from_env(cls, *, command_timeout_s: float = 120.0) -> SmtpLimits:
-        """Read MAILFOLD_SMTP_COMMAND_TIMEOUT, _DATA_TIMEOUT, _BACKLOG, _MAX_CONNECTIONS."""
-        return cls(
-            command_timeout_s=env_float(
-                "MAILFOLD_SMTP_COMMAND_TIMEOUT", command_timeout_s, minimum=0.1
-            ),
-            data_timeout_s=env_float("MAILFOLD_SMTP_DATA_TIMEOUT", 600.0, minimum=0.1),
-            backlog=env_int("MAILFOLD_SMTP_BACKLOG", 2048, minimum=1),
-            max_connections=env_int("MAILFOLD_SMTP_MAX_CONNECTIONS", 500, minimum=1),
-        )

@@ -105,29 +105,33 @@ class IngestApi:
 
     def routes(self) -> list[BaseRoute]:
         """Every API route."""
-        guard = self._guard
+        route = self._route
         return [
-            Route("/v1/orgs/{org}/emails", guard("emails", {"POST": self.compose})),
-            Route(
+            route("/v1/orgs/{org}/emails", "emails", {"POST": self.compose}),
+            route(
                 "/v1/orgs/{org}/templates/{template_id}",
-                guard("templates", {"GET": self.get_template, "PUT": self.put_template}),
+                "templates",
+                {"GET": self.get_template, "PUT": self.put_template},
             ),
-            Route(
+            route(
                 "/v1/orgs/{org}/records/{record_id}",
-                guard(
-                    "records",
-                    {"GET": self.get_record, "PUT": self.put_record, "DELETE": self.delete_record},
-                ),
+                "records",
+                {"GET": self.get_record, "PUT": self.put_record, "DELETE": self.delete_record},
             ),
-            Route(
+            route(
                 "/v1/orgs/{org}/settings",
-                guard("settings", {"GET": self.get_settings, "PUT": self.put_settings}),
+                "settings",
+                {"GET": self.get_settings, "PUT": self.put_settings},
             ),
-            Route(
+            route(
                 "/v1/orgs/{org}/mailboxes/{user}",
-                guard("mailboxes", {"GET": self.get_mailbox, "PUT": self.put_mailbox}),
+                "mailboxes",
+                {"GET": self.get_mailbox, "PUT": self.put_mailbox},
             ),
         ]
+
+    def _route(self, path: str, name: str, methods: Methods) -> Route:
+        return Route(path, self._guard(name, methods), methods=list(methods))
 
     def _guard(self, name: str, methods: Methods) -> Callable[[Request], Awaitable[Response]]:
         """Method dispatch, bearer-token check, problem answers for refusals and outages, metrics."""
