@@ -13,6 +13,7 @@ from typing import Final
 import msgspec
 
 from mailfold.events import SOURCES, Module, Source, Transport, one_per_recipient
+from mailfold.ingest.domain import payloads
 from mailfold.ingest.domain.addresses import is_address, is_domain, normalise_domain
 from mailfold.ingest.domain.validation import FieldError, Fields, Invalid
 from mailfold.runtime.directory import (
@@ -136,6 +137,20 @@ def decode_json(body: bytes) -> object:
         ) from None
     except RecursionError:
         raise Invalid([FieldError("body", "is nested too deeply")]) from None
+
+
+def conform(document: object, body: type[msgspec.Struct]) -> None:
+    """Check a document already read field by field against its body type (`payloads`).
+
+    The field reader names every fault at once; this makes sure nothing the OpenAPI document
+    calls invalid is taken, naming the field msgspec reports.
+    """
+    try:
+        msgspec.convert(document, body)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$")
+        field = where.rstrip("`").lstrip(".") if message else "body"
+        raise Invalid([FieldError(field or "body", message or str(exc))]) from None
 
 
 def fingerprint(document: object) -> str:
@@ -284,6 +299,7 @@ def compose_from_json(document: object) -> ComposeEmail:
             f"attachments total {size} bytes; at most {MAX_EMAIL_ATTACHMENTS_BYTES} allowed",
         )
     fields.check()
+    conform(document, payloads.ComposeEmailBody)
     assert source is not None
     assert from_addr is not None
     return ComposeEmail(
@@ -318,6 +334,7 @@ def template_from_json(template_id: str, document: object) -> PutTemplate:
             f"{MAX_EMAIL_ATTACHMENTS_BYTES}",
         )
     fields.check()
+    conform(document, payloads.TemplateBody)
     return PutTemplate(template_id, subject or "", html, text, attachments)
 
 
@@ -338,6 +355,7 @@ def record_from_json(record_id: str, document: object) -> RecordEntry:
     else:
         addresses = _addresses(fields, "addresses")
     fields.check()
+    conform(document, payloads.RecordBody)
     assert module is not None
     return RecordEntry(record_id=record_id, module=module, addresses=addresses)
 
@@ -381,6 +399,7 @@ def settings_from_json(document: object) -> OrgSettings:
     if mail_domain is not None and not is_domain(normalise_domain(mail_domain)):
         fields.fail("mail_domain", "is not a domain name")
     fields.check()
+    conform(document, payloads.SettingsBody)
     return OrgSettings(
         time_zone=time_zone,
         mass_email_daily_limit=DEFAULT_MASS_DAILY_LIMIT if limit is None else limit,
@@ -406,6 +425,7 @@ def mailbox_from_json(document: object) -> MailboxSettings:
     if address is not None and address and not is_address(address.strip()):
         fields.fail("email", "is not an email address")
     fields.check()
+    conform(document, payloads.MailboxBody)
     assert host is not None
     assert username is not None
     assert secret is not None

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from mailfold.events import one_per_recipient
 from mailfold.ingest.domain import requests as req
 from mailfold.ingest.domain.validation import BadKey, FieldError, TooLarge
+from mailfold.ingest.entrypoints.openapi import openapi
 from mailfold.ingest.metrics import (
     CAMPAIGN_TARGETS,
     EMAILS_COMPOSED,
@@ -23,6 +24,7 @@ from mailfold.ingest.metrics import (
 from mailfold.ingest.service_layer import api, campaigns
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime.logging import get_logger
+from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer
 from mailfold.runtime.problems import (
@@ -302,4 +304,10 @@ def build_app(
     `available` says whether NATS is reachable; while it is not, requests get 503 at once
     instead of waiting for timeouts.
     """
-    return api_app([*IngestApi(ports, verifier, available).routes(), *ops_routes(health)])
+    return api_app(
+        [
+            *IngestApi(ports, verifier, available).routes(),
+            openapi_route(openapi()),
+            *ops_routes(health),
+        ]
+    )

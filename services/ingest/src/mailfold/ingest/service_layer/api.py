@@ -17,6 +17,7 @@ from mailfold.events import (
     new_id,
 )
 from mailfold.events.ids import derived_id, id_time_ms
+from mailfold.ingest.domain.payloads import MailboxView
 from mailfold.ingest.domain.requests import (
     MAX_EMAIL_ATTACHMENTS_BYTES,
     RECORD_ATTACHMENT_QUOTA_BYTES,
@@ -285,27 +286,27 @@ async def get_settings(ports: Ports, org_id: str) -> OrgSettings:
     return await ports.directory.load_settings(org_id)
 
 
-def mailbox_view(user: str, mailbox: MailboxSettings) -> dict[str, object]:
+def mailbox_view(user: str, mailbox: MailboxSettings) -> MailboxView:
     """A mailbox as the API shows it: everything but the secret."""
-    return {
-        "user": user,
-        "smtp_host": mailbox.smtp_host,
-        "smtp_port": mailbox.smtp_port,
-        "username": mailbox.username,
-        "security": mailbox.security,
-        "email": mailbox.email,
-    }
+    return MailboxView(
+        user=user,
+        smtp_host=mailbox.smtp_host,
+        smtp_port=mailbox.smtp_port,
+        username=mailbox.username,
+        security=mailbox.security,
+        email=mailbox.email,
+    )
 
 
 async def put_mailbox(
     ports: Ports, org_id: str, user: str, mailbox: MailboxSettings
-) -> dict[str, object]:
+) -> MailboxView:
     """Replace a user's integrated mailbox; the answer leaves the secret out."""
     await ports.directory.save_mailbox(org_id, user, mailbox)
     return mailbox_view(user, mailbox)
 
 
-async def get_mailbox(ports: Ports, org_id: str, user: str) -> dict[str, object]:
+async def get_mailbox(ports: Ports, org_id: str, user: str) -> MailboxView:
     """A user's integrated mailbox without its secret; 404 when there is none."""
     mailbox = await ports.directory.load_mailbox(org_id, user)
     if mailbox is None:

@@ -15,8 +15,10 @@ from starlette.routing import BaseRoute, Route
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
 from mailfold.projector.entrypoints.campaigns import CampaignEndpoints
+from mailfold.projector.entrypoints.openapi import EmailPage, EmailWithHistory, openapi
 from mailfold.projector.service_layer import views
 from mailfold.runtime.directory import load_record
+from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer, valid_org_id
 from mailfold.runtime.problems import FieldError, api_app, problem
@@ -119,13 +121,13 @@ class Api:
             last = page[-1]
             next_cursor = encode_cursor(last["email_at"], last["email_id"])
         return json_response(
-            {
-                "org_id": org_id,
-                "record_id": record_id,
-                "filter": filter_,
-                "items": [views.list_item(r) for r in page],
-                "next_cursor": next_cursor,
-            }
+            EmailPage(
+                org_id=org_id,
+                record_id=record_id,
+                filter="crm" if filter_ == "crm" else "all",
+                items=[views.list_item(r) for r in page],
+                next_cursor=next_cursor,
+            )
         )
 
     async def _record_exists(self, org_id: str, record_id: str) -> bool:
@@ -150,10 +152,10 @@ class Api:
         links = await self._queries.links(email_id)
         history = await self._queries.history(email_id, org_id)
         return json_response(
-            {
-                "email": views.email_detail(row, links),
-                "history": [views.history_entry(h) for h in history],
-            }
+            EmailWithHistory(
+                email=views.email_detail(row, links),
+                history=[views.history_entry(h) for h in history],
+            )
         )
 
     def routes(self) -> list[BaseRoute]:
@@ -170,4 +172,4 @@ class Api:
 
 def build_app(api: Api, health: HealthCheck) -> Starlette:
     """The query API with /healthz and /metrics on the same port."""
-    return api_app([*api.routes(), *ops_routes(health)])
+    return api_app([*api.routes(), openapi_route(openapi()), *ops_routes(health)])
