@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,15 @@ from mailfold.projector.entrypoints.openapi import openapi as query_openapi
 DOCS = Path(__file__).parent.parent.parent / "docs" / "openapi"
 
 
-@pytest.mark.parametrize(
-    ("name", "generated"), [("ingest", ingest_openapi()), ("query", query_openapi())]
-)
-def test_the_shipped_document_is_the_generated_one(name: str, generated: dict[str, Any]) -> None:
+GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
+    "ingest": ingest_openapi,
+    "query": query_openapi,
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATORS))
+def test_the_shipped_document_is_the_generated_one(name: str) -> None:
+    generated = GENERATORS[name]()
     shipped = json.loads((DOCS / f"{name}.json").read_text())
     assert shipped == generated, (
         f"regenerate: mailfold schema --openapi {name} > docs/openapi/{name}.json"
