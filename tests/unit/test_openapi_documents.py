@@ -25,7 +25,7 @@ GENERATORS: dict[str, Callable[[], dict[str, Any]]] = {
 def test_the_shipped_document_is_the_generated_one(name: str) -> None:
     generated = GENERATORS[name]()
     shipped = json.loads((DOCS / f"{name}.json").read_text())
-    assert shipped == generated, (
+    assert shipped == json.loads(json.dumps(generated)), (
         f"regenerate: mailfold schema --openapi {name} > docs/openapi/{name}.json"
     )
     assert shipped["openapi"] == "3.1.0"
