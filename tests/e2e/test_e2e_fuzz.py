@@ -58,6 +58,7 @@ def test_every_operation_answers_without_a_server_error_and_as_documented(
     assert operations
     for operation in operations:
         strategy = operation.as_strategy(mode, path_parameters={"org": org})
+        statuses: list[int] = []
 
         @seed(SEED)
         @settings(
@@ -68,7 +69,7 @@ def test_every_operation_answers_without_a_server_error_and_as_documented(
             suppress_health_check=list(HealthCheck),
         )
         @given(case=strategy)
-        def run(case: Any) -> None:
+        def run(case: Any, statuses: list[int] = statuses) -> None:
             response = case.call_and_validate(
                 base_url=base,
                 headers={"Authorization": f"Bearer {token}"},
@@ -77,6 +78,5 @@ def test_every_operation_answers_without_a_server_error_and_as_documented(
             )
             statuses.append(response.status_code)
 
-        statuses: list[int] = []
         run()
         print(operation.label, sorted(set(statuses)))
