@@ -43,7 +43,7 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20}
+EXAMPLES = {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 40}
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,37 @@ def _fuzz(strategy: Any, base: str, token: str, examples: int) -> list[int]:
 
     run()
     return statuses
+
+
+def test_stateful_sequences_follow_the_documents_links_without_a_server_error(
+    stack: Any, fuzz_org: tuple[str, str]
+) -> None:
+    print(f"schemathesis stateful seed {SEED} (replay with MAILFOLD_FUZZ_SEED={SEED})")
+    org, token = fuzz_org
+    base = str(stack.ingest)
+    schema = schemathesis.openapi.from_dict(httpx.get(f"{base}/openapi.json", timeout=30).json())
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: Any) -> None:
+            case.path_parameters = {**(case.path_parameters or {}), "org": org}
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": base, "headers": {"Authorization": f"Bearer {token}"}}
+
+        def validate_response(
+            self, response: Any, case: Any, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
+            case.validate_response(response, checks=CHECKS, transport_kwargs=kwargs)
+
+    seed(SEED)(Machine).run(
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=5,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
 
 
 # --- SMTP ------------------------------------------------------------------------------------
@@ -253,7 +284,7 @@ async def test_every_smtp_session_gets_well_formed_replies_and_every_250_is_proj
 
     @seed(SEED)
     @settings(
-        max_examples=40,
+        max_examples=150,
         deadline=None,
         database=None,
         phases=[Phase.explicit, Phase.generate],
