@@ -60,28 +60,40 @@ def ops_app(health: HealthCheck, *, asyncapi: Callable[[], str] | None = None) -
     return api_app(ops_routes(health, asyncapi=asyncapi))
 
 
-_TIMEOUT_BODY: Final = problem_body(408, "the request headers did not arrive in time")
-_TIMEOUT_RESPONSE: Final = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/problem+json\r\n"
-    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\nconnection: close\r\n\r\n"
-) + _TIMEOUT_BODY
+def _closing_answer(status: int, reason: str, detail: str) -> bytes:
+    body = problem_body(status, detail)
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode() + body
 
 
-def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol with a deadline on reading each request's headers.
+_TIMEOUT_RESPONSE: Final = _closing_answer(
+    408, "Request Timeout", "the request headers did not arrive in time"
+)
+_FULL_RESPONSE: Final = _closing_answer(
+    503, "Service Unavailable", "too many connections; try again later"
+)
+
+
+def bounded_protocol(header_timeout_s: float, max_connections: int) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with a connection limit and a deadline on request headers.
 
     uvicorn times out idle keep-alive connections, but not a connection that opens and then sends
     its headers slowly or never: each would hold a file descriptor for good. The deadline starts
     when the connection opens and again when a new request starts on a kept-alive connection,
     and ends when the headers are complete; past it the client gets 408 and the connection closes.
+    A connection beyond `max_connections` open ones is answered 503 and closed at once.
     """
 
-    class HeaderTimeoutProtocol(HttpToolsProtocol):
+    class BoundedProtocol(HttpToolsProtocol):
         _header_deadline: asyncio.TimerHandle | None = None
 
         def _arm(self) -> None:
             if self._header_deadline is None:
-                self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+                self._header_deadline = self.loop.call_later(
+                    header_timeout_s, self._headers_too_slow
+                )
 
         def _disarm(self) -> None:
             if self._header_deadline is not None:
@@ -96,6 +108,10 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(_FULL_RESPONSE)
+                transport.close()
+                return
             self._arm()
 
         def on_message_begin(self) -> None:
@@ -110,7 +126,7 @@ def header_timeout_protocol(seconds: float) -> type[HttpToolsProtocol]:
             self._disarm()
             super().connection_lost(exc)
 
-    return HeaderTimeoutProtocol
+    return BoundedProtocol
 
 
 class HttpServer:
@@ -133,7 +149,7 @@ class HttpServer:
             Guard(app, body_timeout_s=limits.body_timeout_s),
             host=host,
             port=port,
-            http=header_timeout_protocol(limits.header_timeout_s),
+            http=bounded_protocol(limits.header_timeout_s, limits.max_connections),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -142,7 +158,6 @@ class HttpServer:
             proxy_headers=False,
             timeout_keep_alive=limits.keepalive_timeout_s,
             backlog=limits.backlog,
-            limit_concurrency=limits.max_connections,
         )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
