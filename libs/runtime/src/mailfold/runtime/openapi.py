@@ -57,7 +57,8 @@ class Operation:
     path: str
     operation_id: str
     summary: str
-    answers: dict[int, tuple[str, Any]]  # status -> (description, type or None for no body)
+    # status -> (description, answer type: None for no body, a tuple for one of several types)
+    answers: dict[int, tuple[str, Any]]
     params: Sequence[Param] = ()
     body: Any = None
     tags: Sequence[str] = ()
@@ -72,7 +73,10 @@ def document(
     for op in operations:
         if op.body is not None:
             types.append(op.body)
-        types.extend(t for _, t in op.answers.values() if t is not None)
+        for _, answer in op.answers.values():
+            types.extend(
+                answer if isinstance(answer, tuple) else [] if answer is None else [answer]
+            )
     schemas, components = msgspec.json.schema_components(types, ref_template=_REF)
     schema_of = dict(zip(map(id, types), schemas, strict=True))
     problem_ref = schema_of[id(Problem)]
@@ -81,7 +85,10 @@ def document(
         responses: dict[str, Any] = {}
         for status, (text, answer_type) in op.answers.items():
             response: dict[str, Any] = {"description": text}
-            if answer_type is not None:
+            if isinstance(answer_type, tuple):
+                schema = {"anyOf": [schema_of[id(t)] for t in answer_type]}
+                response["content"] = {"application/json": {"schema": schema}}
+            elif answer_type is not None:
                 response["content"] = {"application/json": {"schema": schema_of[id(answer_type)]}}
             if status in op.links:
                 response["links"] = op.links[status]

@@ -107,3 +107,19 @@ class MailboxView(msgspec.Struct, kw_only=True):
     username: str
     security: str
     email: str
+
+
+class AttachmentUsage(msgspec.Struct, kw_only=True):
+    """The attachment bytes a record holds, and its quota."""
+
+    used_bytes: int
+    quota_bytes: int
+
+
+class RecordView(msgspec.Struct, kw_only=True):
+    """A record as `GET` shows it: its addresses and the attachment bytes it holds."""
+
+    record_id: str
+    module: Module
+    addresses: list[str]
+    attachments: AttachmentUsage

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from mailfold.ingest.domain import payloads
+from mailfold.ingest.domain.campaigns import CampaignView
 from mailfold.ingest.domain.template import Template
 from mailfold.runtime.directory import OrgSettings, RecordEntry
 from mailfold.runtime.openapi import Operation, Param, document
@@ -34,7 +35,13 @@ def operations() -> list[Operation]:
             "/v1/orgs/{org}/emails",
             "composeEmail",
             "Compose an email",
-            {202: ("Recorded; the sender takes it from here", payloads.Accepted)},
+            {
+                202: (
+                    "Recorded: the email's id, or for a bulk source (one email per recipient) "
+                    "the campaign and each target's outcome",
+                    (payloads.Accepted, CampaignView),
+                )
+            },
             (ORG, IDEMPOTENCY),
             payloads.ComposeEmailBody,
             ("emails",),
@@ -83,8 +90,8 @@ def operations() -> list[Operation]:
             "GET",
             "/v1/orgs/{org}/records/{record_id}",
             "getRecord",
-            "Read a record",
-            {200: ("The record", RecordEntry)},
+            "Read a record and the attachment bytes it holds",
+            {200: ("The record", payloads.RecordView)},
             (ORG, RECORD),
             tags=("records",),
         ),

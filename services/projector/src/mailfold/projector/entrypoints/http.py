@@ -160,9 +160,7 @@ class Api:
 
     def routes(self) -> list[BaseRoute]:
         """The API's routes."""
-        campaigns = CampaignEndpoints(
-            self._queries.campaigns, self._authorize, json_response, problem
-        )
+        campaigns = CampaignEndpoints(self._queries.campaigns, self._authorize, json_response)
         return [
             Route("/v1/orgs/{org}/records/{record_id}/emails", self.record_emails),
             Route("/v1/orgs/{org}/emails/{email_id}", self.email),

@@ -26,6 +26,23 @@ class EmailWithHistory(msgspec.Struct, kw_only=True):
     history: list[dict[str, Any]]
 
 
+class CampaignCounts(msgspec.Struct, kw_only=True):
+    """What became of a bulk send's emails."""
+
+    org_id: str
+    campaign_id: str
+    counts: dict[str, Any]
+
+
+class CampaignPage(msgspec.Struct, kw_only=True):
+    """A page of a bulk send's emails, in email-id order."""
+
+    org_id: str
+    campaign_id: str
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
 ORG: Final = Param(
     "org", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, "the org id"
 )
@@ -58,6 +75,29 @@ def operations() -> list[Operation]:
             {200: ("The email", EmailWithHistory)},
             (ORG, Param("email_id", "path", TEXT_ID)),
             tags=("emails",),
+        ),
+        Operation(
+            "GET",
+            "/v1/orgs/{org}/campaigns/{campaign_id}",
+            "getCampaign",
+            "A bulk send's counts",
+            {200: ("The counts", CampaignCounts)},
+            (ORG, Param("campaign_id", "path", TEXT_ID)),
+            tags=("campaigns",),
+        ),
+        Operation(
+            "GET",
+            "/v1/orgs/{org}/campaigns/{campaign_id}/emails",
+            "listCampaignEmails",
+            "A bulk send's emails",
+            {200: ("A page of the emails", CampaignPage)},
+            (
+                ORG,
+                Param("campaign_id", "path", TEXT_ID),
+                Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500}),
+                Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"),
+            ),
+            tags=("campaigns",),
         ),
     ]
 
