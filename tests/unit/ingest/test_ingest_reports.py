@@ -152,3 +152,9 @@ def test_events_built_from_any_parse_result_pass_the_contract(
         # the wire form decodes, is stable, and holds no NUL for PostgreSQL to refuse
         assert encode(decode(wire)) == wire
         assert b"\\u0000" not in wire
+
+
+def test_a_reply_code_of_non_ascii_digits_becomes_none() -> None:
+    (event,) = events_for(entry(reply_code="\u00b9\u00b2\u00b3"))  # superscript digits
+    assert isinstance(event, EmailBounced)
+    assert event.reply_code is None

@@ -31,7 +31,7 @@ def _opt(text: str, limit: int = MAX_FIELD) -> str | None:
 
 
 def _reply_code(text: str) -> int | None:
-    if len(text) == 3 and text.isdigit() and 200 <= int(text) <= 599:
+    if len(text) == 3 and text.isascii() and text.isdigit() and 200 <= int(text) <= 599:
         return int(text)
     return None
 

@@ -58,7 +58,7 @@ async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
     """The request body, refused with 413 past `limit` bytes without reading it all into memory."""
     too_big = TooLarge([FieldError("body", f"request bodies are limited to {limit} bytes")])
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks: list[bytes] = []
     size = 0

@@ -90,7 +90,7 @@ class CampaignEndpoints:
         limit = DEFAULT_LIMIT
         raw_limit = params.get("limit")
         if raw_limit is not None:
-            limit = int(raw_limit) if raw_limit.isdigit() else 0
+            limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
             if not 1 <= limit <= MAX_LIMIT:
                 errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
         after = params.get("cursor")
