@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import httpx
 from nats.aio.client import Client
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.orgs import create_org
 
 if TYPE_CHECKING:
