@@ -17,7 +17,7 @@ async def tight_ingest(
     monkeypatch: pytest.MonkeyPatch,
     org_token: str,
 ) -> AsyncIterator[IngestService]:
-    monkeypatch.setenv("MAILFOLD_HTTP_BODY_TIMEOUT", "0.5")
+    monkeypatch.setenv("MAILFOLD_HTTP_BODY_TIMEOUT_S", "0.5")
     service = await start(make_settings(nats_url, smtp_max_connections=5))
     yield service
     await service.stop()

@@ -26,7 +26,7 @@ async def _held_open(port: int, request: bytes) -> bytes:
 async def slow_limits_tracker(
     start_tracker: StartTracker, nats_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Service]:
-    monkeypatch.setenv("MAILFOLD_HTTP_HEADER_TIMEOUT", "0.5")
+    monkeypatch.setenv("MAILFOLD_HTTP_HEADER_TIMEOUT_S", "0.5")
     async with start_tracker(nats_url) as service:
         yield service
 

@@ -133,12 +133,12 @@ class HttpLimits:
 
     @classmethod
     def from_env(cls) -> HttpLimits:
-        """Read MAILFOLD_HTTP_HEADER_TIMEOUT, _BODY_TIMEOUT, _KEEPALIVE_TIMEOUT, _BACKLOG,
+        """Read MAILFOLD_HTTP_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S, _KEEPALIVE_TIMEOUT_S, _BACKLOG,
         _MAX_CONNECTIONS."""
         return cls(
-            header_timeout_s=env_float("MAILFOLD_HTTP_HEADER_TIMEOUT", 10.0, minimum=0.1),
-            body_timeout_s=env_float("MAILFOLD_HTTP_BODY_TIMEOUT", 30.0, minimum=0.1),
-            keepalive_timeout_s=env_int("MAILFOLD_HTTP_KEEPALIVE_TIMEOUT", 5, minimum=1),
+            header_timeout_s=env_float("MAILFOLD_HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+            body_timeout_s=env_float("MAILFOLD_HTTP_BODY_TIMEOUT_S", 30.0, minimum=0.1),
+            keepalive_timeout_s=env_int("MAILFOLD_HTTP_KEEPALIVE_TIMEOUT_S", 5, minimum=1),
             backlog=env_int("MAILFOLD_HTTP_BACKLOG", 2048, minimum=1),
             max_connections=env_int("MAILFOLD_HTTP_MAX_CONNECTIONS", 1000, minimum=1),
         )
