@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+# Each script runs as __main__ with bench/ at the END of sys.path: its shared `_results` module is
+# found there, while bench/faststream.py (the benchmark) never shadows the faststream package.
+RUNNER = (
+    "import runpy, sys; sys.path.append(sys.argv[1]); "
+    "runpy.run_path(sys.argv[2], run_name='__main__')"
+)
 
 
 def main() -> int:
@@ -16,7 +22,8 @@ def main() -> int:
     failed = []
     for script in scripts:
         print(f"== {script.stem}", flush=True)
-        if subprocess.run([sys.executable, str(script)], cwd=HERE.parent, check=False).returncode:
+        command = [sys.executable, "-c", RUNNER, str(HERE), str(script)]
+        if subprocess.run(command, cwd=HERE.parent, check=False).returncode:
             failed.append(script.stem)
     print(f"results in {HERE / 'results.json'}")
     if failed:

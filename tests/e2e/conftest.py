@@ -109,3 +109,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The log check reads what the whole run wrote: it goes last."""
+    items.sort(key=lambda item: "test_e2e_logs.py" in item.nodeid)

@@ -91,3 +91,30 @@ def test_new_ids_are_uuid7_and_sort_by_time() -> None:
     assert a < b
     assert id_time_ms(a) == 1_700_000_000_000
     assert len({new_id() for _ in range(1000)}) == 1000
+
+
+def test_strings_on_the_wire_never_hold_nul_or_lone_surrogates() -> None:
+    minimal = {
+        "type": "email_opened",
+        "event_id": "e1",
+        "org_id": "acme",
+        "email_id": "m1",
+        "occurred_at": "2026-03-01T09:00:00Z",
+        "producer": "old",
+        "recipient": "ann@example.org",
+    }
+    event = decode(json.dumps(minimal))
+    assert isinstance(event, EmailOpened)
+    with_nul = msgspec.structs.replace(event, label="a\x00b", user_agent="x\udc80y")
+
+    data = encode(with_nul)
+
+    assert b"\\u0000" not in data
+    again = decode(data)
+    assert isinstance(again, EmailOpened)
+    assert again.label == "a\ufffdb"
+    assert again.user_agent == "x?y"
+    # a backslash followed by "u0000" is text, not a NUL, and stays as it was
+    kept = decode(encode(msgspec.structs.replace(event, label="C:\\u0000")))
+    assert isinstance(kept, EmailOpened)
+    assert kept.label == "C:\\u0000"

@@ -173,6 +173,19 @@ def _write_runtime(stack: DevStack) -> None:
 
 def _start_sink(stack: DevStack) -> None:
     """The local MX every outbound message is routed to in dev."""
+    _spawn_sink(stack)
+    port = stack.ports["sink_smtp"]
+    logs = stack.data / "logs"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stack.children["sink"].poll() is None:
+        with socket.socket() as sock:
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the sink MX did not start; see {logs / 'sink.log'}")
+
+
+def _spawn_sink(stack: DevStack) -> None:
     logs = stack.data / "logs"
     logs.mkdir(exist_ok=True)
     port = stack.ports["sink_smtp"]
@@ -193,13 +206,6 @@ def _start_sink(stack: DevStack) -> None:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and stack.children["sink"].poll() is None:
-        with socket.socket() as sock:
-            if sock.connect_ex((LOOPBACK, port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"the sink MX did not start; see {logs / 'sink.log'}")
 
 
 def _start_dovecot(stack: DevStack) -> str:
@@ -238,21 +244,72 @@ def _start_dovecot(stack: DevStack) -> str:
     )
 
 
-def _start_services(stack: DevStack, services: list[str]) -> None:
-    env = stack.service_env()
+def _spawn_service(stack: DevStack, service: str) -> None:
     logs = stack.data / "logs"
     logs.mkdir(exist_ok=True)
-    for service in services:
-        log = (logs / f"{service}.log").open("ab")
+    with (logs / f"{service}.log").open("ab") as log:
         stack.children[service] = subprocess.Popen(
             [sys.executable, "-m", "mailfold.cli", "serve", service],
-            env=env,
+            env=stack.service_env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us; we stop the children in order
         )
-        log.close()
+
+
+def _start_services(stack: DevStack, services: list[str]) -> None:
+    for service in services:
+        _spawn_service(stack, service)
+
+
+@dataclass
+class Restarts:
+    """When each child that died may be started again: backoff doubles per quick death."""
+
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+    stable_after: float = 60.0  # a child up this long starts over at the first delay
+    delay: dict[str, float] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+
+    def died(self, name: str, now: float) -> float:
+        """Record a death; returns the seconds until the restart."""
+        up = now - self.started.get(name, now)
+        previous = self.delay.get(name, 0.0)
+        delay = (
+            self.first_delay
+            if up >= self.stable_after or not previous
+            else min(previous * 2, self.max_delay)
+        )
+        self.delay[name] = delay
+        self.due[name] = now + delay
+        return delay
+
+
+def _supervise(stack: DevStack, restarts: Restarts) -> None:
+    """Restart every child that died, after its backoff; say so on stdout and in its log."""
+    now = time.monotonic()
+    for name, proc in list(stack.children.items()):
+        if proc.poll() is None or name in restarts.due:
+            continue
+        delay = restarts.died(name, now)
+        print(
+            f"service {name} exited with {proc.returncode}; restarting in {delay:g} s "
+            f"(see {stack.data}/logs/{name}.log)",
+            flush=True,
+        )
+    for name, due in list(restarts.due.items()):
+        if due > now:
+            continue
+        del restarts.due[name]
+        if name == "sink":
+            _spawn_sink(stack)
+        else:
+            _spawn_service(stack, name)
+        restarts.started[name] = time.monotonic()
+        print(f"service {name} restarted (pid {stack.children[name].pid})", flush=True)
 
 
 def _wait_healthy(stack: DevStack, timeout: float = 60.0) -> list[str]:
@@ -334,13 +391,10 @@ def run_dev(*, demo: bool = True) -> int:
         else:
             demo_lines = []
         _print_banner(stack, services, [mailbox_line, *demo_lines])
+        # A child that dies is restarted (with backoff), not a reason to stop the stack.
+        restarts = Restarts(started=dict.fromkeys(stack.children, time.monotonic()))
         while not stopping:
-            for service, proc in stack.children.items():
-                if proc.poll() is not None:
-                    print(
-                        f"service {service} exited with {proc.returncode}; see {stack.data}/logs/{service}.log"
-                    )
-                    stopping = True
+            _supervise(stack, restarts)
             time.sleep(0.3)
         print("\nstopping ...", flush=True)
         return 0

@@ -35,7 +35,15 @@ def available_services() -> list[str]:
 def _cmd_schema(args: argparse.Namespace) -> int:
     from mailfold.events import json_schema
 
-    if args.asyncapi:
+    if args.openapi == "ingest":
+        from mailfold.ingest.entrypoints.openapi import openapi
+
+        print(json.dumps(openapi(), indent=2))
+    elif args.openapi == "query":
+        from mailfold.projector.entrypoints.openapi import openapi as query_openapi
+
+        print(json.dumps(query_openapi(), indent=2))
+    elif args.asyncapi:
         from mailfold.cli.asyncapi import asyncapi_document
 
         print(json.dumps(asyncapi_document(), indent=2))
@@ -170,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of every event")
     p.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI document instead")
+    p.add_argument(
+        "--openapi",
+        choices=["ingest", "query"],
+        help="print the OpenAPI document of an HTTP API instead (docs/openapi/ holds them)",
+    )
     p.set_defaults(func=_cmd_schema)
 
     p = sub.add_parser("policy", help="print the reachability table")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,13 +24,30 @@ from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, Co
 
 @given(
     at=st.datetimes(timezones=st.just(UTC)),
-    email_id=st.text(min_size=1, max_size=40),
+    email_id=st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=40),
 )
 def test_a_cursor_gives_back_the_position_it_was_made_from(at: datetime, email_id: str) -> None:
     cursor = encode_cursor(at, email_id)
 
     assert decode_cursor(cursor) == (at, email_id)
     assert cursor.isascii()
+
+
+def _forged(document: str) -> str:
+    return base64.urlsafe_b64encode(document.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '["0001-01-01T00:00:00+14:00","x"]',  # before year 1 once in UTC
+        '["9999-12-31T23:00:00-14:00","x"]',  # after year 9999 once in UTC
+        '["2026-01-01T00:00:00Z","a\u0000b"]',  # a NUL PostgreSQL cannot compare
+    ],
+)
+def test_a_forged_cursor_out_of_range_is_refused(document: str) -> None:
+    with pytest.raises(InvalidCursor):
+        decode_cursor(_forged(document))
 
 
 @pytest.mark.parametrize("cursor", ["", "not-a-cursor", "W10", "!!!!", "eyJhIjoxfQ"])

@@ -274,9 +274,44 @@ _ENCODER: Final = msgspec.json.Encoder()
 DECODER: Final[msgspec.json.Decoder[AnyEvent]] = msgspec.json.Decoder(AnyEvent)
 
 
+_NUL_ESCAPE: Final = b"\\u0000"
+_ANY_JSON: Final = msgspec.json.Decoder()
+
+
+def _clean(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _without_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_surrogates(v) for v in value]
+    return value
+
+
 def encode(event: Event) -> bytes:
-    """The JSON wire form of an event."""
-    return _ENCODER.encode(event)
+    """The JSON wire form of an event.
+
+    Strings on the wire never hold NUL (PostgreSQL text cannot) nor lone surrogates (UTF-8
+    cannot): text taken from mail may hold either, and an event that carries it must still be
+    recorded, so each becomes U+FFFD (NUL) or '?' (a surrogate) here, for every producer.
+    """
+    try:
+        data = _ENCODER.encode(event)
+    except UnicodeEncodeError:
+        data = _ENCODER.encode(_without_surrogates(msgspec.to_builtins(event)))
+    if _NUL_ESCAPE in data:
+        data = _ENCODER.encode(_clean(_ANY_JSON.decode(data)))
+    return data
 
 
 def decode(data: bytes | str) -> AnyEvent:

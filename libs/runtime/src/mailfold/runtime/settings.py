@@ -36,15 +36,18 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
-def env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
     """A float setting, refused with the variable's name when it is not one."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if minimum is not None and not value >= minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw}")
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -116,3 +119,26 @@ def from_env(cls: type[S], **given: Any) -> S:
             value = env_str(env, default)
         values[f.name] = value
     return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Timeouts and limits of an HTTP listener (MAILFOLD_HTTP_*; see docs/operations.md)."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: int = 5
+    backlog: int = 2048
+    max_connections: int = 1000
+
+    @classmethod
+    def from_env(cls) -> HttpLimits:
+        """Read MAILFOLD_HTTP_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S, _KEEPALIVE_TIMEOUT_S, _BACKLOG,
+        _MAX_CONNECTIONS."""
+        return cls(
+            header_timeout_s=env_float("MAILFOLD_HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+            body_timeout_s=env_float("MAILFOLD_HTTP_BODY_TIMEOUT_S", 30.0, minimum=0.1),
+            keepalive_timeout_s=env_int("MAILFOLD_HTTP_KEEPALIVE_TIMEOUT_S", 5, minimum=1),
+            backlog=env_int("MAILFOLD_HTTP_BACKLOG", 2048, minimum=1),
+            max_connections=env_int("MAILFOLD_HTTP_MAX_CONNECTIONS", 1000, minimum=1),
+        )

@@ -55,6 +55,8 @@ class Settings:
     smtp_max_bytes: int = setting("MAILFOLD_INGEST_SMTP_MAX_BYTES", 25 * 1024 * 1024, minimum=1)
     smtp_max_recipients: int = setting("MAILFOLD_INGEST_SMTP_MAX_RECIPIENTS", 100, minimum=1)
     smtp_timeout_s: float = setting("MAILFOLD_INGEST_SMTP_TIMEOUT_S", 120.0, positive=True)
+    smtp_backlog: int = setting("MAILFOLD_INGEST_SMTP_BACKLOG", 2048, minimum=1)
+    smtp_max_connections: int = setting("MAILFOLD_INGEST_SMTP_MAX_CONNECTIONS", 500, minimum=1)
     publish_timeout_s: float = setting("MAILFOLD_INGEST_PUBLISH_TIMEOUT_S", 5.0, positive=True)
 
     @classmethod
@@ -171,6 +173,8 @@ async def start(settings: Settings) -> IngestService:
             hostname=settings.smtp_hostname,
             data_size_limit=settings.smtp_max_bytes,
             timeout=settings.smtp_timeout_s,
+            backlog=settings.smtp_backlog,
+            max_connections=settings.smtp_max_connections,
         )
         await http.start()
         try:

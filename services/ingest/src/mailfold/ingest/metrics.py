@@ -58,3 +58,7 @@ BOUNCE_PARSER_ERRORS: Final = Counter(
     "mailfold_ingest_bounce_parser_errors",
     "Reports on which the bounce parser raised (logged with the message's SHA-256; still kept).",
 )
+SMTP_CONNECTIONS_REFUSED: Final = Counter(
+    "mailfold_ingest_smtp_connections_refused",
+    "SMTP connections turned away with 421 because the listener had its maximum open.",
+)

@@ -120,7 +120,9 @@ async def start(settings: Settings) -> Service:
             return {"nats": "ok" if nc.is_connected else "disconnected", "database": database}
 
         server = HttpServer(
-            build_app(Api(queries, verifier, directory), health), settings.host, settings.port
+            build_app(Api(queries, verifier, directory, available=lambda: nc.is_connected), health),
+            settings.host,
+            settings.port,
         )
         await server.start()
     except BaseException:

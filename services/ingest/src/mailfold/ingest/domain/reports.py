@@ -31,7 +31,7 @@ def _opt(text: str, limit: int = MAX_FIELD) -> str | None:
 
 
 def _reply_code(text: str) -> int | None:
-    if len(text) == 3 and text.isdigit() and 200 <= int(text) <= 599:
+    if len(text) == 3 and text.isascii() and text.isdigit() and 200 <= int(text) <= 599:
         return int(text)
     return None
 
@@ -44,17 +44,20 @@ def _id_ms(email_id: str) -> int:
 
 
 def recipient_for(entry: ParsedRecipient, claims: TrackingClaims) -> str:
-    """Who the entry is about: the report's recipient, else the one the VERP token names.
+    """Who the entry is about: the recipient the VERP token names, or "" to skip it.
 
-    Feedback reports redact the recipient by design (RFC 6590), so for them the token's
-    recipient wins when it has one.
+    A VERP address is given to one recipient of one email, so a report sent to it speaks for
+    that recipient only: an entry naming another address (another recipient of the email, or
+    an address the email never went to) is skipped. Entries without a usable address, and
+    feedback reports, which redact the recipient by design (RFC 6590), take the token's.
+    A token without a recipient (none are signed so today) leaves the report's own address.
     """
     reported = entry.recipient.strip()
-    if entry.action == "complained" and is_address(claims.recipient):
+    if not is_address(claims.recipient):
+        return reported if is_address(reported) else ""
+    if entry.action == "complained" or not is_address(reported):
         return claims.recipient
-    if is_address(reported):
-        return reported
-    return claims.recipient if is_address(claims.recipient) else ""
+    return claims.recipient if reported.lower() == claims.recipient.lower() else ""
 
 
 def report_events(

@@ -13,6 +13,7 @@ from typing import Final
 import msgspec
 
 from mailfold.events import SOURCES, Module, Source, Transport, one_per_recipient
+from mailfold.ingest.domain import payloads
 from mailfold.ingest.domain.addresses import is_address, is_domain, normalise_domain
 from mailfold.ingest.domain.validation import FieldError, Fields, Invalid
 from mailfold.runtime.directory import (
@@ -135,11 +136,34 @@ class PutTemplate:
 
 
 def decode_json(body: bytes) -> object:
-    """The JSON document in a request body; 422 naming `body` when it is not JSON."""
+    """The JSON document in a request body; 422 naming `body` when it is not JSON.
+
+    The message never quotes the body: it may hold a secret, and it goes back to the client.
+    """
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise Invalid([FieldError("body", f"is not valid JSON: {exc}")]) from exc
+        raise Invalid([FieldError("body", f"is not valid JSON: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise Invalid(
+            [FieldError("body", f"is not valid UTF-8 (byte {exc.start}): {exc.reason}")]
+        ) from None
+    except RecursionError:
+        raise Invalid([FieldError("body", "is nested too deeply")]) from None
+
+
+def conform(document: object, body: type[msgspec.Struct]) -> None:
+    """Check a document already read field by field against its body type (`payloads`).
+
+    The field reader names every fault at once; this makes sure nothing the OpenAPI document
+    calls invalid is taken, naming the field msgspec reports.
+    """
+    try:
+        msgspec.convert(document, body)
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$")
+        field = where.rstrip("`").lstrip(".") if message else "body"
+        raise Invalid([FieldError(field or "body", message or str(exc))]) from None
 
 
 def fingerprint(document: object) -> str:
@@ -288,6 +312,7 @@ def compose_from_json(document: object) -> ComposeEmail:
             f"attachments total {size} bytes; at most {MAX_EMAIL_ATTACHMENTS_BYTES} allowed",
         )
     fields.check()
+    conform(document, payloads.ComposeEmailBody)
     assert source is not None
     assert from_addr is not None
     return ComposeEmail(
@@ -322,6 +347,7 @@ def template_from_json(template_id: str, document: object) -> PutTemplate:
             f"{MAX_EMAIL_ATTACHMENTS_BYTES}",
         )
     fields.check()
+    conform(document, payloads.TemplateBody)
     return PutTemplate(template_id, subject or "", html, text, attachments)
 
 
@@ -342,6 +368,7 @@ def record_from_json(record_id: str, document: object) -> RecordEntry:
     else:
         addresses = _addresses(fields, "addresses")
     fields.check()
+    conform(document, payloads.RecordBody)
     assert module is not None
     return RecordEntry(record_id=record_id, module=module, addresses=addresses)
 
@@ -388,6 +415,7 @@ def settings_from_json(document: object) -> OrgSettings:
     if vanished is not None and not isinstance(vanished, bool):
         fields.fail("pop3_vanished_is_deleted", "must be true or false")
     fields.check()
+    conform(document, payloads.SettingsBody)
     return OrgSettings(
         pop3_vanished_is_deleted=vanished is True,
         time_zone=time_zone,
@@ -450,6 +478,7 @@ def mailbox_from_json(document: object) -> MailboxSettings:
         fields.fail("email", "is not an email address")
     incoming = _incoming(fields) if fields.has("incoming") else None
     fields.check()
+    conform(document, payloads.MailboxBody)
     assert host is not None
     assert username is not None
     assert secret is not None

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping
 
-PROBLEM_BASE: Final = "urn:mailfold:problem:"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    """One field at fault: a JSON path like `to[1]` or `attachments[0].content_base64`."""
-
-    field: str
-    message: str
+from mailfold.runtime.problems import FieldError as FieldError
+from mailfold.runtime.problems import Problem
 
 
-class Refused(Exception):
+class Refused(Problem):
     """A request the API refuses, with the HTTP status, a problem type and the fields at fault."""
 
     status: int = 422
     slug: str = "invalid-fields"
     title: str = "Some fields are invalid"
-
-    def __init__(self, errors: Sequence[FieldError], detail: str = "") -> None:
-        self.errors = tuple(errors)
-        self.detail = detail or "; ".join(f"{e.field}: {e.message}" for e in self.errors)
-        super().__init__(self.detail)
-
-    @property
-    def type(self) -> str:
-        """The problem type URI."""
-        return PROBLEM_BASE + self.slug
 
 
 class Invalid(Refused):

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 import msgspec
-import nats.errors
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailfold.events import one_per_recipient
 from mailfold.ingest.domain import requests as req
-from mailfold.ingest.domain.validation import BadKey, FieldError, Refused, TooLarge
+from mailfold.ingest.domain.validation import BadKey, FieldError, TooLarge
+from mailfold.ingest.entrypoints.openapi import openapi
 from mailfold.ingest.metrics import (
     CAMPAIGN_TARGETS,
     EMAILS_COMPOSED,
@@ -26,19 +24,27 @@ from mailfold.ingest.metrics import (
 from mailfold.ingest.service_layer import api, campaigns
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime.logging import get_logger
+from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer
+from mailfold.runtime.problems import (
+    UNAVAILABLE,
+    Problem,
+    api_app,
+    problem,
+    problem_for,
+    unavailable,
+)
 
 MAX_REQUEST_BYTES: Final = 20 * 1024 * 1024  # 10 MiB of attachments is 13.4 MiB in base64
 MAX_IDEMPOTENCY_KEY: Final = 255
-PROBLEM_JSON: Final = "application/problem+json"
-# Errors that mean NATS did not answer: the request may succeed if retried.
-UNAVAILABLE: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
 
 log = get_logger("mailfold.ingest.http")
 _json = msgspec.json.Encoder()
 
 Endpoint = Callable[[Request, str], Awaitable[Response]]
+# Each route's handlers by method; HEAD is answered by the GET handler, never by another.
+Methods = Mapping[str, Endpoint]
 
 
 def json_response(
@@ -48,36 +54,11 @@ def json_response(
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    errors: tuple[FieldError, ...] | list[FieldError] = (),
-    *,
-    type_: str = "about:blank",
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """An RFC 9457 problem+json answer, with the fields at fault in `errors`."""
-    body = {
-        "type": type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "errors": [{"field": e.field, "message": e.message} for e in errors],
-    }
-    return Response(_json.encode(body), status, headers, media_type=PROBLEM_JSON)
-
-
-def refused(exc: Refused) -> Response:
-    """The problem answer for a refused request."""
-    return problem(exc.status, exc.title, exc.detail, exc.errors, type_=exc.type)
-
-
 async def read_body(request: Request, limit: int = MAX_REQUEST_BYTES) -> bytes:
     """The request body, refused with 413 past `limit` bytes without reading it all into memory."""
     too_big = TooLarge([FieldError("body", f"request bodies are limited to {limit} bytes")])
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks: list[bytes] = []
     size = 0
@@ -126,35 +107,56 @@ class IngestApi:
 
     def routes(self) -> list[BaseRoute]:
         """Every API route."""
-        guard = self._guard
+        route = self._route
         return [
-            Route("/v1/orgs/{org}/emails", guard("emails", self.compose), methods=["POST"]),
-            Route(
+            route("/v1/orgs/{org}/emails", "emails", {"POST": self.compose}),
+            route(
                 "/v1/orgs/{org}/templates/{template_id}",
-                guard("templates", self.template),
-                methods=["GET", "PUT"],
+                "templates",
+                {"GET": self.get_template, "PUT": self.put_template},
             ),
-            Route(
+            route(
                 "/v1/orgs/{org}/records/{record_id}",
-                guard("records", self.record),
-                methods=["GET", "PUT", "DELETE"],
+                "records",
+                {"GET": self.get_record, "PUT": self.put_record, "DELETE": self.delete_record},
             ),
-            Route(
-                "/v1/orgs/{org}/settings", guard("settings", self.settings), methods=["GET", "PUT"]
+            route(
+                "/v1/orgs/{org}/settings",
+                "settings",
+                {"GET": self.get_settings, "PUT": self.put_settings},
             ),
-            Route(
+            route(
                 "/v1/orgs/{org}/mailboxes/{user}",
-                guard("mailboxes", self.mailbox),
-                methods=["GET", "PUT"],
+                "mailboxes",
+                {"GET": self.get_mailbox, "PUT": self.put_mailbox},
             ),
         ]
 
-    def _guard(self, name: str, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-        """Bearer-token check, problem answers for refusals and outages, request metrics."""
+    def _route(self, path: str, name: str, methods: Methods) -> Route:
+        return Route(path, self._guard(name, methods), methods=list(methods))
+
+    def _guard(self, name: str, methods: Methods) -> Callable[[Request], Awaitable[Response]]:
+        """Method dispatch, bearer-token check, problem answers for refusals and outages, metrics."""
+        handlers = dict(methods)
+        if "GET" in handlers:
+            handlers["HEAD"] = handlers["GET"]
+        allowed = ", ".join(handlers)
 
         async def run(request: Request) -> Response:
-            org_id = request.path_params["org"]
-            response = await self._answer(request, org_id, endpoint)
+            endpoint = handlers.get(request.method)
+            if endpoint is None:
+                response = problem(
+                    405,
+                    f"{request.method} is not answered at this path",
+                    [FieldError("method", f"use {allowed}")],
+                    headers={"Allow": allowed},
+                )
+            else:
+                try:
+                    response = await self._answer(request, request.path_params["org"], endpoint)
+                except Exception:
+                    HTTP_REQUESTS.labels(name, "500").inc()
+                    raise
             HTTP_REQUESTS.labels(name, str(response.status_code)).inc()
             return response
 
@@ -168,25 +170,16 @@ class IngestApi:
             if not await self._verifier.verify(org_id, token):
                 return problem(
                     401,
-                    "Unauthorized",
                     "a valid bearer token for this org is required",
                     [FieldError("Authorization", "missing or invalid bearer token")],
                     headers={"WWW-Authenticate": 'Bearer realm="mailfold"'},
                 )
             return await endpoint(request, org_id)
-        except Refused as exc:
-            return refused(exc)
+        except Problem as exc:
+            return problem_for(exc)
         except UNAVAILABLE as exc:
             log.warning("nats_unavailable", path=request.url.path, error=repr(exc))
-            return problem(
-                503,
-                "Service Unavailable",
-                "the event store did not answer; nothing was recorded, try again",
-                headers={"Retry-After": "1"},
-            )
-        except Exception as exc:  # a bug: answer 500, log it, keep serving
-            log.error("unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
-            return problem(500, "Internal Server Error", "the request failed")
+            return unavailable()
 
     async def compose(self, request: Request, org_id: str) -> Response:
         """`POST /v1/orgs/{org}/emails`."""
@@ -250,45 +243,53 @@ class IngestApi:
             {"Location": f"/v1/orgs/{org_id}/campaigns/{campaign.campaign_id}"},
         )
 
-    async def template(self, request: Request, org_id: str) -> Response:
-        """`GET|PUT /v1/orgs/{org}/templates/{template_id}`."""
+    async def get_template(self, request: Request, org_id: str) -> Response:
+        """`GET /v1/orgs/{org}/templates/{template_id}`."""
         template_id = req.valid_ident("template_id", request.path_params["template_id"])
-        if request.method == "GET":
-            return json_response(await api.get_template(self._ports, org_id, template_id))
+        return json_response(await api.get_template(self._ports, org_id, template_id))
+
+    async def put_template(self, request: Request, org_id: str) -> Response:
+        """`PUT /v1/orgs/{org}/templates/{template_id}`."""
+        template_id = req.valid_ident("template_id", request.path_params["template_id"])
         cmd = req.template_from_json(template_id, await read_json(request))
         return json_response(await api.put_template(self._ports, org_id, cmd))
 
-    async def record(self, request: Request, org_id: str) -> Response:
-        """`GET|PUT|DELETE /v1/orgs/{org}/records/{record_id}`."""
+    async def get_record(self, request: Request, org_id: str) -> Response:
+        """`GET /v1/orgs/{org}/records/{record_id}`."""
         record_id = req.valid_ident("record_id", request.path_params["record_id"])
-        if request.method == "GET":
-            return json_response(await api.record_view(self._ports, org_id, record_id))
-        if request.method == "DELETE":
-            await api.delete_record(self._ports, org_id, record_id)
-            return Response(status_code=204)
+        return json_response(await api.record_view(self._ports, org_id, record_id))
+
+    async def put_record(self, request: Request, org_id: str) -> Response:
+        """`PUT /v1/orgs/{org}/records/{record_id}`."""
+        record_id = req.valid_ident("record_id", request.path_params["record_id"])
         record = req.record_from_json(record_id, await read_json(request))
         return json_response(await api.put_record(self._ports, org_id, record))
 
-    async def settings(self, request: Request, org_id: str) -> Response:
-        """`GET|PUT /v1/orgs/{org}/settings`."""
-        if request.method == "GET":
-            return json_response(await api.get_settings(self._ports, org_id))
+    async def delete_record(self, request: Request, org_id: str) -> Response:
+        """`DELETE /v1/orgs/{org}/records/{record_id}`."""
+        record_id = req.valid_ident("record_id", request.path_params["record_id"])
+        await api.delete_record(self._ports, org_id, record_id)
+        return Response(status_code=204)
+
+    async def get_settings(self, request: Request, org_id: str) -> Response:
+        """`GET /v1/orgs/{org}/settings`."""
+        return json_response(await api.get_settings(self._ports, org_id))
+
+    async def put_settings(self, request: Request, org_id: str) -> Response:
+        """`PUT /v1/orgs/{org}/settings`."""
         settings = req.settings_from_json(await read_json(request))
         return json_response(await api.put_settings(self._ports, org_id, settings))
 
-    async def mailbox(self, request: Request, org_id: str) -> Response:
-        """`GET|PUT /v1/orgs/{org}/mailboxes/{user}`; the secret is never answered back."""
+    async def get_mailbox(self, request: Request, org_id: str) -> Response:
+        """`GET /v1/orgs/{org}/mailboxes/{user}`; the secret is never answered back."""
         user = req.valid_user(request.path_params["user"])
-        if request.method == "GET":
-            return json_response(await api.get_mailbox(self._ports, org_id, user))
+        return json_response(await api.get_mailbox(self._ports, org_id, user))
+
+    async def put_mailbox(self, request: Request, org_id: str) -> Response:
+        """`PUT /v1/orgs/{org}/mailboxes/{user}`."""
+        user = req.valid_user(request.path_params["user"])
         mailbox = req.mailbox_from_json(await read_json(request))
         return json_response(await api.put_mailbox(self._ports, org_id, user, mailbox))
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    titles = {404: "Not Found", 405: "Method Not Allowed"}
-    return problem(status, titles.get(status, "Error"), f"{request.method} {request.url.path}")
 
 
 def build_app(
@@ -303,7 +304,10 @@ def build_app(
     `available` says whether NATS is reachable; while it is not, requests get 503 at once
     instead of waiting for timeouts.
     """
-    return Starlette(
-        routes=[*IngestApi(ports, verifier, available).routes(), *ops_routes(health)],
-        exception_handlers={HTTPException: _http_error},
+    return api_app(
+        [
+            *IngestApi(ports, verifier, available).routes(),
+            openapi_route(openapi()),
+            *ops_routes(health),
+        ]
     )

@@ -19,6 +19,7 @@ from mailfold.ingest.domain.replies import (
 from mailfold.ingest.domain.routes import route_for
 from mailfold.ingest.metrics import (
     BOUNCE_REPORTS,
+    SMTP_CONNECTIONS_REFUSED,
     SMTP_MESSAGE_BYTES,
     SMTP_MESSAGES,
     SMTP_RECIPIENTS,
@@ -27,6 +28,8 @@ from mailfold.ingest.service_layer.mail import MailIngress
 from mailfold.runtime.logging import get_logger
 
 log = get_logger("mailfold.ingest.smtp")
+
+TOO_MANY_CONNECTIONS: Final = "421 4.7.0 Too many connections, try again later"
 
 # aiosmtpd's own replies for these limits carry no enhanced status code (RFC 3463); ours do.
 _REWRITES: Final = {
@@ -48,21 +51,50 @@ _PLAIN_PATH: Final = re.compile(
 
 
 class IngestSMTP(SMTP):
-    """aiosmtpd's protocol, with enhanced status codes and a registry of open connections."""
+    """aiosmtpd's protocol, with enhanced status codes and a registry of open connections.
 
-    def __init__(self, handler: Any, *, connections: set[IngestSMTP], **kwargs: Any) -> None:
+    Past `max_connections` open sessions a new connection is told 421 and closed at once, so
+    that a flood of connections cannot hold every file descriptor.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        connections: set[IngestSMTP],
+        max_connections: int = 500,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._connections = connections
+        self._max_connections = max_connections
+        self._turned_away = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register the connection so that stop() can close it."""
+        """Register the connection so that stop() can close it, or turn it away when full."""
+        if len(self._connections) >= self._max_connections:
+            self._turned_away = True
+            SMTP_CONNECTIONS_REFUSED.inc()
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+            transport.close()
+            return
         self._connections.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         """Forget the connection."""
+        if self._turned_away:
+            return
         self._connections.discard(self)
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """End of input from the client (nothing to do for a connection turned away)."""
+        if self._turned_away:
+            return False
+        result: bool | None = super().eof_received()
+        return result
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The address and the parameters of MAIL FROM / RCPT TO, the plain shape read directly."""
@@ -201,6 +233,8 @@ class SmtpServer:
         hostname: str,
         data_size_limit: int,
         timeout: float,
+        backlog: int = 2048,
+        max_connections: int = 500,
     ) -> None:
         self._handler = handler
         self._host = host
@@ -208,6 +242,8 @@ class SmtpServer:
         self._hostname = hostname
         self._data_size_limit = data_size_limit
         self._timeout = timeout
+        self._backlog = backlog
+        self._max_connections = max_connections
         self._connections: set[IngestSMTP] = set()
         self._server: asyncio.Server | None = None
 
@@ -215,6 +251,7 @@ class SmtpServer:
         return IngestSMTP(
             self._handler,
             connections=self._connections,
+            max_connections=self._max_connections,
             data_size_limit=self._data_size_limit,
             enable_SMTPUTF8=True,
             hostname=self._hostname,
@@ -226,7 +263,9 @@ class SmtpServer:
     async def start(self) -> None:
         """Start listening."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self._host, self._requested_port)
+        self._server = await loop.create_server(
+            self._protocol, self._host, self._requested_port, backlog=self._backlog
+        )
 
     @property
     def port(self) -> int:

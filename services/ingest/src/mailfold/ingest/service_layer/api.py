@@ -17,6 +17,7 @@ from mailfold.events import (
     new_id,
 )
 from mailfold.events.ids import derived_id, id_time_ms
+from mailfold.ingest.domain.payloads import IncomingView, MailboxView, SyncView
 from mailfold.ingest.domain.requests import (
     MAX_EMAIL_ATTACHMENTS_BYTES,
     RECORD_ATTACHMENT_QUOTA_BYTES,
@@ -287,46 +288,48 @@ async def get_settings(ports: Ports, org_id: str) -> OrgSettings:
 
 def mailbox_view(
     user: str, mailbox: MailboxSettings, status: MailboxStatus | None = None
-) -> dict[str, object]:
+) -> MailboxView:
     """A mailbox as the API shows it: everything but the secrets, and how its sync is going."""
-    view: dict[str, object] = {
-        "user": user,
-        "smtp_host": mailbox.smtp_host,
-        "smtp_port": mailbox.smtp_port,
-        "username": mailbox.username,
-        "security": mailbox.security,
-        "email": mailbox.email,
-    }
     incoming = mailbox.incoming
-    if incoming is not None:
-        view["incoming"] = {
-            "protocol": incoming.protocol,
-            "host": incoming.host,
-            "port": incoming.port,
-            "security": incoming.security,
-            "username": incoming.username,
-            "folders": list(incoming.folders),
-        }
-        shown = status or MailboxStatus()
-        view["sync"] = {
-            "state": shown.state,
-            "error_kind": shown.error_kind,
-            "last_error": shown.last_error,
-            "last_sync_at": shown.last_sync_at or None,
-            "updated_at": shown.updated_at or None,
-        }
-    return view
+    shown = status or MailboxStatus()
+    return MailboxView(
+        user=user,
+        smtp_host=mailbox.smtp_host,
+        smtp_port=mailbox.smtp_port,
+        username=mailbox.username,
+        security=mailbox.security,
+        email=mailbox.email,
+        incoming=None
+        if incoming is None
+        else IncomingView(
+            protocol=incoming.protocol,
+            host=incoming.host,
+            port=incoming.port,
+            security=incoming.security,
+            username=incoming.username,
+            folders=list(incoming.folders),
+        ),
+        sync=None
+        if incoming is None
+        else SyncView(
+            state=shown.state,
+            error_kind=shown.error_kind,
+            last_error=shown.last_error,
+            last_sync_at=shown.last_sync_at or None,
+            updated_at=shown.updated_at or None,
+        ),
+    )
 
 
 async def put_mailbox(
     ports: Ports, org_id: str, user: str, mailbox: MailboxSettings
-) -> dict[str, object]:
+) -> MailboxView:
     """Replace a user's integrated mailbox; the answer leaves the secret out."""
     await ports.directory.save_mailbox(org_id, user, mailbox)
     return mailbox_view(user, mailbox)
 
 
-async def get_mailbox(ports: Ports, org_id: str, user: str) -> dict[str, object]:
+async def get_mailbox(ports: Ports, org_id: str, user: str) -> MailboxView:
     """A user's integrated mailbox without its secret; 404 when there is none."""
     mailbox = await ports.directory.load_mailbox(org_id, user)
     if mailbox is None:

@@ -11,6 +11,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailfold.projector.adapters.campaign_queries import CampaignQueries
+from mailfold.projector.entrypoints.openapi import CampaignCounts, CampaignPage
+from mailfold.runtime.problems import FieldError, problem
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 500
@@ -18,7 +20,6 @@ _IDENT: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 Authorize = Callable[[Request, str], Awaitable[Response | None]]
 JsonResponse = Callable[[Any], Response]
-Problem = Callable[[int, str, str, list[dict[str, str]]], Response]
 
 
 def campaign_email(row: Any) -> dict[str, Any]:
@@ -55,15 +56,13 @@ class CampaignEndpoints:
         queries: CampaignQueries,
         authorize: Authorize,
         json_response: JsonResponse,
-        problem: Problem,
     ) -> None:
         self._queries = queries
         self._authorize = authorize
         self._json = json_response
-        self._problem = problem
 
     def _not_found(self) -> Response:
-        return self._problem(404, "Not Found", "no such campaign", [])
+        return problem(404, "no such campaign", [FieldError("campaign_id", "not found")])
 
     async def counts(self, request: Request) -> Response:
         """The campaign's counts: sent, delivered, bounced, opened, clicked, rejected."""
@@ -77,7 +76,7 @@ class CampaignEndpoints:
         counts = await self._queries.counts(org_id, campaign_id)
         if counts is None:
             return self._not_found()
-        return self._json({"org_id": org_id, "campaign_id": campaign_id, "counts": counts})
+        return self._json(CampaignCounts(org_id=org_id, campaign_id=campaign_id, counts=counts))
 
     async def emails(self, request: Request) -> Response:
         """The campaign's emails, `limit` at a time; `cursor` is the last page's `next_cursor`."""
@@ -87,21 +86,19 @@ class CampaignEndpoints:
         if refused is not None:
             return refused
         params = request.query_params
-        errors: list[dict[str, str]] = []
+        errors: list[FieldError] = []
         limit = DEFAULT_LIMIT
         raw_limit = params.get("limit")
         if raw_limit is not None:
-            limit = int(raw_limit) if raw_limit.isdigit() else 0
+            limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
             if not 1 <= limit <= MAX_LIMIT:
-                errors.append(
-                    {"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}
-                )
+                errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
         after = params.get("cursor")
         if after is not None and not _IDENT.match(after):
-            errors.append({"field": "cursor", "message": "is not a cursor this API gave"})
+            errors.append(FieldError("cursor", "is not a cursor this API gave"))
         if errors:
-            fields = ", ".join(e["field"] for e in errors)
-            return self._problem(422, "Unprocessable Content", f"invalid query: {fields}", errors)
+            fields = ", ".join(e.field for e in errors)
+            return problem(422, f"invalid query: {fields}", errors)
         if not _IDENT.match(campaign_id):
             return self._not_found()
         rows = await self._queries.emails(org_id, campaign_id, after=after, limit=limit + 1)
@@ -109,12 +106,12 @@ class CampaignEndpoints:
             return self._not_found()
         page = rows[:limit]
         return self._json(
-            {
-                "org_id": org_id,
-                "campaign_id": campaign_id,
-                "items": [campaign_email(r) for r in page],
-                "next_cursor": page[-1]["email_id"] if len(rows) > limit else None,
-            }
+            CampaignPage(
+                org_id=org_id,
+                campaign_id=campaign_id,
+                items=[campaign_email(r) for r in page],
+                next_cursor=page[-1]["email_id"] if len(rows) > limit else None,
+            )
         )
 
     def routes(self) -> list[BaseRoute]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
@@ -14,10 +15,13 @@ from starlette.routing import BaseRoute, Route
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
 from mailfold.projector.entrypoints.campaigns import CampaignEndpoints
+from mailfold.projector.entrypoints.openapi import EmailPage, EmailWithHistory, openapi
 from mailfold.projector.service_layer import views
 from mailfold.runtime.directory import load_record
+from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer, valid_org_id
+from mailfold.runtime.problems import FieldError, api_app, problem
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 200
@@ -30,32 +34,9 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(_ENCODER.encode(body), status_code=status, media_type="application/json")
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    errors: list[dict[str, str]] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """An RFC 9457 problem document."""
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "errors": errors or [],
-    }
-    return Response(
-        _ENCODER.encode(body),
-        status_code=status,
-        media_type="application/problem+json",
-        headers=headers,
-    )
-
-
 def not_found(what: str) -> Response:
     """404, also for ids of another org, so that ids do not leak."""
-    return problem(404, "Not Found", f"no such {what}")
+    return problem(404, f"no such {what}", [FieldError(what, "not found")])
 
 
 def _token_orgs(token: str) -> list[str]:
@@ -70,23 +51,34 @@ class Api:
     """Route handlers over the projection's queries."""
 
     def __init__(
-        self, queries: ProjectionQueries, verifier: TokenVerifier, directory: KeyValue | None
+        self,
+        queries: ProjectionQueries,
+        verifier: TokenVerifier,
+        directory: KeyValue | None,
+        *,
+        available: Callable[[], bool] = lambda: True,
     ) -> None:
         self._queries = queries
         self._verifier = verifier
         self._directory = directory
+        self._available = available
 
     async def _authorize(self, request: Request, org_id: str) -> Response | None:
+        # Tokens are checked against NATS: while it is away, answer 503 at once (the Guard
+        # turns this error into the problem) rather than wait for the lookup to time out.
+        if not self._available():
+            raise ConnectionError("not connected to NATS")
         token = bearer(request.headers.get("authorization"))
         challenge = {"WWW-Authenticate": "Bearer"}
+        auth = [FieldError("Authorization", "missing or invalid bearer token")]
         if token is None:
-            return problem(401, "Unauthorized", "a bearer token is required", headers=challenge)
+            return problem(401, "a bearer token is required", auth, headers=challenge)
         if await self._verifier.verify(org_id, token):
             return None
         for other in _token_orgs(token):
             if other != org_id and await self._verifier.verify(other, token):
                 return not_found("org")
-        return problem(401, "Unauthorized", "the bearer token is not valid", headers=challenge)
+        return problem(401, "the bearer token is not valid", auth, headers=challenge)
 
     async def record_emails(self, request: Request) -> Response:
         org_id = request.path_params["org"]
@@ -95,10 +87,10 @@ class Api:
         if refused is not None:
             return refused
         params = request.query_params
-        errors: list[dict[str, str]] = []
+        errors: list[FieldError] = []
         filter_ = params.get("filter", "all")
         if filter_ not in FILTERS:
-            errors.append({"field": "filter", "message": "must be one of: all, crm"})
+            errors.append(FieldError("filter", "must be one of: all, crm"))
         limit = DEFAULT_LIMIT
         raw_limit = params.get("limit")
         if raw_limit is not None:
@@ -107,19 +99,17 @@ class Api:
             except ValueError:
                 limit = 0
             if not 1 <= limit <= MAX_LIMIT:
-                errors.append(
-                    {"field": "limit", "message": f"must be an integer from 1 to {MAX_LIMIT}"}
-                )
+                errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
         after = None
         raw_cursor = params.get("cursor")
         if raw_cursor is not None:
             try:
                 after = decode_cursor(raw_cursor)
             except InvalidCursor as exc:
-                errors.append({"field": "cursor", "message": str(exc)})
+                errors.append(FieldError("cursor", str(exc)))
         if errors:
-            fields = ", ".join(e["field"] for e in errors)
-            return problem(422, "Unprocessable Content", f"invalid query: {fields}", errors)
+            fields = ", ".join(e.field for e in errors)
+            return problem(422, f"invalid query: {fields}", errors)
         rows = await self._queries.record_emails(
             org_id, record_id, crm_only=filter_ == "crm", after=after, limit=limit + 1
         )
@@ -131,13 +121,13 @@ class Api:
             last = page[-1]
             next_cursor = encode_cursor(last["email_at"], last["email_id"])
         return json_response(
-            {
-                "org_id": org_id,
-                "record_id": record_id,
-                "filter": filter_,
-                "items": [views.list_item(r) for r in page],
-                "next_cursor": next_cursor,
-            }
+            EmailPage(
+                org_id=org_id,
+                record_id=record_id,
+                filter="crm" if filter_ == "crm" else "all",
+                items=[views.list_item(r) for r in page],
+                next_cursor=next_cursor,
+            )
         )
 
     async def _record_exists(self, org_id: str, record_id: str) -> bool:
@@ -162,17 +152,15 @@ class Api:
         links = await self._queries.links(email_id)
         history = await self._queries.history(email_id, org_id)
         return json_response(
-            {
-                "email": views.email_detail(row, links),
-                "history": [views.history_entry(h) for h in history],
-            }
+            EmailWithHistory(
+                email=views.email_detail(row, links),
+                history=[views.history_entry(h) for h in history],
+            )
         )
 
     def routes(self) -> list[BaseRoute]:
         """The API's routes."""
-        campaigns = CampaignEndpoints(
-            self._queries.campaigns, self._authorize, json_response, problem
-        )
+        campaigns = CampaignEndpoints(self._queries.campaigns, self._authorize, json_response)
         return [
             Route("/v1/orgs/{org}/records/{record_id}/emails", self.record_emails),
             Route("/v1/orgs/{org}/emails/{email_id}", self.email),
@@ -182,4 +170,4 @@ class Api:
 
 def build_app(api: Api, health: HealthCheck) -> Starlette:
     """The query API with /healthz and /metrics on the same port."""
-    return Starlette(routes=[*api.routes(), *ops_routes(health)])
+    return api_app([*api.routes(), openapi_route(openapi()), *ops_routes(health)])

@@ -7,13 +7,13 @@ plain ASGI, with precomputed responses and no framework in between; everything e
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mailfold.runtime.logging import get_logger
+from mailfold.runtime.problems import FieldError, problem_body
 from mailfold.tracker.domain.network import IPAddress, NetworkSet, client_address
 from mailfold.tracker.metrics import INVALID_TOKENS, REQUEST_SECONDS
 from mailfold.tracker.service_layer.handlers import Refusal, Tracker
@@ -55,15 +55,7 @@ _MESSAGES: Final = {
 
 def problem(status: int, title: str, detail: str, field: str, message: str) -> bytes:
     """An application/problem+json body naming the field at fault."""
-    return json.dumps(
-        {
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "errors": [{"field": field, "message": message}],
-        }
-    ).encode()
+    return problem_body(status, detail, [FieldError(field, message)], title=title)
 
 
 def _problem_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:

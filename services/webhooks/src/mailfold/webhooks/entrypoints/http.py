@@ -16,6 +16,9 @@ from starlette.routing import BaseRoute, Route
 from mailfold.events import EVENT_TYPES
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, check_bearer, valid_org_id
+from mailfold.runtime.problems import FieldError as Field
+from mailfold.runtime.problems import api_app
+from mailfold.runtime.problems import problem as runtime_problem
 from mailfold.webhooks.adapters.jobs import JobQueue
 from mailfold.webhooks.adapters.kv import Deliveries, Endpoints
 from mailfold.webhooks.adapters.stream import StreamReader, org_subject
@@ -58,16 +61,11 @@ def json_response(body: Any, status: int = 200) -> Response:
 def problem(
     status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None
 ) -> Response:
-    """An RFC 9457 problem document; `errors` name the fields."""
+    """An RFC 9457 problem document (built by the runtime, as every service's); `errors` name
+    the fields."""
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
-    body |= {"detail": detail, "errors": errors or []}
-    return Response(
-        _ENCODER.encode(body),
-        status_code=status,
-        media_type="application/problem+json",
-        headers=headers,
-    )
+    fields = [Field(e["field"], e["message"]) for e in errors or []]
+    return runtime_problem(status, detail, fields, title=title, headers=headers)
 
 
 def invalid(field: str, message: str) -> Response:
@@ -312,4 +310,4 @@ class Api:
 
 def build_app(api: Api, health: HealthCheck) -> Starlette:
     """The webhooks API with /healthz and /metrics on the same port."""
-    return Starlette(routes=[*api.routes(), *ops_routes(health)])
+    return api_app([*api.routes(), *ops_routes(health)])
