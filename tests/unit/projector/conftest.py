@@ -32,7 +32,7 @@ from mailfold.events import (
 from mailfold.events.fold import decode_state
 from mailfold.projector.domain.messages import Accepted
 from mailfold.projector.domain.rows import EMAIL_COLUMNS
-from mailfold.projector.service_layer.ports import DuplicateEventIds, WriteSet
+from mailfold.projector.service_layer.ports import DuplicateEventIds, PositionConflict, WriteSet
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -176,7 +176,7 @@ class FakeStore:
 
     async def write(self, batch: WriteSet) -> None:
         if batch.expected_seq != self.position:
-            raise RuntimeError(f"position is {self.position}, not {batch.expected_seq}")
+            raise PositionConflict(f"position is {self.position}, not {batch.expected_seq}")
         for row in batch.event_rows:
             if row[0] in self.events:
                 raise DuplicateEventIds(row[0])

@@ -14,13 +14,9 @@ from mailfold.events.fold import decode_state
 from mailfold.projector.adapters.migrations import LOCK_CLASS
 from mailfold.projector.adapters.sql import table
 from mailfold.projector.domain.rows import EMAIL_COLUMNS, EVENT_COLUMNS, RECORD_COLUMNS
-from mailfold.projector.service_layer.ports import DuplicateEventIds, WriteSet
+from mailfold.projector.service_layer.ports import DuplicateEventIds, PositionConflict, WriteSet
 
 _EMAILS_STAGE: Final = "mailfold_emails_stage"
-
-
-class PositionConflict(RuntimeError):
-    """Another writer moved the position: this process must stop writing and re-read."""
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

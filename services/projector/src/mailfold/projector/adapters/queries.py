@@ -12,17 +12,9 @@ import asyncpg
 
 from mailfold.projector.adapters.campaign_queries import CampaignQueries
 from mailfold.projector.adapters.sql import Connection, quote_ident, table
+from mailfold.projector.domain.rows import EMAIL_SHAPE
 
-_SUMMARY: Final = (
-    "e.email_id, e.org_id, e.subject, e.direction, e.source, e.source_display, e.transport,"
-    " e.crm_originated, e.status, e.from_addr, e.to_addrs, e.cc_addrs, e.email_at, e.composed_at,"
-    " e.sent_at, e.delivered_at, e.bounced_at, e.opened_at, e.clicked_at, e.received_at,"
-    " e.rejected_at, e.deleted_at, e.complained_at, e.first_machine_open_at,"
-    " e.opens_human, e.opens_machine, e.clicks_human, e.clicks_machine, e.deferrals, e.complaints,"
-    " e.bounce_recipient, e.bounce_kind, e.bounce_status, e.bounce_reply_code, e.bounce_reason,"
-    " e.bounce_diagnostic, e.bounce_reporting_mta, e.rejection_reason, e.rejection_detail,"
-    " e.waiting_count, e.violation_count, e.event_count, e.campaign_id"
-)
+_SUMMARY: Final = ", ".join(f"e.{c.name}" for c in EMAIL_SHAPE)
 
 
 class ProjectionQueries:

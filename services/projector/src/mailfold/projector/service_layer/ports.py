@@ -50,12 +50,16 @@ class DuplicateEventIds(RuntimeError):
     until_seq: int = 0  # the last sequence of the batch that raised it
 
 
+class PositionConflict(RuntimeError):
+    """Another writer moved the position: this process must stop writing and re-read."""
+
+
 class BatchWriter(Protocol):
     """Writes one batch atomically: rows and position together, or nothing."""
 
     async def write(self, batch: WriteSet) -> None:
-        """Commit the batch; raises DuplicateEventIds on a stored event id, and an error if the
-        stored position is not `batch.expected_seq`."""
+        """Commit the batch; raises DuplicateEventIds on a stored event id, and PositionConflict
+        if the stored position is not `batch.expected_seq` (then nothing is written)."""
         ...
 
 

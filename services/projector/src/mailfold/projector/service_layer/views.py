@@ -1,11 +1,14 @@
-"""What the query API and the audit show: plain dicts built from projection rows."""
+"""What the query API and the audit show: plain dicts built from projection rows, in the shape
+that `EMAIL_SHAPE` declares."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
+
+from mailfold.projector.domain.rows import API_GROUP_PRESENT, EMAIL_SHAPE
 
 
 class Row(Protocol):
@@ -14,71 +17,50 @@ class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
-def _bounce(row: Row) -> dict[str, Any] | None:
-    if row["bounced_at"] is None:
-        return None
-    return {
-        "recipient": row["bounce_recipient"],
-        "kind": row["bounce_kind"],
-        "status": row["bounce_status"],
-        "reply_code": row["bounce_reply_code"],
-        "reason": row["bounce_reason"],
-        "diagnostic": row["bounce_diagnostic"],
-    }
+def _fields(detail: bool) -> tuple[tuple[str, str | None, str], ...]:
+    """(column, group or None, key) of each column the API shows, in the item's key order."""
+    return tuple(
+        (c.name, *_split(c.api))
+        for c in EMAIL_SHAPE
+        if c.api is not None and (detail or not c.detail_only)
+    )
+
+
+def _split(api: str) -> tuple[str | None, str]:
+    group, _, key = api.rpartition(".")
+    return group or None, key
+
+
+_LIST_FIELDS: Final = _fields(detail=False)
+_DETAIL_FIELDS: Final = _fields(detail=True)
+
+
+def _item(row: Row, fields: Sequence[tuple[str, str | None, str]]) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    for column, group, key in fields:
+        value = row[column]
+        if isinstance(value, list | tuple):
+            value = list(value)
+        if group is None:
+            item[key] = value
+            continue
+        if group not in item:
+            present = API_GROUP_PRESENT.get(group)
+            item[group] = None if present is not None and row[present] is None else {}
+        if item[group] is not None:
+            item[group][key] = value
+    return item
 
 
 def list_item(row: Row) -> dict[str, Any]:
     """One entry of a record's Emails related list."""
-    return {
-        "email_id": row["email_id"],
-        "subject": row["subject"],
-        "direction": row["direction"],
-        "source": row["source_display"],
-        "status": row["status"],
-        "from": row["from_addr"],
-        "to": list(row["to_addrs"]),
-        "email_at": row["email_at"],
-        "sent_at": row["sent_at"],
-        "delivered_at": row["delivered_at"],
-        "bounced_at": row["bounced_at"],
-        "opened_at": row["opened_at"],
-        "opens": {"human": row["opens_human"], "machine": row["opens_machine"]},
-        "clicked_at": row["clicked_at"],
-        "clicks": {"human": row["clicks_human"], "machine": row["clicks_machine"]},
-        "received_at": row["received_at"],
-        "bounce": _bounce(row),
-    }
+    return _item(row, _LIST_FIELDS)
 
 
 def email_detail(row: Row, links: Sequence[Row]) -> dict[str, Any]:
     """The email's state: the list entry and everything else the fold knows."""
-    detail = list_item(row)
-    if detail["bounce"] is not None:
-        detail["bounce"]["reporting_mta"] = row["bounce_reporting_mta"]
-    detail.update(
-        {
-            "org_id": row["org_id"],
-            "source_code": row["source"],
-            "transport": row["transport"],
-            "crm_originated": row["crm_originated"],
-            "cc": list(row["cc_addrs"]),
-            "composed_at": row["composed_at"],
-            "rejected_at": row["rejected_at"],
-            "deleted_at": row["deleted_at"],
-            "complained_at": row["complained_at"],
-            "first_machine_open_at": row["first_machine_open_at"],
-            "deferrals": row["deferrals"],
-            "complaints": row["complaints"],
-            "rejection": None
-            if row["rejected_at"] is None
-            else {"reason": row["rejection_reason"], "detail": row["rejection_detail"]},
-            "waiting": row["waiting_count"],
-            "violations": row["violation_count"],
-            "events": row["event_count"],
-            "campaign_id": row["campaign_id"],
-            "records": [{"module": r["module"], "record_id": r["record_id"]} for r in links],
-        }
-    )
+    detail = _item(row, _DETAIL_FIELDS)
+    detail["records"] = [{"module": r["module"], "record_id": r["record_id"]} for r in links]
     return detail
 
 
