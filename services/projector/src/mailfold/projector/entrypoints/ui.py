@@ -34,7 +34,9 @@ _SECURITY_HEADERS: Final = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer, browsers send "Origin: null" on the sign-in
+    # form, and the origin check below would refuse it.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 _ASSETS = resources.files("mailfold.projector") / "entrypoints" / "ui_assets"
