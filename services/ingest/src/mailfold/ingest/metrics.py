@@ -58,3 +58,9 @@ BOUNCE_PARSER_ERRORS: Final = Counter(
     "mailfold_ingest_bounce_parser_errors",
     "Reports on which the bounce parser raised (logged with the message's SHA-256; still kept).",
 )
+HTTP_SECONDS: Final = Histogram(
+    "mailfold_ingest_http_request_seconds",
+    "Time to answer an API request, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

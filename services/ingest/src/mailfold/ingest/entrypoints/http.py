@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -21,6 +22,7 @@ from mailfold.ingest.metrics import (
     CAMPAIGN_TARGETS,
     EMAILS_COMPOSED,
     HTTP_REQUESTS,
+    HTTP_SECONDS,
     IDEMPOTENT_REPLAYS,
 )
 from mailfold.ingest.service_layer import api, campaigns
@@ -154,7 +156,9 @@ class IngestApi:
 
         async def run(request: Request) -> Response:
             org_id = request.path_params["org"]
+            started = time.perf_counter()
             response = await self._answer(request, org_id, endpoint)
+            HTTP_SECONDS.labels(name).observe(time.perf_counter() - started)
             HTTP_REQUESTS.labels(name, str(response.status_code)).inc()
             return response
 
