@@ -33,16 +33,6 @@ REJECTION_REASONS: Final = frozenset(
         "daily_limit_reached",
     }
 )
-MILESTONES: Final = (
-    "sent",
-    "delivered",
-    "bounced",
-    "opened",
-    "clicked",
-    "received",
-    "rejected",
-    "complained",
-)
 NONE: Final = "none"  # the label of a missing value (no status yet, no origin yet)
 
 EMAILS: Final = Counter(
