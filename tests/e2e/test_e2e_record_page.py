@@ -97,7 +97,7 @@ def demo(stack: Stack) -> Demo:
         "contact-ann",
         {
             ("Individual", "Clicked"),
-            ("Mass Email", "Delivered"),
+            ("Mass Email", "Opened"),
             ("BCC Dropbox", "Sent"),
             ("IMAP", "Received"),
         },
@@ -183,7 +183,7 @@ def test_the_record_page_shows_the_demo_records_emails_filter_history_and_paging
     rows = _rows(browser)
     assert {(r["Source"], r["Status"]) for r in rows} == {
         ("Individual", "Clicked"),
-        ("Mass Email", "Delivered"),
+        ("Mass Email", "Opened"),
         ("BCC Dropbox", "Sent"),
         ("IMAP", "Received"),
     }
@@ -223,7 +223,7 @@ def test_the_record_page_shows_the_demo_records_emails_filter_history_and_paging
     crm = _rows(browser)
     assert {(r["Source"], r["Status"]) for r in crm} == {
         ("Individual", "Clicked"),
-        ("Mass Email", "Delivered"),
+        ("Mass Email", "Opened"),
     }
     current = browser.find_element(By.CSS_SELECTOR, ".filter a[aria-current='page']")
     assert current.text == "Sent from CRM"

@@ -17,8 +17,8 @@ from typing import Final
 
 from prometheus_client import Counter, Histogram
 
+from mailfold.bounces import REASONS as BOUNCE_REASONS
 from mailfold.events import EmailState
-from mailfold.events.bounces import REASONS as BOUNCE_REASONS
 
 # The reason codes of EmailRejected (the sender's rules); others are counted as "other".
 REJECTION_REASONS: Final = frozenset(
@@ -31,6 +31,7 @@ REJECTION_REASONS: Final = frozenset(
         "content_missing",
         "duplicate_recipient",
         "daily_limit_reached",
+        "record_attachment_quota",
     }
 )
 NONE: Final = "none"  # the label of a missing value (no status yet, no origin yet)
