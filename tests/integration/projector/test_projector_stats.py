@@ -13,11 +13,11 @@ import pytest
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailfold.cli.embedded import EmbeddedNats
 from mailfold.cli.main import main as mailfold
 from mailfold.events import AnyEvent, Source, Verdict, new_id
 from mailfold.projector.entrypoints.consumer import ConsumerSettings
 from mailfold.runtime import bus
-from mailfold.runtime.embedded import EmbeddedNats
 from mailfold.runtime.orgs import create_org
 
 if TYPE_CHECKING:
