@@ -30,7 +30,8 @@ def exposed(text: str) -> set[str]:
 def test_every_metric_in_the_dashboards_and_rules_is_scraped_from_the_running_stack(
     stack: Stack,
 ) -> None:
-    urls = [str(stack.runtime[key]) for key in ("ingest_url", "sender_url", "tracker_url")]
+    keys = ("ingest_url", "sender_url", "tracker_url", "webhooks_url")
+    urls = [str(stack.runtime[key]) for key in keys]
     urls.append(stack.query)
     scraped: set[str] = set()
     with httpx.Client(timeout=10) as client:
