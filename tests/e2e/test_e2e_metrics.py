@@ -32,6 +32,8 @@ def test_every_metric_in_the_dashboards_and_rules_is_scraped_from_the_running_st
 ) -> None:
     keys = ("ingest_url", "sender_url", "tracker_url", "webhooks_url")
     urls = [str(stack.runtime[key]) for key in keys]
+    ports = dict(stack.runtime["ports"])  # type: ignore[call-overload]
+    urls.append(f"http://127.0.0.1:{ports['mailbox_http']}")
     urls.append(stack.query)
     scraped: set[str] = set()
     with httpx.Client(timeout=10) as client:
