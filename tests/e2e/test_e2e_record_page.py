@@ -99,7 +99,7 @@ def demo(stack: Stack) -> Demo:
             ("Individual", "Clicked"),
             ("Mass Email", "Opened"),
             ("BCC Dropbox", "Sent"),
-            ("IMAP", "Received"),
+            ("External", "Received"),
         },
     )
     _wait_for_list(made, "lead-bob", {("Individual", "Sent")})
@@ -185,14 +185,14 @@ def test_the_record_page_shows_the_demo_records_emails_filter_history_and_paging
         ("Individual", "Clicked"),
         ("Mass Email", "Opened"),
         ("BCC Dropbox", "Sent"),
-        ("IMAP", "Received"),
+        ("External", "Received"),
     }
     tracked = next(r for r in rows if r["Status"] == "Clicked")
     assert tracked["Subject"] == "Our pricing"
     assert tracked["Direction"] == "Outgoing"
     assert tracked["Opens (human / machine)"].startswith("1 /")
     assert tracked["Clicks (human / machine)"].startswith("1 /")
-    assert next(r for r in rows if r["Source"] == "IMAP")["Direction"] == "Incoming"
+    assert next(r for r in rows if r["Source"] == "External")["Direction"] == "Incoming"
     badge = browser.find_element(By.CSS_SELECTOR, "tr[data-status='Clicked'] .badge")
     assert "badge-clicked" in (badge.get_attribute("class") or "")
     browser.save_screenshot(str(tmp_path / "record-page.png"))
