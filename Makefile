@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export UV_LINK_MODE := copy
 
-.PHONY: help install run test test-unit lint format bench clean
+.PHONY: help install system-packages run test test-unit lint format bench clean
 
 help:
 	@echo "make run    start the whole pipeline on embedded NATS and PostgreSQL"
@@ -24,14 +24,17 @@ help:
 install: $(UV)
 	$(UV) sync --frozen
 
+# Debian packages the tests need (promtool, chromium, Dovecot): installed when missing, as root.
+system-packages:
+	@scripts/system-packages.sh scripts/system-packages.txt
+
 run: install
 	$(UV) run --frozen mailfold dev
 
-test: install
-	@scripts/ensure-dovecot.sh
+test: install system-packages
 	$(UV) run --frozen pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-test-unit: install
+test-unit: install system-packages
 	$(UV) run --frozen pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 
 lint: install

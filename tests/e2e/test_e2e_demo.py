@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.timeout(400)
@@ -68,6 +69,11 @@ def test_the_demo_is_seeded_and_the_printed_commands_work_as_printed(tmp_path: P
         assert "demo org 'demo' created; its API token (shown once): mf_demo_" in banner
         commands = _printed_commands(banner)
         assert len(commands) == 5  # TOKEN=..., the timeline, one email, the audit, a campaign
+        query = commands[1].split('"')[3].split("/v1/")[0]
+        assert f"  {query}/ui/orgs/demo/records/contact-ann\n" in banner  # the record page
+        sign_in = httpx.get(f"{query}/ui/orgs/demo/records/contact-ann", timeout=10)
+        assert sign_in.status_code == 401
+        assert 'name="token"' in sign_in.text
         timeline_cmd = commands[0] + " && " + commands[1]
         deadline = time.monotonic() + 60
         while True:

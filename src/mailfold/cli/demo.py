@@ -103,9 +103,9 @@ def _incoming(stack: DevStack) -> dict[str, Any]:
     }
 
 
-def _seed(stack: DevStack, token: str) -> dict[str, str]:
+def _seed(stack: DevStack, token: str, org: str = DEMO_ORG) -> dict[str, str]:
     """Settings, records, a mailbox, and one email per channel; returns email ids by name."""
-    api = f"http://127.0.0.1:{stack.ports['ingest_http']}/v1/orgs/{DEMO_ORG}"
+    api = f"http://127.0.0.1:{stack.ports['ingest_http']}/v1/orgs/{org}"
     _http(
         "PUT",
         f"{api}/settings",
@@ -153,7 +153,7 @@ def _seed(stack: DevStack, token: str) -> dict[str, str]:
     _smtp(
         smtp_port,
         REP,
-        f"dropbox+{DEMO_ORG}@{MAIL_DOMAIN}",
+        f"dropbox+{org}@{MAIL_DOMAIN}",
         _message(
             REP, "ann@example.com", "Notes from our call", "Sent from my phone, BCC to the CRM."
         ),
@@ -161,7 +161,7 @@ def _seed(stack: DevStack, token: str) -> dict[str, str]:
     _smtp(
         smtp_port,
         "ann.home@example.net",
-        f"in+{DEMO_ORG}@{MAIL_DOMAIN}",
+        f"in+{org}@{MAIL_DOMAIN}",
         _message(
             "ann.home@example.net", REP, "Question about the invoice", "Hi, a quick question."
         ),
@@ -226,6 +226,13 @@ def _follow_tracking(stack: DevStack, timeout: float = 30.0) -> bool:
     return len(found) == len(wanted)
 
 
+def seed_org(stack: DevStack, token: str, org: str) -> dict[str, str]:
+    """The demo's records and mail for any org (the tracked mail read and clicked too)."""
+    emails = _seed(stack, token, org)
+    _follow_tracking(stack)
+    return emails
+
+
 def seed_demo(stack: DevStack) -> list[str]:
     """Create the demo org once (its token printed once and kept in `.data/demo-token`)."""
     token_file = stack.data / "demo-token"
@@ -263,4 +270,8 @@ def seed_demo(stack: DevStack) -> list[str]:
         lines.append(
             f'  curl -s -H "Authorization: Bearer $TOKEN" "{query}/campaigns/{emails["newsletter"]}" | python3 -m json.tool'
         )
+    ui = f"http://127.0.0.1:{stack.ports['projector_http']}/ui/orgs/{DEMO_ORG}/records"
+    lines.append("")
+    lines.append("the records' pages in a browser (sign in with the demo token):")
+    lines.extend(f"  {ui}/{record_id}" for record_id in RECORDS)
     return lines

@@ -62,3 +62,9 @@ SMTP_CONNECTIONS_REFUSED: Final = Counter(
     "mailfold_ingest_smtp_connections_refused",
     "SMTP connections turned away with 421 because the listener had its maximum open.",
 )
+HTTP_SECONDS: Final = Histogram(
+    "mailfold_ingest_http_request_seconds",
+    "Time to answer an API request, by route.",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

@@ -16,8 +16,12 @@ from mailfold.events import STREAM
 from mailfold.projector.adapters import postgres
 from mailfold.projector.adapters.migrations import migrate
 from mailfold.projector.adapters.queries import ProjectionQueries
+from mailfold.projector.adapters.stats import StatsQueries
 from mailfold.projector.entrypoints.consumer import ConsumerRunner, ConsumerSettings, report_lag
 from mailfold.projector.entrypoints.http import Api, build_app
+from mailfold.projector.entrypoints.pipeline_metrics import PipelineGauges
+from mailfold.projector.entrypoints.stats_http import StatsApi
+from mailfold.projector.entrypoints.ui import RecordPage
 from mailfold.runtime import bus
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer
@@ -119,11 +123,12 @@ async def start(settings: Settings) -> Service:
             database = "ok" if await queries.ping() else "unavailable"
             return {"nats": "ok" if nc.is_connected else "disconnected", "database": database}
 
-        server = HttpServer(
-            build_app(Api(queries, verifier, directory, available=lambda: nc.is_connected), health),
-            settings.host,
-            settings.port,
-        )
+        api = Api(queries, verifier, directory, available=lambda: nc.is_connected)
+        extra = [
+            *StatsApi(api, StatsQueries(pool)).routes(),
+            *RecordPage(queries, verifier).routes(),
+        ]
+        server = HttpServer(build_app(api, health, extra), settings.host, settings.port)
         await server.start()
     except BaseException:
         if pool is not None:
@@ -135,6 +140,9 @@ async def start(settings: Settings) -> Service:
         asyncio.create_task(runner.run(), name="projector-consumer"),
         asyncio.create_task(
             report_lag(js, settings.consumer.name, settings.lag_interval), name="projector-lag"
+        ),
+        asyncio.create_task(
+            PipelineGauges(nc, js, queries.ping).run(settings.lag_interval), name="pipeline-gauges"
         ),
     ]
     log.info("projector started", port=server.port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
@@ -19,6 +20,7 @@ from mailfold.ingest.metrics import (
     CAMPAIGN_TARGETS,
     EMAILS_COMPOSED,
     HTTP_REQUESTS,
+    HTTP_SECONDS,
     IDEMPOTENT_REPLAYS,
 )
 from mailfold.ingest.service_layer import api, campaigns
@@ -152,11 +154,13 @@ class IngestApi:
                     headers={"Allow": allowed},
                 )
             else:
+                started = time.perf_counter()
                 try:
                     response = await self._answer(request, request.path_params["org"], endpoint)
                 except Exception:
                     HTTP_REQUESTS.labels(name, "500").inc()
                     raise
+                HTTP_SECONDS.labels(name).observe(time.perf_counter() - started)
             HTTP_REQUESTS.labels(name, str(response.status_code)).inc()
             return response
 

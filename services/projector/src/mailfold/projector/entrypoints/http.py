@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -79,6 +79,10 @@ class Api:
             if other != org_id and await self._verifier.verify(other, token):
                 return not_found("org")
         return problem(401, "the bearer token is not valid", auth, headers=challenge)
+
+    async def authorize(self, request: Request, org_id: str) -> Response | None:
+        """None when the request's bearer token is the org's, else the problem to answer."""
+        return await self._authorize(request, org_id)
 
     async def record_emails(self, request: Request) -> Response:
         org_id = request.path_params["org"]
@@ -168,6 +172,6 @@ class Api:
         ]
 
 
-def build_app(api: Api, health: HealthCheck) -> Starlette:
-    """The query API with /healthz and /metrics on the same port."""
-    return api_app([*api.routes(), openapi_route(openapi()), *ops_routes(health)])
+def build_app(api: Api, health: HealthCheck, extra: Sequence[BaseRoute] = ()) -> Starlette:
+    """The query API (and `extra` routes: stats, the record page) with /healthz and /metrics."""
+    return api_app([*api.routes(), *extra, openapi_route(openapi()), *ops_routes(health)])

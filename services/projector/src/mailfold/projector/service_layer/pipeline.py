@@ -18,6 +18,7 @@ import structlog
 from mailfold.events import Decision
 from mailfold.projector import metrics
 from mailfold.projector.domain.messages import RawMessage
+from mailfold.projector.service_layer import deliverability
 from mailfold.projector.service_layer.ports import (
     BatchWriter,
     DeadLetters,
@@ -121,6 +122,7 @@ def _observe(prepared: Prepared, elapsed: float) -> None:
     metrics.COMMIT_SECONDS.observe(elapsed)
     metrics.BATCH_SIZE.observe(prepared.size)
     metrics.POSITION.set(writes.last_seq)
+    deliverability.record(prepared.changed)
     if prepared.skipped:
         metrics.DUPLICATES.labels("redelivered").inc(prepared.skipped)
     if prepared.duplicates:

@@ -35,6 +35,8 @@ class Prepared:
     writes: WriteSet
     emails: list[str] = field(default_factory=list)
     rulings: list[tuple[str, Ruling]] = field(default_factory=list)
+    # Each touched email's state before and after the batch (None: new), for the metrics.
+    changed: list[tuple[EmailState | None, EmailState]] = field(default_factory=list)
     skipped: int = 0  # redeliveries at or below the position
     duplicates: int = 0  # repeated event ids
     size: int = 0
@@ -175,6 +177,7 @@ class Projection:
                 del self._spilled[email_id]  # superseded before it was written
             self._pinned[email_id] = number
             prepared.emails.append(email_id)
+            prepared.changed.append((before.get(email_id), state))
             if self._write_behind:
                 self._dirty.add(email_id)
             else:
