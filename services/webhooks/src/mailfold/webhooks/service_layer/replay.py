@@ -34,6 +34,14 @@ class Reader(Protocol):
     ) -> list[StreamEvent]: ...
 
 
+class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`{"event_id": ...}` or `{"since": ..., "until": ...}` (RFC 3339 times, until optional)."""
+
+    event_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
 class Replayed(msgspec.Struct, frozen=True, kw_only=True):
     """What a replay queued."""
 
