@@ -164,6 +164,9 @@ async def test_deliveries_page_and_replay_resends_with_the_original_webhook_id(
         assert missing.json()["errors"][0]["field"] == "event_id"
         neither = await api.post(f"{path}/replay", json={})
         assert neither.status_code == 422
+        empty = await api.post(f"{path}/replay", json={"event_id": ""})
+        assert empty.status_code == 422, empty.text
+        assert empty.json()["errors"][0]["field"] == "event_id"
 
 
 async def test_events_feed_pages_only_the_orgs_own_events(
