@@ -189,6 +189,7 @@ async def test_events_feed_pages_only_the_orgs_own_events(
         assert typed["items"] == []
         for params, field in (
             ({"after": "-1"}, "after"),
+            ({"after": str(2**64)}, "after"),
             ({"limit": "0"}, "limit"),
             ({"type": "x"}, "type"),
         ):

@@ -230,8 +230,8 @@ class Api:
         if limit is None:
             return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
         after = params.get("after", "0")
-        if not after.isdigit():
-            return invalid("after", "must be a stream sequence (a non-negative integer)")
+        if not after.isdigit() or int(after) > openapi_doc.MAX_SEQ:
+            return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         records = [
             d
             for d in await self._deliveries.of_endpoint(org_id, endpoint.endpoint_id)
@@ -273,8 +273,8 @@ class Api:
     async def events(self, request: Request, org_id: str) -> Response:
         params = request.query_params
         after = params.get("after", "0")
-        if not after.isdigit():
-            return invalid("after", "must be a stream sequence (a non-negative integer)")
+        if not after.isdigit() or int(after) > openapi_doc.MAX_SEQ:
+            return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         limit = _limit(params.get("limit"))
         if limit is None:
             return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")

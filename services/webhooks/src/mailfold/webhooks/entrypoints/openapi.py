@@ -16,6 +16,7 @@ from mailfold.webhooks.domain.retries import Outcome
 from mailfold.webhooks.service_layer.replay import Replayed, ReplayRequest
 
 MAX_LIMIT: Final = 500
+MAX_SEQ: Final = 2**63 - 1  # beyond any stream sequence; larger ones NATS refuses
 
 
 class SecretInfo(msgspec.Struct, kw_only=True):
@@ -83,7 +84,10 @@ ORG: Final = Param(
 ENDPOINT: Final = Param("endpoint_id", "path", {"type": "string", "minLength": 1}, "the webhook id")
 LIMIT: Final = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT})
 AFTER: Final = Param(
-    "after", "query", {"type": "integer", "minimum": 0}, "the stream sequence to read after"
+    "after",
+    "query",
+    {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+    "the stream sequence to read after",
 )
 
 
