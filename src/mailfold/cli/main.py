@@ -43,6 +43,10 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         from mailfold.projector.entrypoints.openapi import openapi as query_openapi
 
         print(json.dumps(query_openapi(), indent=2))
+    elif args.openapi == "webhooks":
+        from mailfold.webhooks.entrypoints.openapi import openapi as webhooks_openapi
+
+        print(json.dumps(webhooks_openapi(), indent=2))
     elif args.asyncapi:
         from mailfold.cli.asyncapi import asyncapi_document
 
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI document instead")
     p.add_argument(
         "--openapi",
-        choices=["ingest", "query"],
+        choices=["ingest", "query", "webhooks"],
         help="print the OpenAPI document of an HTTP API instead (docs/openapi/ holds them)",
     )
     p.set_defaults(func=_cmd_schema)

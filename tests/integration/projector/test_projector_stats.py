@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import msgspec
 import pytest
 from nats.aio.client import Client
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +18,7 @@ from mailfold.cli.embedded import EmbeddedNats
 from mailfold.cli.main import main as mailfold
 from mailfold.events import AnyEvent, Source, Verdict, new_id
 from mailfold.projector.entrypoints.consumer import ConsumerSettings
+from mailfold.projector.entrypoints.openapi import OrgStats
 from mailfold.runtime import bus
 from mailfold.runtime.orgs import create_org
 
@@ -202,6 +204,7 @@ async def test_stats_count_an_orgs_emails_by_source_in_postgresql(
 
     assert response.status_code == 200
     body = response.json()
+    assert msgspec.convert(body, OrgStats).org_id == mail.org_id  # the declared answer type
     totals = body["totals"]
     assert totals["emails"] == 4
     assert totals["sent"] == 3

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 from tests.integration.webhooks.conftest import (
     Org,
     StartReceiver,
@@ -15,6 +16,15 @@ from tests.integration.webhooks.conftest import (
     always,
     make_org,
 )
+
+from mailfold.webhooks.entrypoints.openapi import (
+    DeliveryPage,
+    EndpointList,
+    EndpointView,
+    EventPage,
+    openapi,
+)
+from mailfold.webhooks.service_layer.replay import Replayed
 
 
 async def _delivered(api: httpx.AsyncClient, org: Org, endpoint_id: str, n: int) -> list[Any]:
@@ -94,6 +104,11 @@ async def test_endpoints_are_created_shown_changed_and_deleted_without_showing_s
         assert created["secret"] not in str(shown)
         assert shown["event_types"] == ["email_bounced"]
         assert shown["backlog"] == 0
+        # Every answer is the type the OpenAPI document declares for it.
+        for answer in (created, shown):
+            msgspec.convert(answer, EndpointView)
+        listed = (await api.get(f"/v1/orgs/{org.org_id}/webhooks")).json()
+        assert [e.id for e in msgspec.convert(listed, EndpointList).items] == [created["id"]]
         patched = await api.patch(path, json={"event_types": [], "enabled": False})
         assert patched.status_code == 200
         assert patched.json()["enabled"] is False
@@ -120,6 +135,7 @@ async def test_deliveries_page_and_replay_resends_with_the_original_webhook_id(
 
         first = (await api.get(f"{path}/deliveries", params={"limit": "2"})).json()
         assert len(first["items"]) == 2
+        assert msgspec.convert(first, DeliveryPage).items[0].webhook_id == events[0].event_id
         rest = await api.get(f"{path}/deliveries", params={"after": str(first["next_after"])})
         assert len(rest.json()["items"]) == 1
         assert rest.json()["next_after"] is None
@@ -129,6 +145,7 @@ async def test_deliveries_page_and_replay_resends_with_the_original_webhook_id(
 
         one = await api.post(f"{path}/replay", json={"event_id": events[1].event_id})
         assert one.status_code == 202, one.text
+        assert msgspec.convert(one.json(), Replayed).event_ids == [events[1].event_id]
         await receiver.wait_for(4)
         assert receiver.requests[3].headers["webhook-id"] == events[1].event_id
         replayed = receiver.verified(endpoint["secret"])[3]
@@ -147,6 +164,9 @@ async def test_deliveries_page_and_replay_resends_with_the_original_webhook_id(
         assert missing.json()["errors"][0]["field"] == "event_id"
         neither = await api.post(f"{path}/replay", json={})
         assert neither.status_code == 422
+        empty = await api.post(f"{path}/replay", json={"event_id": ""})
+        assert empty.status_code == 422, empty.text
+        assert empty.json()["errors"][0]["field"] == "event_id"
 
 
 async def test_events_feed_pages_only_the_orgs_own_events(
@@ -160,6 +180,7 @@ async def test_events_feed_pages_only_the_orgs_own_events(
     async with start_webhooks(nats_url) as service, org.api(service) as api:
         path = f"/v1/orgs/{org.org_id}/events"
         page = (await api.get(path, params={"limit": "2"})).json()
+        assert len(msgspec.convert(page, EventPage).items) == 2
         assert [i["event"]["event_id"] for i in page["items"]] == [e.event_id for e in mine[:2]]
         rest = (await api.get(path, params={"after": str(page["next_after"])})).json()
         assert [i["event"]["event_id"] for i in rest["items"]] == [mine[2].event_id]
@@ -168,6 +189,7 @@ async def test_events_feed_pages_only_the_orgs_own_events(
         assert typed["items"] == []
         for params, field in (
             ({"after": "-1"}, "after"),
+            ({"after": str(2**64)}, "after"),
             ({"limit": "0"}, "limit"),
             ({"type": "x"}, "type"),
         ):
@@ -188,3 +210,17 @@ async def test_an_org_has_at_most_twenty_endpoints(
         assert refused.status_code == 409
         assert refused.headers["content-type"] == "application/problem+json"
         assert len((await api.get(f"/v1/orgs/{org.org_id}/webhooks")).json()["items"]) == 20
+
+
+async def test_the_service_serves_its_openapi_document_without_a_token(
+    start_webhooks: StartWebhooks, nats_url: str
+) -> None:
+    async with (
+        start_webhooks(nats_url) as service,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as anonymous,
+    ):
+        response = await anonymous.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == msgspec.json.decode(msgspec.json.encode(openapi()))
+    assert "/v1/orgs/{org}/webhooks/{endpoint_id}/replay" in response.json()["paths"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import msgspec
 
+from mailfold.events import Source
 from mailfold.runtime.openapi import Operation, Param, document
 
 
@@ -42,6 +44,22 @@ class CampaignPage(msgspec.Struct, kw_only=True):
     items: list[dict[str, Any]]
     next_cursor: str | None
 
+
+class OrgStats(msgspec.Struct, kw_only=True):
+    """An org's deliverability over [from, to): totals, per-source figures, top bounce reasons."""
+
+    org_id: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime
+    source: str | None
+    totals: dict[str, Any]
+    by_source: list[dict[str, Any]]
+    bounce_reasons: list[dict[str, Any]]
+
+
+INSTANT: Final[dict[str, Any]] = {
+    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "format": "date"}]
+}
 
 ORG: Final = Param(
     "org", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, "the org id"
@@ -98,6 +116,30 @@ def operations() -> list[Operation]:
                 Param("cursor", "query", {"type": "string"}, "next_cursor of the previous page"),
             ),
             tags=("campaigns",),
+        ),
+        Operation(
+            "GET",
+            "/v1/orgs/{org}/stats",
+            "getOrgStats",
+            "The org's deliverability over a time window, by source",
+            {200: ("The figures", OrgStats)},
+            (
+                ORG,
+                Param(
+                    "from",
+                    "query",
+                    INSTANT,
+                    "window start (RFC 3339 with an offset, or a date): default to minus 30 days",
+                ),
+                Param("to", "query", INSTANT, "window end, exclusive: default now"),
+                Param(
+                    "source",
+                    "query",
+                    {"enum": sorted(s.value for s in Source)},
+                    "only emails of this source",
+                ),
+            ),
+            tags=("stats",),
         ),
     ]
 

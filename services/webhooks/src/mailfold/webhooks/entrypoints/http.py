@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from mailfold.events import EVENT_TYPES
+from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, check_bearer, valid_org_id
 from mailfold.runtime.problems import FieldError as Field
@@ -31,26 +32,19 @@ from mailfold.webhooks.domain.endpoints import (
     TooManyEndpoints,
 )
 from mailfold.webhooks.domain.retries import Outcome
+from mailfold.webhooks.entrypoints import openapi as openapi_doc
 from mailfold.webhooks.service_layer.endpoints import Manager
-from mailfold.webhooks.service_layer.replay import Replayer
+from mailfold.webhooks.service_layer.replay import Replayer, ReplayRequest
 
 MAX_BODY: Final = 64 * 1024
 DEFAULT_LIMIT: Final = 50
-MAX_LIMIT: Final = 500
+MAX_LIMIT: Final = openapi_doc.MAX_LIMIT
 _ENCODER: Final = msgspec.json.Encoder()
 _AT_PATH: Final = re.compile(r"at `\$\.?([^`\[]*)")
 _UNKNOWN: Final = re.compile(r"unknown field `([^`]+)`")
 _MISSING: Final = re.compile(r"missing required field `([^`]+)`")
 
 Handler = Callable[[Request, str], Awaitable[Response]]
-
-
-class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`{"event_id": ...}` or `{"since": ..., "until": ...}` (RFC 3339 times, until optional)."""
-
-    event_id: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -236,8 +230,8 @@ class Api:
         if limit is None:
             return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
         after = params.get("after", "0")
-        if not after.isdigit():
-            return invalid("after", "must be a stream sequence (a non-negative integer)")
+        if not after.isdigit() or int(after) > openapi_doc.MAX_SEQ:
+            return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         records = [
             d
             for d in await self._deliveries.of_endpoint(org_id, endpoint.endpoint_id)
@@ -279,8 +273,8 @@ class Api:
     async def events(self, request: Request, org_id: str) -> Response:
         params = request.query_params
         after = params.get("after", "0")
-        if not after.isdigit():
-            return invalid("after", "must be a stream sequence (a non-negative integer)")
+        if not after.isdigit() or int(after) > openapi_doc.MAX_SEQ:
+            return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         limit = _limit(params.get("limit"))
         if limit is None:
             return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
@@ -309,5 +303,5 @@ class Api:
 
 
 def build_app(api: Api, health: HealthCheck) -> Starlette:
-    """The webhooks API with /healthz and /metrics on the same port."""
-    return api_app([*api.routes(), *ops_routes(health)])
+    """The webhooks API with /openapi.json, /healthz and /metrics on the same port."""
+    return api_app([*api.routes(), openapi_route(openapi_doc.openapi()), *ops_routes(health)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Final, Protocol
+from typing import Annotated, Final, Protocol
 
 import msgspec
 
@@ -32,6 +32,14 @@ class Reader(Protocol):
         since: datetime | None = None,
         limit: int,
     ) -> list[StreamEvent]: ...
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`{"event_id": ...}` or `{"since": ..., "until": ...}` (RFC 3339 times, until optional)."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 class Replayed(msgspec.Struct, frozen=True, kw_only=True):
