@@ -11,9 +11,8 @@ import os
 import random
 import re
 import socket
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -30,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from tests.polling import eventually
 
 from mailfold.events import DLQ_STREAM, STREAM, decode
 from mailfold.runtime import bus
@@ -328,7 +328,7 @@ async def test_every_smtp_session_gets_well_formed_replies_and_every_250_is_proj
         new = ids[len(before) :]
         return new if len(new) >= accepted else None
 
-    new = await eventually(all_published)
+    new = await eventually(all_published, timeout=120.0, interval=0.5)
     assert len(set(new)) == accepted  # one event per accepted message, none lost
 
     async with httpx.AsyncClient(
@@ -341,18 +341,6 @@ async def test_every_smtp_session_gets_well_formed_replies_and_every_250_is_proj
                     return False
             return True
 
-        assert await eventually(projected)
+        assert await eventually(projected, timeout=120.0, interval=0.5)
     _, dead_after = await _received_ids(stack.nats_url)
     assert dead_after == dead_before, "the projector dead-lettered fuzzed mail"
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 120.0) -> Any:
-    """Poll until `check` returns a truthy value; fail with the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}")

@@ -9,15 +9,14 @@ import email.policy
 import os
 import signal
 import smtplib
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+from tests.polling import eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,18 +28,6 @@ MAILBOX_SECRET = "hunter2-mailbox-secret-0f9c"
 
 def _uid() -> str:
     return uuid.uuid4().hex[:10]
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
-    """Poll until `check` returns a truthy value; fail with the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}")
 
 
 def assert_problem(response: httpx.Response, status: int, field: str | None = None) -> None:

@@ -10,7 +10,6 @@ import re
 import smtplib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.polling import eventually
 
 from mailfold.events import EmailCaptured, EmailOpened, Module, RecordRef, Source, decode, new_id
 from mailfold.runtime import bus
@@ -31,18 +31,6 @@ REP = "rep@e2e.example"
 
 def _uid() -> str:
     return uuid.uuid4().hex[:10]
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 60.0) -> Any:
-    """Poll until `check` returns a truthy value; fail with the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"condition not met in {timeout} s; last value: {last!r}")
 
 
 class Api:
