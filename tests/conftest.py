@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailfold.cli.embedded import EmbeddedNats, EmbeddedPostgres
+from mailfold.cli.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,14 @@ def fresh_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of the test's own, free to be killed and restarted."""
     with EmbeddedNats(tmp_path / "nats") as server:
         yield server
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
+    """Three nats-server nodes of the test's own, routed into one JetStream cluster; each node
+    may be killed, restarted, paused and resumed."""
+    with EmbeddedNatsCluster(tmp_path / "cluster", size=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -17,12 +17,16 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import nats.js.errors
 import psutil
 import pytest
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, StreamConfig
 
 from mailfold.cli.embedded import (
     EmbeddedNats,
+    EmbeddedNatsCluster,
     EmbeddedPostgres,
     EmbeddedServerError,
     free_port,
@@ -159,6 +163,68 @@ def test_nats_refuses_a_second_server_on_a_data_dir_in_use(fresh_nats: EmbeddedN
 
     assert second.pid is None
     assert fresh_nats.running
+
+
+async def test_a_cluster_replicates_a_stream_over_three_nodes_and_survives_losing_its_leader(
+    nats_cluster: EmbeddedNatsCluster,
+) -> None:
+    nc = await nats.connect(nats_cluster.urls, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+    try:
+        js = nc.jetstream(timeout=10)
+        await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
+        await js.publish("t.a", b"1")
+        info = await js.stream_info("T")
+        assert info.cluster is not None
+        assert info.cluster.leader is not None
+        assert len(info.cluster.replicas or []) == 2
+        leader = nats_cluster.node_named(info.cluster.leader)
+
+        leader.kill()
+        ack = await _eventually_published(js, "t.a", b"2")
+        leader.start()
+
+        assert ack.seq == 2
+        stored = [(await js.get_msg("T", seq=seq)).data for seq in (1, 2)]
+    finally:
+        await nc.close()
+    assert stored == [b"1", b"2"]
+
+
+async def _eventually_published(js: JetStreamContext, subject: str, data: bytes) -> PubAck:
+    """Publish, retrying while the stream elects a new leader (no answer until it has one)."""
+    for _ in range(60):
+        try:
+            return await js.publish(subject, data, timeout=1, headers={"Nats-Msg-Id": "two"})
+        except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError):
+            await asyncio.sleep(0.5)
+    raise AssertionError("no stream leader was elected after the leader was killed")
+
+
+def test_a_paused_cluster_node_is_left_out_until_resumed(
+    nats_cluster: EmbeddedNatsCluster,
+) -> None:
+    first, *others = nats_cluster.nodes
+    leader = nats_cluster.wait_meta_leader()
+
+    first.pause()
+    try:
+        assert first.meta_leader() is None  # a stopped process answers no monitoring request
+        if leader == first.server_name:
+            leader = _wait_for_other_meta_leader(others, leader)
+        assert {node.meta_leader() for node in others} == {leader}
+    finally:
+        first.resume()
+
+    assert nats_cluster.wait_meta_leader() == leader
+
+
+def _wait_for_other_meta_leader(nodes: list[EmbeddedNats], old: str) -> str:
+    for _ in range(200):
+        leaders = {node.meta_leader() for node in nodes}
+        if len(leaders) == 1 and None not in leaders and old not in leaders:
+            return str(leaders.pop())
+        time.sleep(0.1)
+    raise AssertionError(f"no new meta leader after {old} was paused")
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

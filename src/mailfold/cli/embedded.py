@@ -28,7 +28,9 @@ from typing import Final, Self, TypedDict
 import psutil
 
 __all__ = [
+    "ClusterRoutes",
     "EmbeddedNats",
+    "EmbeddedNatsCluster",
     "EmbeddedPostgres",
     "EmbeddedServerError",
     "free_port",
@@ -174,6 +176,7 @@ class EmbeddedNats(_ChildServer):
         port: int | None = None,
         http_port: int | None = None,
         server_name: str = "mailfold",
+        cluster: ClusterRoutes | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         # Ports are chosen once so restart() comes back where clients expect it.
@@ -181,6 +184,7 @@ class EmbeddedNats(_ChildServer):
         self._port = port if port is not None else picked.pop()
         self._http_port = http_port if http_port is not None else picked.pop()
         self.server_name = server_name
+        self.cluster = cluster
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -234,12 +238,24 @@ class EmbeddedNats(_ChildServer):
                 "jetstream {",
                 f"  store_dir: {json.dumps(str(self.data_dir))}",
                 "}",
+                *(self.cluster.config_lines() if self.cluster is not None else []),
                 "",
             ]
         )
 
     def start(self, timeout: float = NATS_START_TIMEOUT) -> None:
         """Launch nats-server and return once JetStream reports healthy; a no-op when running."""
+        if self.running:
+            return
+        self.start_process()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def start_process(self) -> None:
+        """Launch nats-server without waiting for it (a cluster starts its nodes together)."""
         if self.running:
             return
         self._discard_exited()
@@ -264,11 +280,28 @@ class EmbeddedNats(_ChildServer):
                 # Its own session keeps a terminal's Ctrl-C from killing it before stop() drains it.
                 start_new_session=True,
             )
+
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader this node reports (`/jsz`), or None (no answer, no leader)."""
+        info = self._monitor_json("/jsz")
+        meta = info.get("meta_cluster") if info else None
+        leader = meta.get("leader") if isinstance(meta, dict) else None
+        return leader if isinstance(leader, str) and leader else None
+
+    def _monitor_json(self, path: str) -> dict[str, object] | None:
+        conn = http.client.HTTPConnection(LOOPBACK, self._http_port, timeout=1.0)
         try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                return None
+            data = json.loads(body)
+            return data if isinstance(data, dict) else None
+        except (OSError, http.client.HTTPException, ValueError):
+            return None
+        finally:
+            conn.close()
 
     def _other_server_pid(self) -> int | None:
         try:
@@ -283,7 +316,8 @@ class EmbeddedNats(_ChildServer):
         except psutil.AccessDenied:
             return pid
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = NATS_START_TIMEOUT) -> None:
+        """Return once the server accepts clients and JetStream reports healthy."""
         assert self._proc is not None
         deadline = time.monotonic() + timeout
         while True:
@@ -332,8 +366,130 @@ class EmbeddedNats(_ChildServer):
             proc.kill()
         proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, and it answers nobody (a partition
+        as its peers and clients see it) until resume()."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def __repr__(self) -> str:
         return f"EmbeddedNats(url={self.url!r}, data_dir={str(self.data_dir)!r}, pid={self.pid})"
+
+
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """One node's part of a cluster: its cluster name, its route port and every node's route port."""
+
+    name: str
+    port: int
+    route_ports: tuple[int, ...]
+
+    def config_lines(self) -> list[str]:
+        routes = [f"    nats-route://{LOOPBACK}:{port}" for port in self.route_ports]
+        return [
+            "cluster {",
+            f"  name: {json.dumps(self.name)}",
+            f'  listen: "{LOOPBACK}:{self.port}"',
+            # Every node lists all of them; a node recognises and skips the route to itself.
+            "  routes: [",
+            *routes,
+            "  ]",
+            "}",
+        ]
+
+
+class EmbeddedNatsCluster:
+    """`size` nats-server nodes with JetStream, routed into one cluster on 127.0.0.1.
+
+    Each node is an EmbeddedNats in `data_dir/node-<n>` that can be killed, restarted, paused
+    and resumed on its own; `url` lists every node for clients (comma-separated, as
+    MAILFOLD_NATS_URL takes it).
+    """
+
+    def __init__(self, data_dir: Path, *, size: int = 3, name: str = "mailfold") -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.data_dir = Path(data_dir).absolute()
+        self.name = name
+        ports = free_ports(3 * size)
+        route_ports = tuple(ports[2 * size :])
+        self.nodes = [
+            EmbeddedNats(
+                self.data_dir / f"node-{n + 1}",
+                port=ports[2 * n],
+                http_port=ports[2 * n + 1],
+                server_name=f"{name}-n{n + 1}",
+                cluster=ClusterRoutes(name, route_ports[n], route_ports),
+            )
+            for n in range(size)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def start(self, timeout: float = 2 * NATS_START_TIMEOUT) -> None:
+        """Start every node, then wait until the nodes agree on a JetStream meta leader."""
+        for node in self.nodes:
+            node.start_process()
+        try:
+            for node in self.nodes:
+                node.wait_ready(timeout)
+            self.wait_meta_leader(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def node_named(self, server_name: str) -> EmbeddedNats:
+        """The node whose server_name is given (as JetStream reports leaders)."""
+        for node in self.nodes:
+            if node.server_name == server_name:
+                return node
+        raise KeyError(server_name)
+
+    def wait_meta_leader(self, timeout: float = NATS_START_TIMEOUT) -> str:
+        """The meta leader's server_name once every running node reports the same one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            leaders = {node.meta_leader() for node in self.nodes if node.running}
+            if len(leaders) == 1 and None not in leaders:
+                leader = leaders.pop()
+                assert leader is not None
+                return leader
+            if time.monotonic() > deadline:
+                raise EmbeddedServerError(
+                    f"the nodes of cluster {self.name} report no common meta leader after "
+                    f"{timeout:.0f}s: {leaders}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedNatsCluster(url={self.url!r}, data_dir={str(self.data_dir)!r})"
 
 
 @dataclass(frozen=True)
