@@ -103,6 +103,18 @@ def test_malformed_json_is_named_body() -> None:
     assert fields_at_fault(caught.value) == {"body"}
 
 
+def test_invalid_utf8_is_422_naming_its_offset_in_the_body() -> None:
+    body = b'{"subject": "caf\xc3\xa9", "html": "ok \xff"}'
+
+    offset = body.index(b"\xff")
+
+    with pytest.raises(Invalid) as caught:
+        req.decode_json(body)
+
+    assert fields_at_fault(caught.value) == {"body"}
+    assert f"(byte {offset})" in str(caught.value)
+
+
 def test_a_template_alone_is_content_enough() -> None:
     body = {k: v for k, v in GOOD.items() if k != "html"}
     cmd = req.compose_from_json({**body, "template_id": "welcome"})

@@ -145,11 +145,21 @@ def decode_json(body: bytes) -> object:
     except msgspec.DecodeError as exc:
         raise Invalid([FieldError("body", f"is not valid JSON: {exc}")]) from None
     except UnicodeDecodeError as exc:
+        # msgspec counts from the start of the string it was reading, not of the body.
         raise Invalid(
-            [FieldError("body", f"is not valid UTF-8 (byte {exc.start}): {exc.reason}")]
+            [FieldError("body", f"is not valid UTF-8 (byte {_utf8_error_offset(body, exc)})")]
         ) from None
     except RecursionError:
         raise Invalid([FieldError("body", "is nested too deeply")]) from None
+
+
+def _utf8_error_offset(body: bytes, error: UnicodeDecodeError) -> int:
+    """Where in `body` the first invalid UTF-8 byte is."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        return whole.start
+    return error.start
 
 
 def conform(document: object, body: type[msgspec.Struct]) -> None:
