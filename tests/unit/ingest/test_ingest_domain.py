@@ -7,15 +7,15 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailfold.events.addresses import domain_listed, is_address, is_domain
+from mailfold.events.headers import summarise
 from mailfold.events.ids import derived_id, id_time_ms
-from mailfold.ingest.domain.addresses import domain_listed, is_address, is_domain
 from mailfold.ingest.domain.captures import (
     blacklisted,
     dropbox_events,
     dropbox_refusal,
     envelope_sender,
 )
-from mailfold.ingest.domain.inbound import summarise
 from mailfold.ingest.domain.replies import SENDER_BLACKLISTED, SENDER_NOT_APPROVED
 from mailfold.ingest.domain.routes import RouteKind, route_for
 from mailfold.runtime.directory import OrgSettings

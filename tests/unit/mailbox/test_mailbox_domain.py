@@ -8,11 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailfold.events import RecordRef, Source
+from mailfold.events.headers import summarise
 from mailfold.events.ids import new_id
 from mailfold.events.model import Module
 from mailfold.mailbox.adapters.imap import compact
 from mailfold.mailbox.domain import events as ev
-from mailfold.mailbox.domain.messages import summarise
+from mailfold.mailbox.domain.messages import looks_like_bounce
 
 AT = datetime(2026, 11, 29, tzinfo=UTC)
 RAW = (
@@ -28,7 +29,7 @@ def test_headers_are_read_into_a_summary() -> None:
     assert summary.to == ("ann@acme.example", "carol@x.example")
     assert summary.subject == "Café"
     assert summary.date_ms == int(datetime(2026, 11, 29, 10, tzinfo=UTC).timestamp() * 1000)
-    assert not summary.looks_like_bounce
+    assert not looks_like_bounce(summary)
 
 
 def test_garbage_reads_as_an_empty_summary_without_raising() -> None:
@@ -40,8 +41,8 @@ def test_reports_and_mailer_daemons_look_like_bounces() -> None:
         b"From: x@y.example\r\nContent-Type: multipart/report; report-type=delivery-status\r\n\r\n"
     )
     daemon = b"From: MAILER-DAEMON@mx.example\r\nSubject: hi\r\n\r\n"
-    assert summarise(report).looks_like_bounce
-    assert summarise(daemon).looks_like_bounce
+    assert looks_like_bounce(summarise(report))
+    assert looks_like_bounce(summarise(daemon))
 
 
 def test_the_crm_message_id_names_the_crm_email_only_on_the_org_mail_domain() -> None:

@@ -15,9 +15,9 @@ from mailfold.events import (
     Source,
     Transport,
 )
+from mailfold.events.addresses import domain_listed, domain_of, is_address
+from mailfold.events.headers import MessageSummary
 from mailfold.events.ids import derived_id
-from mailfold.ingest.domain.addresses import domain_listed, domain_of, is_address
-from mailfold.ingest.domain.inbound import MessageSummary
 from mailfold.ingest.domain.replies import SENDER_BLACKLISTED, SENDER_NOT_APPROVED, Reply
 from mailfold.runtime.directory import OrgSettings
 

@@ -16,8 +16,8 @@ from mailfold.events import (
     Event,
     TrackingClaims,
 )
+from mailfold.events.addresses import is_address
 from mailfold.events.ids import derived_id, id_time_ms
-from mailfold.ingest.domain.addresses import is_address
 
 PRODUCER: Final = "ingest"
 MAX_DIAGNOSTIC: Final = 2000

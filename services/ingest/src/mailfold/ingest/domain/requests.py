@@ -13,8 +13,8 @@ from typing import Final
 import msgspec
 
 from mailfold.events import SOURCES, Module, Source, Transport, one_per_recipient
+from mailfold.events.addresses import is_address, is_domain, normalise_domain
 from mailfold.ingest.domain import payloads
-from mailfold.ingest.domain.addresses import is_address, is_domain, normalise_domain
 from mailfold.ingest.domain.validation import FieldError, Fields, Invalid
 from mailfold.runtime.directory import (
     DEFAULT_MAIL_DOMAIN,

@@ -12,6 +12,7 @@ from typing import Final
 
 from mailfold.bounces import ParsedReport, ParseFailed, parse
 from mailfold.events import ContentRef, Event, InvalidToken, Keyring, RecordRef, TrackingClaims
+from mailfold.events.headers import MessageSummary, summarise
 from mailfold.ingest.domain.captures import (
     blacklisted,
     dropbox_events,
@@ -21,7 +22,6 @@ from mailfold.ingest.domain.captures import (
     received_event,
     sender_of,
 )
-from mailfold.ingest.domain.inbound import MessageSummary, summarise
 from mailfold.ingest.domain.replies import (
     ACCEPTED,
     NO_SUCH_MAILBOX,

@@ -23,9 +23,9 @@ from mailfold.events import (
     Source,
     Transport,
 )
+from mailfold.events.headers import MessageSummary
 from mailfold.events.ids import derived_id
 from mailfold.events.model import BounceKind
-from mailfold.mailbox.domain.messages import Summary
 
 PRODUCER: Final = "mailbox"
 _CRM_MESSAGE_ID: Final = re.compile(
@@ -45,7 +45,7 @@ def normal_message_id(message_id: str) -> str:
     return message_id.strip().strip("<>").strip().lower()
 
 
-def message_key(summary: Summary, raw: bytes) -> str:
+def message_key(summary: MessageSummary, raw: bytes) -> str:
     """What identifies a message across UIDVALIDITY resets: its Message-ID, else its bytes."""
     if summary.message_id:
         return normal_message_id(summary.message_id)
@@ -65,7 +65,7 @@ def crm_email_id(message_id: str, mail_domain: str) -> str | None:
     return found.group(1)
 
 
-def _ms(summary: Summary) -> int:
+def _ms(summary: MessageSummary) -> int:
     return summary.date_ms or 0
 
 
@@ -75,7 +75,7 @@ def received(
     user: str,
     source: Source,
     email_id: str,
-    summary: Summary,
+    summary: MessageSummary,
     records: tuple[RecordRef, ...],
     occurred_at: datetime,
 ) -> EmailReceived:
@@ -103,7 +103,7 @@ def captured(
     org_id: str,
     user: str,
     email_id: str,
-    summary: Summary,
+    summary: MessageSummary,
     records: tuple[RecordRef, ...],
     occurred_at: datetime,
 ) -> tuple[EmailCaptured, EmailSent]:

@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from mailfold.events import Event, RecordRef, Source
+from mailfold.events.headers import MessageSummary, summarise
 from mailfold.events.model import BounceKind
 from mailfold.mailbox.adapters.bounces import BounceFact
 from mailfold.mailbox.domain import events as ev
 from mailfold.mailbox.domain.events import Role
-from mailfold.mailbox.domain.messages import Summary, summarise
+from mailfold.mailbox.domain.messages import looks_like_bounce
 from mailfold.runtime.directory import OrgSettings
 
 RecordsFor = Callable[[str, Sequence[str]], Awaitable[tuple[RecordRef, ...]]]
@@ -35,13 +36,13 @@ class Outcome:
     email_id: str | None = None
     events: tuple[Event, ...] = ()
     sent_message_id: str = ""  # Message-ID of captured sent mail, for matching later bounces
-    summary: Summary = field(default_factory=Summary)
+    summary: MessageSummary = field(default_factory=MessageSummary)
 
 
 NOTHING = Outcome()
 
 
-def _when(summary: Summary, clock: Callable[[], datetime]) -> datetime:
+def _when(summary: MessageSummary, clock: Callable[[], datetime]) -> datetime:
     if summary.date_ms is not None:
         return datetime.fromtimestamp(summary.date_ms / 1000, UTC)
     return clock()
@@ -92,7 +93,7 @@ async def bounce_events(
     return tuple(found)
 
 
-def lookup_key(role: Role, summary: Summary, settings: OrgSettings) -> tuple[str, ...]:
+def lookup_key(role: Role, summary: MessageSummary, settings: OrgSettings) -> tuple[str, ...]:
     """The addresses whose records decide a message: the sender of inbound mail, the recipients
     of sent mail; none for the CRM's own sent mail."""
     if role is Role.INBOX:
@@ -106,7 +107,7 @@ def decide(
     mailbox: MailboxRef,
     role: Role,
     raw: bytes,
-    summary: Summary,
+    summary: MessageSummary,
     records: tuple[RecordRef, ...],
     *,
     settings: OrgSettings,
@@ -179,7 +180,7 @@ async def outcomes_of(
     )
     outcomes: list[Outcome] = []
     for raw, summary, key in zip(raws, summaries, keys, strict=True):
-        if role is Role.INBOX and summary.looks_like_bounce:
+        if role is Role.INBOX and looks_like_bounce(summary):
             facts = parse_bounce(raw)
             if facts:
                 # A bounce is a fact about mail this mailbox sent, never an email of its own.

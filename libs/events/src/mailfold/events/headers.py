@@ -1,4 +1,5 @@
-"""What the events need from an arriving message's headers, read without ever raising."""
+"""What the events need from a raw message's headers (SMTP arrivals, mailbox sync), read without
+ever raising."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Final
 
-from mailfold.ingest.domain.addresses import is_address
+from mailfold.events.addresses import is_address
+
+__all__ = ["MAX_ADDRESSES", "MessageSummary", "addresses_in", "header_section", "summarise"]
 
 MAX_SUBJECT: Final = 998  # RFC 5322's line limit; a longer subject is cut, not refused
 MAX_MESSAGE_ID: Final = 998
@@ -34,6 +37,7 @@ class MessageSummary:
     subject: str = ""
     message_id: str = ""
     date_ms: int | None = None  # the Date: header, in Unix milliseconds
+    content_type: str = ""  # lower-cased, parameters included
 
     @property
     def recipients(self) -> tuple[str, ...]:
@@ -108,16 +112,17 @@ def _date_ms(value: str) -> int | None:
         return None
 
 
-def _header_section(raw: bytes) -> bytes:
+def header_section(raw: bytes) -> bytes:
     """The bytes up to the blank line that ends the header section (the body is never read)."""
     ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
     return raw[: min(ends) + 2] if ends else raw
 
 
 def summarise(raw: bytes) -> MessageSummary:
-    """From, To, Cc, Bcc, Subject, Message-ID and Date of a raw message; never raises."""
+    """From, To, Cc, Bcc, Subject, Message-ID, Date and Content-Type of a raw message; never
+    raises."""
     try:
-        msg = _HEADER_PARSER.parsebytes(_header_section(raw))
+        msg = _HEADER_PARSER.parsebytes(header_section(raw))
     except Exception:  # the stdlib parser is lenient; this only guards against its bugs
         return MessageSummary()
     try:
@@ -130,6 +135,7 @@ def summarise(raw: bytes) -> MessageSummary:
             subject=_text(msg.get("subject", ""))[:MAX_SUBJECT],
             message_id=_raw(msg, "message-id")[:MAX_MESSAGE_ID],
             date_ms=_date_ms(_raw(msg, "date")),
+            content_type=_raw(msg, "content-type").lower(),
         )
     except Exception:  # a header that defeats every decoder: keep what the envelope says
         return MessageSummary()
