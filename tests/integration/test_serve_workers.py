@@ -1,0 +1,159 @@
+"""`mailfold serve <service> --workers N`: workers share the port, are kept running, sum metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from nats.js.errors import NotFoundError
+from tests.integration.serving import healthy, metric_sum, serve, terminate
+
+from mailfold.cli.embedded import free_port
+from mailfold.events import STREAM, EmailOpened, Keyring, TokenKind, TrackingClaims, decode, new_id
+from mailfold.runtime import bus
+
+KEYS = "wk1:workers-integration-key-0123456"
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
+OPENS = "mailfold_tracker_opens_total"
+
+
+def pixel(org_id: str, email_id: str) -> str:
+    claims = TrackingClaims(TokenKind.OPEN, org_id, email_id, "ann@example.org")
+    return f"/o/{Keyring.parse(KEYS).sign(claims)}.gif"
+
+
+def holds_connection(pid: int, port: int) -> bool:
+    """Whether process `pid` has an accepted connection on `port` open."""
+    return any(
+        c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+    )
+
+
+def listens(proc: psutil.Process, port: int) -> bool:
+    """Whether `proc` is alive and listens on `port`."""
+    try:
+        sockets = proc.net_connections(kind="tcp")
+    except psutil.NoSuchProcess:  # killed and not reaped yet
+        return False
+    return any(s.laddr.port == port and s.status == psutil.CONN_LISTEN for s in sockets)
+
+
+async def workers_of(parent: psutil.Process, count: int, port: int) -> list[int]:
+    """The parent's worker pids, once it has `count` and all of them listen on `port`."""
+    async with asyncio.timeout(60):
+        while True:
+            children = parent.children()
+            if len(children) == count and all(listens(c, port) for c in children):
+                return [c.pid for c in children]
+            await asyncio.sleep(0.1)
+
+
+async def opened_email_ids(nats_url: str, org_id: str) -> Counter[str]:
+    """How many EmailOpened events each email of the org has in MAIL_EVENTS."""
+    nc = await bus.connect(nats_url, "workers-test-reader", reconnect=False)
+    found: Counter[str] = Counter()
+    try:
+        js, seq = nc.jetstream(), 1
+        while True:
+            try:
+                msg = await js.get_msg(
+                    STREAM, seq=seq, subject=f"mail.events.{org_id}.>", next=True
+                )
+            except NotFoundError:
+                return found
+            event = decode(msg.data or b"")
+            assert isinstance(event, EmailOpened)
+            found[event.email_id] += 1
+            seq = (msg.seq or seq) + 1
+    finally:
+        await bus.close(nc)
+
+
+@pytest.mark.slow
+async def test_two_workers_share_the_port_are_restarted_and_drain_on_sigterm(
+    nats_url: str, org_id: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "MAILFOLD_NATS_URL": nats_url,
+        "MAILFOLD_TRACKER_PORT": str(port),
+        "MAILFOLD_TRACKING_KEYS": KEYS,
+    }
+    proc = serve("tracker", env, tmp_path / "tracker.log", "--workers", "2")
+    sent: list[str] = []
+    try:
+        await healthy(port, proc)
+        parent = psutil.Process(proc.pid)
+        first = await workers_of(parent, 2, port)
+        headers = {"user-agent": BROWSER}
+
+        # Fresh kept-alive connections until each worker has answered on one of them.
+        async with contextlib.AsyncExitStack() as stack:
+            answered: set[int] = set()
+            while answered != set(first):
+                assert len(sent) < 500, "the kernel never handed a connection to both workers"
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers)
+                )
+                sent.append(new_id())
+                assert (await client.get(pixel(org_id, sent[-1]))).status_code == 200
+                answered |= {pid for pid in first if holds_connection(pid, port)}
+
+            # Whichever worker answers the scrape, it counts the opens of both.
+            for _ in range(6):
+                assert await metric_sum(port, OPENS) == len(sent)
+
+            # A worker SIGKILLed is started again by the parent; the counts survive it.
+            psutil.Process(first[0]).kill()
+            second = await workers_of(parent, 2, port)
+            assert first[0] not in second
+            assert first[1] in second
+            await healthy(port, proc)
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", headers=headers
+            ) as client:
+                for _ in range(10):
+                    sent.append(new_id())
+                    assert (await client.get(pixel(org_id, sent[-1]))).status_code == 200
+            for _ in range(4):
+                assert await metric_sum(port, OPENS) == len(sent)
+
+        # SIGTERM to the parent: every worker drains (publishes what it holds) and all exit 0.
+        assert terminate(proc) == 0
+        assert not any(psutil.pid_exists(pid) for pid in second)
+    finally:
+        terminate(proc)
+    # Every open answered 200 is in the stream exactly once, the killed worker's included (the
+    # tracker answers once the event is in its buffer: those were published before the kill).
+    counts = await opened_email_ids(nats_url, org_id)
+    assert set(counts) == set(sent)
+    assert set(counts.values()) == {1}
+
+
+async def test_workers_that_keep_dying_stop_the_service_with_a_failure(
+    nats_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    log = tmp_path / "tracker.log"
+    env = {
+        "MAILFOLD_NATS_URL": nats_url,
+        "MAILFOLD_TRACKER_PORT": str(port),
+        "MAILFOLD_WORKERS_BACKOFF_S": "0.1",
+        "MAILFOLD_WORKERS_MAX_FAILURES": "3",
+    }
+    # Another program holds the port without SO_REUSEPORT: no worker can bind it.
+    with socket.create_server(("127.0.0.1", port)):
+        proc = serve("tracker", env, log, "--workers", "2")
+        try:
+            await asyncio.to_thread(proc.wait, 90)
+        finally:
+            terminate(proc)
+    assert proc.returncode == 1
+    assert "worker keeps dying; stopping the service" in log.read_text()
