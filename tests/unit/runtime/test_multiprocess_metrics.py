@@ -1,0 +1,89 @@
+"""Every metric of every service, FastStream's included, in prometheus-client's multiprocess mode.
+
+`mailfold serve --workers N` sets PROMETHEUS_MULTIPROC_DIR for its workers; prometheus-client
+reads it when first imported, so each check runs in a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = r"""
+import importlib, json
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.metrics import Gauge, MetricWrapperBase
+
+for module in (
+    "mailfold.ingest.metrics", "mailfold.sender.metrics", "mailfold.tracker.metrics",
+    "mailfold.projector.metrics", "mailfold.projector.entrypoints.pipeline_metrics",
+    "mailfold.webhooks.metrics", "mailfold.mailbox.metrics", "mailfold.runtime.broker",
+):
+    importlib.import_module(module)
+from mailfold.runtime.broker import new_broker
+from mailfold.runtime.ops import scraped
+
+new_broker("nats://127.0.0.1:1", service="probe")  # FastStream's metrics join the registry
+metrics, modes = [], {}
+for collector in list(REGISTRY._collector_to_names):
+    if not isinstance(collector, MetricWrapperBase):
+        continue
+    child = collector.labels(*["x"] * len(collector._labelnames)) if collector._labelnames else collector
+    if isinstance(collector, Gauge):
+        child.set(3)
+        modes[collector._name] = collector._multiprocess_mode
+    elif hasattr(child, "inc"):
+        child.inc(3)
+    else:
+        child.observe(3)
+    metrics.append(collector._name)
+print(json.dumps({
+    "metrics": metrics, "modes": modes, "text": generate_latest(scraped(REGISTRY)).decode(),
+}))
+"""
+
+
+def probe(env: dict[str, str]) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+@pytest.mark.parametrize("multiprocess", [False, True], ids=["one process", "workers"])
+def test_every_metric_is_scraped_with_its_value(multiprocess: bool, tmp_path: Path) -> None:
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)} if multiprocess else {}
+    if not multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = ""
+    result = probe(env)
+    metrics, text = result["metrics"], str(result["text"])
+    assert isinstance(metrics, list)
+    assert "mailfold_received_messages_in_process" in metrics  # FastStream's, shared registry
+    assert len(metrics) > 60
+    for name in metrics:
+        # Counters show as <name>_total, histograms as <name>_count: every one is there, set.
+        assert any(
+            line.startswith((f"{name}{{", f"{name} ", f"{name}_total", f"{name}_count"))
+            and not line.endswith(" 0.0")
+            for line in text.splitlines()
+        ), name
+    if multiprocess:
+        assert list(tmp_path.glob("*.db"))  # the values went through the shared files
+
+
+def test_every_gauge_says_how_workers_combine_and_forgets_dead_ones() -> None:
+    modes = probe({"PROMETHEUS_MULTIPROC_DIR": ""})["modes"]
+    assert isinstance(modes, dict)
+    assert modes
+    # A `live*` mode drops a worker's value when the parent marks it dead (a restart).
+    assert {name: mode for name, mode in modes.items() if not mode.startswith("live")} == {}
