@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 import httpx
+from nats.js.errors import NotFoundError
+
+from mailfold.events import STREAM, AnyEvent, decode
+from mailfold.runtime import bus
 
 
 def serve(service: str, env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -55,3 +59,22 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+async def org_events(nats_url: str, org_id: str) -> list[AnyEvent]:
+    """Every event of one org in MAIL_EVENTS, in stream order (direct gets, no consumer)."""
+    nc = await bus.connect(nats_url, "serving-test-reader", reconnect=False)
+    found: list[AnyEvent] = []
+    try:
+        js, seq = nc.jetstream(), 1
+        while True:
+            try:
+                msg = await js.get_msg(
+                    STREAM, seq=seq, subject=f"mail.events.{org_id}.>", next=True
+                )
+            except NotFoundError:
+                return found
+            found.append(decode(msg.data or b""))
+            seq = (msg.seq or seq) + 1
+    finally:
+        await bus.close(nc)

@@ -11,12 +11,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from nats.js.errors import NotFoundError
-from tests.integration.serving import healthy, metric_sum, serve, terminate
+from tests.integration.serving import healthy, metric_sum, org_events, serve, terminate
 
 from mailfold.cli.embedded import free_port
-from mailfold.events import STREAM, EmailOpened, Keyring, TokenKind, TrackingClaims, decode, new_id
-from mailfold.runtime import bus
+from mailfold.events import EmailOpened, Keyring, TokenKind, TrackingClaims, new_id
 
 KEYS = "wk1:workers-integration-key-0123456"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0"
@@ -57,23 +55,9 @@ async def workers_of(parent: psutil.Process, count: int, port: int) -> list[int]
 
 async def opened_email_ids(nats_url: str, org_id: str) -> Counter[str]:
     """How many EmailOpened events each email of the org has in MAIL_EVENTS."""
-    nc = await bus.connect(nats_url, "workers-test-reader", reconnect=False)
-    found: Counter[str] = Counter()
-    try:
-        js, seq = nc.jetstream(), 1
-        while True:
-            try:
-                msg = await js.get_msg(
-                    STREAM, seq=seq, subject=f"mail.events.{org_id}.>", next=True
-                )
-            except NotFoundError:
-                return found
-            event = decode(msg.data or b"")
-            assert isinstance(event, EmailOpened)
-            found[event.email_id] += 1
-            seq = (msg.seq or seq) + 1
-    finally:
-        await bus.close(nc)
+    events = await org_events(nats_url, org_id)
+    assert all(isinstance(e, EmailOpened) for e in events)
+    return Counter(e.email_id for e in events)
 
 
 @pytest.mark.slow
