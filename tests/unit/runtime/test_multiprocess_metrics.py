@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,13 @@ for collector in list(REGISTRY._collector_to_names):
     else:
         child.observe(3)
     metrics.append(collector._name)
+from mailfold.mailbox.metrics import BOARD  # a collector computed at scrape time
+
+BOARD.held("box-a")
+BOARD.held("box-b")
+BOARD.export()  # what each mailbox worker does every few seconds
+BOARD.dropped("box-b")  # the mailbox moved to another copy
+BOARD.export()
 print(json.dumps({
     "metrics": metrics, "modes": modes, "text": generate_latest(scraped(REGISTRY)).decode(),
 }))
@@ -77,8 +85,14 @@ def test_every_metric_is_scraped_with_its_value(multiprocess: bool, tmp_path: Pa
             and not line.endswith(" 0.0")
             for line in text.splitlines()
         ), name
+    # The mailbox's sync board: a collector in one process, shared gauges with workers.
+    assert 'mailfold_mailbox_mailboxes{state="pending"} 1.0' in text
+    assert re.search(r'^mailfold_mailbox_sync_lag_seconds\{mailbox="box-a"\} \d', text, re.M)
     if multiprocess:
         assert list(tmp_path.glob("*.db"))  # the values went through the shared files
+        assert 'mailfold_mailbox_sync_lag_seconds{mailbox="box-b"} 0.0' in text  # dropped
+    else:
+        assert 'mailbox="box-b"' not in text
 
 
 def test_every_gauge_says_how_workers_combine_and_forgets_dead_ones() -> None:
