@@ -17,14 +17,18 @@ from mailfold.events import STREAM, AnyEvent, decode
 from mailfold.runtime import bus
 
 
-def serve(service: str, env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
-    """`mailfold serve <service> <args>` with `env` over this environment, output into `log`."""
+def serve(
+    service: str, env: dict[str, str], log: Path, *args: str, new_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """`mailfold serve <service> <args>` with `env` over this environment, output into `log`;
+    `new_session`: in a process group of its own, as a terminal's foreground job."""
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "mailfold.cli", "serve", service, *args],
             env={**os.environ, "MAILFOLD_LOG_JSON": "true", **env},
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
 
 

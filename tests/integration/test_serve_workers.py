@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 from collections import Counter
 from pathlib import Path
@@ -141,3 +143,22 @@ async def test_workers_that_keep_dying_stop_the_service_with_a_failure(
             terminate(proc)
     assert proc.returncode == 1
     assert "worker keeps dying; stopping the service" in log.read_text()
+
+
+async def test_ctrl_c_in_a_terminal_stops_parent_and_workers_cleanly(
+    nats_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {"MAILFOLD_NATS_URL": nats_url, "MAILFOLD_TRACKER_PORT": str(port)}
+    log = tmp_path / "tracker.log"
+    # Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
+    proc = serve("tracker", env, log, "--workers", "2", new_session=True)
+    try:
+        await healthy(port, proc)
+        workers = await workers_of(psutil.Process(proc.pid), 2, port)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert await asyncio.to_thread(proc.wait, 60) == 0
+        assert not any(psutil.pid_exists(pid) for pid in workers)
+    finally:
+        terminate(proc)
+    assert log.read_text().count('"event": "tracker stopped"') == 2

@@ -42,6 +42,12 @@ class Supervision:
     stop_timeout_s: float = setting("MAILFOLD_WORKERS_STOP_TIMEOUT_S", 60.0, positive=True)
 
 
+def _stopped(code: int) -> int:
+    """The exit status of a worker asked to stop. One ended by the signal itself got it before
+    it set up its handlers (it was still starting): nothing was in flight, a clean stop."""
+    return 0 if code in (-signal.SIGTERM, -signal.SIGINT) else code
+
+
 class _Workers:
     """The parent's state: its workers, whether it is stopping, and whether it gave up."""
 
@@ -51,13 +57,11 @@ class _Workers:
         self.policy = policy
         self.metrics_dir = metrics_dir
         self.stopping = asyncio.Event()
-        self.signal = signal.SIGTERM
         self.gave_up = False
 
     def stop(self, sig: signal.Signals) -> None:
         if not self.stopping.is_set():
             log.info("stopping workers", signal=sig.name)
-            self.signal = sig
             self.stopping.set()
 
     async def spawn(self, index: int) -> asyncio.subprocess.Process:
@@ -76,9 +80,13 @@ class _Workers:
         return proc
 
     async def drain(self, index: int, proc: asyncio.subprocess.Process) -> int:
-        """Pass the stop signal on and wait for the worker to finish (SIGKILL past the timeout)."""
+        """SIGTERM the worker and wait for it to finish (SIGKILL past the timeout).
+
+        Always SIGTERM, even for a SIGINT: a Ctrl-C in a terminal reaches the workers too, and
+        uvicorn takes a second SIGINT as an order to drop what is in flight.
+        """
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(self.signal)
+            proc.send_signal(signal.SIGTERM)
         try:
             code = await asyncio.wait_for(proc.wait(), self.policy.stop_timeout_s)
         except TimeoutError:
@@ -88,9 +96,7 @@ class _Workers:
             code = await proc.wait()
         self.dead(proc.pid)
         log.info("worker stopped", worker=index, worker_pid=proc.pid, exit_code=code)
-        # Ended by the signal itself: it came before the worker set up its handlers (it was
-        # still starting), so nothing was in flight. A clean stop, like an exit status of 0.
-        return 0 if code == -self.signal else code
+        return _stopped(code)
 
     def dead(self, pid: int) -> None:
         from prometheus_client import multiprocess
@@ -113,7 +119,7 @@ class _Workers:
             code = exited.result()
             self.dead(proc.pid)
             if self.stopping.is_set():
-                return code
+                return _stopped(code)
             if code == 0:
                 # Stopped on its own request (a SIGTERM to this worker alone): a restart of
                 # one worker, as in a rolling upgrade. Start it again at once.
