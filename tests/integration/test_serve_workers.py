@@ -15,7 +15,7 @@ import psutil
 import pytest
 from tests.integration.serving import healthy, metric_sum, org_events, serve, terminate
 
-from mailfold.cli.embedded import free_port
+from mailfold.cli.embedded import free_port, free_ports
 from mailfold.events import EmailOpened, Keyring, TokenKind, TrackingClaims, new_id
 
 KEYS = "wk1:workers-integration-key-0123456"
@@ -162,3 +162,38 @@ async def test_ctrl_c_in_a_terminal_stops_parent_and_workers_cleanly(
     finally:
         terminate(proc)
     assert log.read_text().count('"event": "tracker stopped"') == 2
+
+
+LISTENERS = {
+    "ingest": ("MAILFOLD_INGEST_HTTP_PORT", "MAILFOLD_INGEST_SMTP_PORT"),
+    "sender": ("MAILFOLD_SENDER_PORT",),
+    "projector": ("MAILFOLD_PROJECTOR_PORT",),
+    "webhooks": ("MAILFOLD_WEBHOOKS_PORT",),
+    "mailbox": ("MAILFOLD_MAILBOX_PORT",),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", sorted(LISTENERS))
+async def test_every_service_runs_with_two_workers_on_its_ports(
+    service: str, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    ports = free_ports(len(LISTENERS[service]))
+    env = {"MAILFOLD_NATS_URL": nats_url, "MAILFOLD_DATABASE_URL": database_url}
+    env |= {name: str(port) for name, port in zip(LISTENERS[service], ports, strict=True)}
+    proc = serve(service, env, tmp_path / f"{service}.log", "--workers", "2")
+    try:
+        await healthy(ports[0], proc)
+        parent = psutil.Process(proc.pid)
+        for port in ports:
+            await workers_of(parent, 2, port)
+        async with httpx.AsyncClient() as http:
+            for _ in range(4):  # fresh connections, answered by either worker
+                response = await http.get(
+                    f"http://127.0.0.1:{ports[0]}/metrics", headers={"connection": "close"}
+                )
+                assert response.status_code == 200
+                assert "mailfold_" in response.text
+        assert terminate(proc) == 0
+    finally:
+        terminate(proc)
