@@ -56,10 +56,17 @@ print(json.dumps({
 """
 
 
-def probe(env: dict[str, str]) -> dict[str, object]:
+def probe(multiproc_dir: Path | None, cwd: Path | None = None) -> dict[str, object]:
+    """Run PROBE; in multiprocess mode with `multiproc_dir` (prometheus-client takes the
+    variable's presence, even empty, for multiprocess mode: it is left out otherwise)."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if multiproc_dir is not None:
+        multiproc_dir.mkdir(exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
     out = subprocess.run(
         [sys.executable, "-c", PROBE],
-        env={**os.environ, **env},
+        env=env,
+        cwd=cwd,
         capture_output=True,
         check=True,
         timeout=120,
@@ -70,10 +77,7 @@ def probe(env: dict[str, str]) -> dict[str, object]:
 
 @pytest.mark.parametrize("multiprocess", [False, True], ids=["one process", "workers"])
 def test_every_metric_is_scraped_with_its_value(multiprocess: bool, tmp_path: Path) -> None:
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)} if multiprocess else {}
-    if not multiprocess:
-        env["PROMETHEUS_MULTIPROC_DIR"] = ""
-    result = probe(env)
+    result = probe(tmp_path / "metrics" if multiprocess else None, cwd=tmp_path)
     metrics, text = result["metrics"], str(result["text"])
     assert isinstance(metrics, list)
     assert "mailfold_received_messages_in_process" in metrics  # FastStream's, shared registry
@@ -89,14 +93,15 @@ def test_every_metric_is_scraped_with_its_value(multiprocess: bool, tmp_path: Pa
     assert 'mailfold_mailbox_mailboxes{state="pending"} 1.0' in text
     assert re.search(r'^mailfold_mailbox_sync_lag_seconds\{mailbox="box-a"\} \d', text, re.M)
     if multiprocess:
-        assert list(tmp_path.glob("*.db"))  # the values went through the shared files
+        assert list((tmp_path / "metrics").glob("*.db"))  # values went through the shared files
         assert 'mailfold_mailbox_sync_lag_seconds{mailbox="box-b"} 0.0' in text  # dropped
     else:
         assert 'mailbox="box-b"' not in text
+        assert not list(tmp_path.rglob("*.db"))  # one process keeps its values in memory
 
 
 def test_every_gauge_says_how_workers_combine_and_forgets_dead_ones() -> None:
-    modes = probe({"PROMETHEUS_MULTIPROC_DIR": ""})["modes"]
+    modes = probe(None)["modes"]
     assert isinstance(modes, dict)
     assert modes
     # A `live*` mode drops a worker's value when the parent marks it dead (a restart).
