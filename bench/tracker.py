@@ -2,8 +2,10 @@
 
 Each server runs in its own process (`mailfold serve tracker`, and this script with `--bare`),
 both on the tracker's own uvicorn runner, so the server stack and its settings are the same. The load
-generator, here, is a raw asyncio HTTP/1.1 client with 50 keep-alive connections. Afterwards
-every 2xx answer of the tracker must be one event in MAIL_EVENTS.
+generator, here, is a raw asyncio HTTP/1.1 client with 50 keep-alive connections. A third server,
+`mailfold serve tracker --workers 2`, is measured in the same rounds (`tracker.workers_2`: its
+req/s over one worker's, with the CPU each server used). Afterwards every 2xx answer of the
+trackers must be one event in MAIL_EVENTS.
 
     uv run --frozen python bench/tracker.py
 """
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import psutil
+
 from _results import record
 from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import Keyring, TokenKind, TrackingClaims, new_id
@@ -30,6 +34,7 @@ from mailfold.events.subjects import STREAM
 from mailfold.runtime import bus
 
 HOST: Final = "127.0.0.1"
+CORES: Final = psutil.cpu_count() or 1
 CONNECTIONS: Final = 50
 WARMUP_S: Final = 2.0
 MEASURE_S: Final = 6.0
@@ -50,6 +55,8 @@ class Load:
     others: int = 0
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    server_cpu: float = 0.0  # cores the server used while loaded
+    machine_cpu: float = 0.0  # cores busy on the whole machine meanwhile
 
     @property
     def rps(self) -> float:
@@ -187,10 +194,20 @@ def serve_bare(port: int) -> None:
     asyncio.run(main())
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and its children (a parent's workers)."""
+    total = 0.0
+    parent = psutil.Process(pid)
+    for proc in (parent, *parent.children(recursive=True)):
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def measure(nats_url: str) -> tuple[dict[str, list[Load]], int, int]:
     """Interleaved load rounds on both servers; then the tracker's answers and stored events."""
     requests = pixel_requests(1000)
-    tracker_port, bare_port = free_port(), free_port()
+    tracker_port, bare_port, workers_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "MAILFOLD_NATS_URL": nats_url,
@@ -202,20 +219,37 @@ def measure(nats_url: str) -> tuple[dict[str, list[Load]], int, int]:
     }
     tracker = subprocess.Popen([sys.executable, "-m", "mailfold.cli", "serve", "tracker"], env=env)
     bare = subprocess.Popen([sys.executable, __file__, "--bare", str(bare_port)])
-    results: dict[str, list[Load]] = {"bare": [], "tracker": []}
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "mailfold.cli", "serve", "tracker", "--workers", "2"],
+        env=env | {"MAILFOLD_TRACKER_PORT": str(workers_port)},
+    )
+    results: dict[str, list[Load]] = {"bare": [], "tracker": [], "workers_2": []}
+    servers = (
+        ("bare", bare_port, bare),
+        ("tracker", tracker_port, tracker),
+        ("workers_2", workers_port, workers),
+    )
     try:
         wait_healthy(tracker_port, tracker, "/healthz")
         wait_healthy(bare_port, bare, "/o/x.gif")
+        wait_healthy(workers_port, workers, "/healthz")
+        time.sleep(2)  # both workers up, not only the first to answer
         for _ in range(ROUNDS):
-            for name, port in (("bare", bare_port), ("tracker", tracker_port)):
+            for name, port, proc in servers:
+                psutil.cpu_percent()
+                used = cpu_seconds(proc.pid)
                 load = asyncio.run(run_load(port, requests))
+                load.server_cpu = (cpu_seconds(proc.pid) - used) / (WARMUP_S + MEASURE_S)
+                load.machine_cpu = psutil.cpu_percent() * CORES / 100
                 results[name].append(load)
                 print(
-                    f"{name:8s} {load.rps:8.0f} req/s  p50 {load.percentile_ms(0.5):6.2f} ms"
-                    f"  p99 {load.percentile_ms(0.99):6.2f} ms  non-2xx {load.others}",
+                    f"{name:9s} {load.rps:8.0f} req/s  p50 {load.percentile_ms(0.5):6.2f} ms"
+                    f"  p99 {load.percentile_ms(0.99):6.2f} ms  non-2xx {load.others}"
+                    f"  server CPU {load.server_cpu:4.2f} cores, machine {load.machine_cpu:4.2f}"
+                    f" of {CORES}",
                     flush=True,
                 )
-        answers = sum(load.answers_2xx for load in results["tracker"])
+        answers = sum(load.answers_2xx for load in results["tracker"] + results["workers_2"])
         # The publisher drains in the background; the count is final once the tracker stopped.
         deadline = time.monotonic() + 60
         while asyncio.run(stream_count(nats_url)) < answers and time.monotonic() < deadline:
@@ -223,6 +257,7 @@ def measure(nats_url: str) -> tuple[dict[str, list[Load]], int, int]:
     finally:
         stop(tracker)
         stop(bare)
+        stop(workers)
     return results, answers, asyncio.run(stream_count(nats_url))
 
 
@@ -250,7 +285,15 @@ def main() -> int:
         f"tracker {tracker_rps:.0f} req/s (p50 {p50:.2f} ms, p99 {p99:.2f} ms) vs bare "
         f"{bare_rps:.0f} req/s; {answers} answers 2xx, {events} events in {STREAM}"
     )
+    best_workers = max(results["workers_2"], key=lambda load: load.rps)
+    print(
+        f"tracker --workers 2: {best_workers.rps:.0f} req/s using {best_workers.server_cpu:.2f}"
+        f" cores (machine {best_workers.machine_cpu:.2f} busy) vs 1 worker {tracker_rps:.0f}"
+        f" req/s using {best_tracker.server_cpu:.2f} cores (machine"
+        f" {best_tracker.machine_cpu:.2f} busy); the load generator shares the machine"
+    )
     record("tracker.pixel", tracker_rps, "req/s", bare_rps)
+    record("tracker.workers_2", best_workers.rps, "req/s", tracker_rps)
     record("tracker.p99_ms", p99, "ms", 15.0)
     record("tracker.lost", answers - events, "events", 1.0)
     return 0

@@ -138,6 +138,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if entry is None:
         print(f"error: service {args.service!r} is not installed", file=sys.stderr)
         return 2
+    from mailfold.runtime.settings import ConfigError, env_int
+
+    try:
+        workers = args.workers or env_int("MAILFOLD_WORKERS", 1, minimum=1)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        from mailfold.cli.workers import run_workers
+
+        return run_workers(args.service, workers)
     entry()
     return 0
 
@@ -163,6 +174,16 @@ def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]
     return run
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="mailfold", description=__doc__)
@@ -174,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run one service in the foreground")
     p.add_argument("service", choices=SERVICES)
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="processes sharing the service's ports (default MAILFOLD_WORKERS, else 1)",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("topology", help="create the streams, KV buckets and object store")

@@ -29,7 +29,7 @@ from faststream.nats import JStream, NatsBroker, NatsMessage
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from pydantic import PlainValidator, WithJsonSchema
 
 from mailfold.events import (
@@ -159,6 +159,19 @@ def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
     return DeadLetters
 
 
+def _in_process_gauge(registry: CollectorRegistry) -> None:
+    """FastStream's gauge of messages being handled, declared before its middleware (which
+    takes a metric already in the registry) so that the workers of `serve --workers N` add up."""
+    with contextlib.suppress(ValueError):  # declared already by an earlier broker
+        Gauge(
+            "mailfold_received_messages_in_process",
+            "Gauge of received messages in process by broker and handler",
+            ["app_name", "broker", "handler"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+
 def new_broker(
     url: str,
     *,
@@ -172,6 +185,7 @@ def new_broker(
     def current() -> NatsBroker:
         return broker
 
+    _in_process_gauge(registry)
     broker = NatsBroker(
         url,
         name=f"mailfold-{service}",

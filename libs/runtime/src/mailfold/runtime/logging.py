@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
@@ -147,6 +148,9 @@ def configure_logging(service: str, *, level: str = "info", json: bool | None = 
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
+    worker = os.environ.get("MAILFOLD_WORKER", "")
+    if worker.isdigit():  # one of the processes of `mailfold serve --workers N`
+        structlog.contextvars.bind_contextvars(worker=int(worker), pid=os.getpid())
     # Libraries log through stdlib logging; keep their warnings, in the same stream and format,
     # through the same scrubbing (aiosmtpd writes the client's address into its messages).
     handler = logging.StreamHandler(sys.stderr)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,9 +18,21 @@ from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from mailfold.runtime.problems import Guard, api_app, problem_body
-from mailfold.runtime.settings import HttpLimits
+from mailfold.runtime.settings import HttpLimits, shared_listener
 
 HealthCheck = Callable[[], Awaitable[dict[str, object]]]
+
+
+def scraped(registry: CollectorRegistry) -> CollectorRegistry:
+    """What `/metrics` shows: `registry`, or, in a worker of `mailfold serve --workers N`
+    (PROMETHEUS_MULTIPROC_DIR set), the metrics of every worker of the service merged from
+    their files by prometheus-client's MultiProcessCollector (counters summed, gauges each by
+    its `multiprocess_mode`)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return registry
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    return merged
 
 
 def ops_routes(
@@ -42,7 +56,7 @@ def ops_routes(
         )
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(scraped(registry)), media_type=CONTENT_TYPE_LATEST)
 
     routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/metrics", metrics)]
     if asyncapi is not None:
@@ -161,10 +175,17 @@ class HttpServer:
         )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
+        self._reuse_port = limits.reuse_port
 
     async def start(self) -> None:
         """Start serving; returns once the socket listens."""
-        self._task = asyncio.create_task(self._server.serve())
+        config = self._server.config
+        sockets = (
+            [shared_listener(config.host, config.port, backlog=config.backlog)]
+            if self._reuse_port
+            else None
+        )
+        self._task = asyncio.create_task(self._server.serve(sockets=sockets))
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # surfaces the bind error

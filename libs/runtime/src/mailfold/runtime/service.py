@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -15,6 +16,14 @@ class Stoppable(Protocol):
         """Stop serving and release every connection."""
 
 
+async def _parent_gone(parent: int, stop: asyncio.Event) -> None:
+    """A worker of `mailfold serve --workers N` stops when its parent is gone (SIGKILLed)."""
+    # Nothing signals a parent's death portably: polling getppid is the way (once a second).
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(1)
+    stop.set()
+
+
 def run_until_signalled(start: Callable[[], Awaitable[Stoppable]]) -> None:
     """Start the service, run until SIGINT or SIGTERM, then stop it cleanly."""
 
@@ -23,10 +32,14 @@ def run_until_signalled(start: Callable[[], Awaitable[Stoppable]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        parent = os.environ.get("MAILFOLD_WORKER_PARENT", "")
+        watch = asyncio.create_task(_parent_gone(int(parent), stop)) if parent.isdigit() else None
         service = await start()
         try:
             await stop.wait()
         finally:
+            if watch is not None:
+                watch.cancel()
             await service.stop()
 
     # uvloop where available: the HTTP services spend much of each request in the event loop.

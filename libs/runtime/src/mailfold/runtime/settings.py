@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Final, TypeVar, get_type_hints
 
@@ -130,15 +131,32 @@ class HttpLimits:
     keepalive_timeout_s: int = 5
     backlog: int = 2048
     max_connections: int = 1000
+    reuse_port: bool = False
 
     @classmethod
     def from_env(cls) -> HttpLimits:
         """Read MAILFOLD_HTTP_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S, _KEEPALIVE_TIMEOUT_S, _BACKLOG,
-        _MAX_CONNECTIONS."""
+        _MAX_CONNECTIONS, and MAILFOLD_REUSE_PORT."""
         return cls(
             header_timeout_s=env_float("MAILFOLD_HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
             body_timeout_s=env_float("MAILFOLD_HTTP_BODY_TIMEOUT_S", 30.0, minimum=0.1),
             keepalive_timeout_s=env_int("MAILFOLD_HTTP_KEEPALIVE_TIMEOUT_S", 5, minimum=1),
             backlog=env_int("MAILFOLD_HTTP_BACKLOG", 2048, minimum=1),
             max_connections=env_int("MAILFOLD_HTTP_MAX_CONNECTIONS", 1000, minimum=1),
+            reuse_port=reuse_port(),
         )
+
+
+def reuse_port() -> bool:
+    """MAILFOLD_REUSE_PORT: listeners bind with SO_REUSEPORT, so that several processes of one
+    service (`mailfold serve --workers N`, or copies started side by side) share its ports."""
+    return env_bool("MAILFOLD_REUSE_PORT", False)
+
+
+def shared_listener(host: str, port: int, *, backlog: int) -> socket.socket:
+    """A listening socket on host:port with SO_REUSEPORT set (the address family as uvicorn picks
+    it: IPv6 when the host has a colon). A shared port must be a fixed one: 0 is refused."""
+    if port == 0:
+        raise ConfigError("MAILFOLD_REUSE_PORT needs fixed ports: a port of 0 cannot be shared")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog, reuse_port=True)

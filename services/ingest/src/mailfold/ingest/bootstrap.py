@@ -58,6 +58,7 @@ class Settings:
     smtp_backlog: int = setting("MAILFOLD_INGEST_SMTP_BACKLOG", 2048, minimum=1)
     smtp_max_connections: int = setting("MAILFOLD_INGEST_SMTP_MAX_CONNECTIONS", 500, minimum=1)
     publish_timeout_s: float = setting("MAILFOLD_INGEST_PUBLISH_TIMEOUT_S", 5.0, positive=True)
+    reuse_port: bool = setting("MAILFOLD_REUSE_PORT", False)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -175,6 +176,7 @@ async def start(settings: Settings) -> IngestService:
             timeout=settings.smtp_timeout_s,
             backlog=settings.smtp_backlog,
             max_connections=settings.smtp_max_connections,
+            reuse_port=settings.reuse_port,
         )
         await http.start()
         try:

@@ -138,6 +138,7 @@ class Service:
     coordinator: Coordinator
     http: HttpServer
     watcher: asyncio.Task[None]
+    exporter: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -147,9 +148,11 @@ class Service:
     async def stop(self) -> None:
         """Stop answering, stop every sync and give the leases back, disconnect."""
         await self.http.stop()
-        self.watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.watcher
+        for task in (self.watcher, self.exporter):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         await self.coordinator.stop()
         await bus.close(self.nc)
         log.info("mailbox stopped")
@@ -172,6 +175,13 @@ async def _watch_addresses(dir_kv: KeyValue, coordinator: Coordinator) -> None:
         except Exception as exc:  # NATS away: watch again shortly
             log.warning("address watch failed", error=str(exc))
             await asyncio.sleep(1)
+
+
+async def _export_board() -> None:
+    """With workers (PROMETHEUS_MULTIPROC_DIR set), keep the sync board in the shared gauges."""
+    while True:
+        metrics.BOARD.export()
+        await asyncio.sleep(metrics.EXPORT_INTERVAL_S)
 
 
 async def build_ports(
@@ -247,7 +257,10 @@ async def start(settings: Settings) -> Service:
         await bus.close(nc)
         raise
     log.info("mailbox listening", host=settings.host, port=http.port, owner=owner)
-    return Service(nc, coordinator, http, watcher)
+    exporter = (
+        asyncio.create_task(_export_board()) if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
+    )
+    return Service(nc, coordinator, http, watcher, exporter)
 
 
 def main() -> None:

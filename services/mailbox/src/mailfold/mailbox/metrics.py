@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -21,6 +21,25 @@ RESETS: Final = Counter(
 )
 ERRORS: Final = Counter("mailfold_mailbox_errors_total", "Mailbox sync failures, by kind", ["kind"])
 OTHER: Final = "_other"
+EXPORT_INTERVAL_S: Final = 5.0
+
+# The board is computed at scrape time, which prometheus-client's multiprocess mode cannot merge
+# across the workers of `mailfold serve mailbox --workers N`: there each worker writes it into
+# these gauges (unregistered: the multiprocess files are what /metrics reads), every few seconds.
+_SHARED_LAG: Final = Gauge(
+    "mailfold_mailbox_sync_lag_seconds",
+    "Seconds since each held mailbox last finished a sync round",
+    ["mailbox"],
+    registry=None,
+    multiprocess_mode="livemax",
+)
+_SHARED_STATES: Final = Gauge(
+    "mailfold_mailbox_mailboxes",
+    "Mailboxes held by this copy, by state",
+    ["state"],
+    registry=None,
+    multiprocess_mode="livesum",
+)
 
 
 class SyncBoard(Collector):
@@ -34,6 +53,7 @@ class SyncBoard(Collector):
         self.limit = limit
         self._since: dict[str, float] = {}  # mailbox label -> monotonic time of the last sync
         self._state: dict[str, str] = {}
+        self._exported: dict[str, set[tuple[str, ...]]] = {}
 
     def held(self, label: str) -> None:
         """A mailbox this copy now syncs (its lag counts from now)."""
@@ -78,6 +98,18 @@ class SyncBoard(Collector):
         for state, count in sorted(counts.items()):
             states.add_metric([state], count)
         yield states
+
+    def export(self) -> None:
+        """Write the board into the gauges the workers share: each worker's mailboxes are its own
+        series (the largest lag wins where two report one), the state counts add up, and a
+        series this worker no longer has is set to 0 (a multiprocess value cannot be removed)."""
+        for family, gauge in zip(self.collect(), (_SHARED_LAG, _SHARED_STATES), strict=True):
+            current = {tuple(s.labels.values()): s.value for s in family.samples}
+            for labels, value in current.items():
+                gauge.labels(*labels).set(value)
+            for gone in self._exported.get(family.name, set()) - current.keys():
+                gauge.labels(*gone).set(0)
+            self._exported[family.name] = set(current)
 
 
 BOARD: Final = SyncBoard()

@@ -49,14 +49,17 @@ COMMIT_SECONDS: Final = Histogram(
 CONSUMER_LAG: Final = Gauge(
     "mailfold_projector_consumer_lag",
     "Messages in the stream not yet delivered to or acknowledged by the projector.",
+    multiprocess_mode="livemax",
 )
 POSITION: Final = Gauge(
     "mailfold_projector_position",
     "Last stream sequence committed to PostgreSQL.",
+    multiprocess_mode="livemax",
 )
 LEADER: Final = Gauge(
     "mailfold_projector_leader",
     "1 while this process holds the projection's writer lock and consumes, else 0.",
+    multiprocess_mode="livesum",  # with workers: how many of them hold it
 )
 RESETS: Final = Counter(
     "mailfold_projector_resets_total",

@@ -39,4 +39,8 @@ HANDLED: Final = Counter(
     "Deliveries of EmailComposed handled, by outcome",
     ["outcome"],  # done, retry, error
 )
-IN_FLIGHT: Final = Gauge("mailfold_sender_in_flight", "EmailComposed being handled right now")
+IN_FLIGHT: Final = Gauge(
+    "mailfold_sender_in_flight",
+    "EmailComposed being handled right now",
+    multiprocess_mode="livesum",
+)

@@ -40,6 +40,7 @@ EVENTS_DROPPED: Final = Counter(
 BACKLOG: Final = Gauge(
     "mailfold_tracker_publish_backlog",
     "Events accepted and not yet acknowledged by JetStream (buffered, in flight or retrying)",
+    multiprocess_mode="livesum",
 )
 REQUEST_SECONDS: Final = Histogram(
     "mailfold_tracker_request_seconds",

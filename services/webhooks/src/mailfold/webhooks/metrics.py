@@ -35,11 +35,18 @@ EVENTS: Final = Counter(
 BACKLOG: Final = Gauge(
     "mailfold_webhooks_backlog",
     "Jobs not yet settled, all endpoints together (waiting, in flight, waiting to retry)",
+    multiprocess_mode="livemax",  # every copy measures the same shared queues
 )
 BACKLOG_MAX: Final = Gauge(
-    "mailfold_webhooks_backlog_max", "The largest backlog of a single endpoint"
+    "mailfold_webhooks_backlog_max",
+    "The largest backlog of a single endpoint",
+    multiprocess_mode="livemax",
 )
 BACKLOG_ENDPOINTS: Final = Gauge(
-    "mailfold_webhooks_endpoints_with_backlog", "Endpoints with at least one unsettled job"
+    "mailfold_webhooks_endpoints_with_backlog",
+    "Endpoints with at least one unsettled job",
+    multiprocess_mode="livemax",
 )
-WORKERS: Final = Gauge("mailfold_webhooks_workers", "Endpoints this copy is delivering to")
+WORKERS: Final = Gauge(
+    "mailfold_webhooks_workers", "Endpoints this copy is delivering to", multiprocess_mode="livesum"
+)

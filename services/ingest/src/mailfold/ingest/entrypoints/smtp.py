@@ -26,6 +26,7 @@ from mailfold.ingest.metrics import (
 )
 from mailfold.ingest.service_layer.mail import MailIngress
 from mailfold.runtime.logging import get_logger
+from mailfold.runtime.settings import ConfigError
 
 log = get_logger("mailfold.ingest.smtp")
 
@@ -235,8 +236,10 @@ class SmtpServer:
         timeout: float,
         backlog: int = 2048,
         max_connections: int = 500,
+        reuse_port: bool = False,
     ) -> None:
         self._handler = handler
+        self._reuse_port = reuse_port
         self._host = host
         self._requested_port = port
         self._hostname = hostname
@@ -263,8 +266,14 @@ class SmtpServer:
     async def start(self) -> None:
         """Start listening."""
         loop = asyncio.get_running_loop()
+        if self._reuse_port and self._requested_port == 0:
+            raise ConfigError("MAILFOLD_REUSE_PORT needs fixed ports: a port of 0 cannot be shared")
         self._server = await loop.create_server(
-            self._protocol, self._host, self._requested_port, backlog=self._backlog
+            self._protocol,
+            self._host,
+            self._requested_port,
+            backlog=self._backlog,
+            reuse_port=self._reuse_port or None,
         )
 
     @property

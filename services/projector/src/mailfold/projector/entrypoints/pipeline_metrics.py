@@ -1,5 +1,7 @@
 """Gauges of the pipeline as a whole, refreshed on a timer by every projector copy.
 
+Every worker of `serve --workers N` reads the same state: a scrape shows the latest reading.
+
 The projector already holds connections to both stores, so it reports what the dashboards and
 alerts need beyond each service's own counters: every durable consumer of MAIL_EVENTS (pending,
 awaiting an ack, redelivered, its ack floor and how old the oldest unacknowledged message is),
@@ -28,37 +30,44 @@ CONSUMER_PENDING: Final = Gauge(
     "mailfold_jetstream_consumer_pending",
     "Messages of the stream not yet delivered to the consumer.",
     ["stream", "consumer"],
+    multiprocess_mode="livemostrecent",
 )
 CONSUMER_ACK_PENDING: Final = Gauge(
     "mailfold_jetstream_consumer_ack_pending",
     "Messages delivered to the consumer and not acknowledged yet.",
     ["stream", "consumer"],
+    multiprocess_mode="livemostrecent",
 )
 CONSUMER_REDELIVERED: Final = Gauge(
     "mailfold_jetstream_consumer_redelivered",
     "Messages delivered more than once and not acknowledged yet.",
     ["stream", "consumer"],
+    multiprocess_mode="livemostrecent",
 )
 CONSUMER_ACK_FLOOR: Final = Gauge(
     "mailfold_jetstream_consumer_ack_floor",
     "The stream sequence up to which the consumer acknowledged everything.",
     ["stream", "consumer"],
+    multiprocess_mode="livemostrecent",
 )
 CONSUMER_OLDEST_AGE: Final = Gauge(
     "mailfold_jetstream_consumer_oldest_unacked_age_seconds",
     "Age of the oldest message the consumer has not acknowledged (0 when caught up); for the "
     "projector, how far behind the stream its timelines are.",
     ["stream", "consumer"],
+    multiprocess_mode="livemostrecent",
 )
 STREAM_MESSAGES: Final = Gauge(
     "mailfold_jetstream_stream_messages",
     "Messages held by the stream (MAIL_DLQ: the dead-letter depth).",
     ["stream"],
+    multiprocess_mode="livemostrecent",
 )
 DEPENDENCY_UP: Final = Gauge(
     "mailfold_projector_dependency_up",
     "1 when the dependency answered the last check, else 0 (nats, postgresql).",
     ["dependency"],
+    multiprocess_mode="livemin",  # with workers: 0 when any of them cannot reach it
 )
 _CONSUMER_GAUGES: Final = (
     CONSUMER_PENDING,
