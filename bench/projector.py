@@ -321,7 +321,10 @@ async def partitioned(
     fresh database: events/s from the moment every partition is consumed (each by its own
     process) until every partition has committed `target`."""
     database_url = postgres.create_database(f"bench_partitions_{count}")
+    # Durable consumers of their own: the main projector's `projector` stays where it is.
+    base = f"partitions{count}"
     extra = {
+        "MAILFOLD_PROJECTOR_CONSUMER": base,
         "MAILFOLD_PROJECTOR_PARTITIONS": str(count),
         "MAILFOLD_PROJECTOR_LEASE_POLL_S": "0.1",
     }
@@ -339,7 +342,7 @@ async def partitioned(
                 break
             await asyncio.sleep(0.01)
         conn = await asyncpg.connect(database_url)
-        names = [p.consumer for p in layout("projector", count)]
+        names = [p.consumer for p in layout(base, count)]
         query = "SELECT last_seq FROM consumer_positions WHERE consumer = ANY($1)"
         processes = [psutil.Process(p.proc.pid) for p in projectors]
         for process in processes:

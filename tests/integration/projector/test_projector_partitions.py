@@ -24,6 +24,7 @@ from mailfold.cli.embedded import EmbeddedNats
 from mailfold.cli.main import main as mailfold
 from mailfold.events import AnyEvent, new_id
 from mailfold.projector.adapters import postgres
+from mailfold.projector.adapters.leases import PgLeases
 from mailfold.projector.bootstrap import Service
 from mailfold.projector.domain.partitions import Partition, layout, partition_of
 from mailfold.projector.entrypoints.consumer import ConsumerSettings, PartitionWorker
@@ -223,3 +224,40 @@ async def _positions(database_url: str) -> dict[str, int]:
 async def _consumers(nc: Client) -> Any:
     for info in await nc.jetstream().consumers_info("MAIL_EVENTS"):
         yield info.config
+
+
+async def test_leases_are_seen_by_a_role_without_privileges(database_url: str) -> None:
+    """Counting live processes and holders reads pg_locks, which every role may read."""
+    role = f"projector_{new_id().replace('-', '')[:12]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+        dsn = database_url.replace("postgres@", f"{role}@", 1)
+        assert dsn != database_url
+        parts = layout("projector", 4)
+        sessions = [await asyncpg.connect(dsn) for _ in range(2)]
+        try:
+            leases = [
+                PgLeases(conn, schema="public", base="projector", partitions=parts)
+                for conn in sessions
+            ]
+            for lease in leases:
+                await lease.join()
+            assert await leases[0].try_take(1)
+            assert await leases[1].try_take(2)
+            assert not await leases[1].try_take(1)
+            seen = await leases[1].picture()
+            assert seen.members == sorted(lease.me for lease in leases)
+            assert seen.holders == {1: leases[0].me, 2: leases[1].me}
+            await sessions[0].close()  # the process is gone: so are its leases
+            seen = await leases[1].picture()
+            assert seen.members == [leases[1].me]
+            assert seen.holders == {2: leases[1].me}
+            assert await leases[1].try_take(1)
+        finally:
+            for conn in sessions:
+                if not conn.is_closed():
+                    await conn.close()
+    finally:
+        await admin.execute(f"DROP ROLE IF EXISTS {role}")
+        await admin.close()

@@ -351,10 +351,12 @@ class ConsumerRunner:
         held.worker.stop()
         try:
             await asyncio.wait_for(asyncio.shield(held.task), timeout=30)
-        except (TimeoutError, Exception):
+        except BaseException as exc:  # too slow, failed, or this task is being cancelled
             held.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await held.task
+            if not isinstance(exc, Exception):
+                raise
         if leases is not None:
             await leases.give_back(index)
         self._positions_changed()
@@ -364,11 +366,15 @@ class ConsumerRunner:
     async def _release_all(self, leases: PgLeases | None) -> None:
         for held in self._held.values():
             held.worker.stop()
-        for index in list(self._held):
-            with contextlib.suppress(Exception):
+        try:
+            for index in list(self._held):
                 await self._release(index, leases)
-        metrics.PARTITIONS_HELD.set(0)
-        metrics.LEADER.set(0)
+        finally:
+            for held in self._held.values():  # left only when cancelled meanwhile
+                held.task.cancel()
+            self._held.clear()
+            metrics.PARTITIONS_HELD.set(0)
+            metrics.LEADER.set(0)
 
     def _positions_changed(self) -> None:
         positions = [
