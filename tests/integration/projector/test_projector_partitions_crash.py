@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,7 +114,7 @@ async def test_four_partitions_over_two_processes_survive_ten_kills_and_equal_th
         victim.kill()
         # Its session went with it: the survivor takes every partition.
         await eventually(
-            lambda s=survivor: _holds(s, list(range(PARTITIONS))), timeout=60, interval=0.1
+            partial(_holds, survivor, list(range(PARTITIONS))), timeout=60, interval=0.1
         )
         victim.start()
         await eventually(two_and_two, timeout=60, interval=0.1)
