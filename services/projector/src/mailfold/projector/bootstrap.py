@@ -111,7 +111,10 @@ async def start(settings: Settings) -> Service:
             await js.stream_info(STREAM)
         except NotFoundError:
             await bus.ensure_topology(js)
-        pool = await postgres.create_pool(settings.database_url)
+        # State reads of every partition this process may lead, and the query API.
+        pool = await postgres.create_pool(
+            settings.database_url, max_size=3 + settings.consumer.partitions
+        )
         if settings.migrate:
             async with pool.acquire() as conn:
                 applied = await migrate(conn)

@@ -315,6 +315,11 @@ class ConsumerRunner:
             live=len(set(picture.members) | {picture.me}), holders=picture.holders
         )
         metrics.LIVE_PROCESSES.set(self._shares.live)
+        for index, holder in list(picture.holders.items()):
+            if holder == picture.me and index not in self._held:
+                # A lock this session kept without a worker (its release was cut short).
+                await leases.give_back(index)
+                del picture.holders[index]
         move = plan(
             self._settings.partitions,
             picture.me,
