@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,7 @@ from mailfold.projector.entrypoints.consumer import ConsumerSettings, PartitionW
 from mailfold.runtime.settings import ConfigError
 
 if TYPE_CHECKING:
-    from tests.integration.projector.conftest import Mail, StartProjector
+    from tests.integration.projector.conftest import Mail, ProjectorProcess, StartProjector
 
 
 @pytest.fixture(autouse=True)
@@ -261,3 +263,43 @@ async def test_leases_are_seen_by_a_role_without_privileges(database_url: str) -
     finally:
         await admin.execute(f"DROP ROLE IF EXISTS {role}")
         await admin.close()
+
+
+async def test_a_process_logs_and_shows_its_partitions(
+    projector_process: Callable[..., ProjectorProcess],
+) -> None:
+    process = projector_process(
+        MAILFOLD_PROJECTOR_PARTITIONS="2", MAILFOLD_PROJECTOR_LEASE_POLL_S="0.1"
+    )
+    process.start()
+    await process.wait_healthy()
+
+    async def both() -> dict[str, Any] | None:
+        async with httpx.AsyncClient() as client:
+            body: dict[str, Any] = (
+                await client.get(f"http://127.0.0.1:{process.port}/healthz")
+            ).json()
+        return body if body["partitions"]["consuming"] == [0, 1] else None
+
+    health = await eventually(both, timeout=30)
+    assert health["partitions"] == {
+        "count": 2,
+        "held": [0, 1],
+        "consuming": [0, 1],
+        "live_processes": 1,
+    }
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"http://127.0.0.1:{process.port}/metrics")).text
+    assert 'mailfold_projector_partition_leader{partition="0"} 1.0' in metrics
+    assert 'mailfold_projector_partition_leader{partition="1"} 1.0' in metrics
+    assert "mailfold_projector_partitions_held 2.0" in metrics
+    assert process.stop() == 0
+    lines = [
+        json.loads(line) for line in process.log.read_text().splitlines() if line.startswith("{")
+    ]
+    took = {line["partition"] for line in lines if line.get("event") == "took a partition"}
+    consuming = {
+        (line["partition"], line["consumer"]) for line in lines if line.get("event") == "consuming"
+    }
+    assert took == {0, 1}
+    assert consuming == {(0, "projector-p0-of-2"), (1, "projector-p1-of-2")}
