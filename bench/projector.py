@@ -8,7 +8,9 @@ arrive. Measured on it:
   next to a bare nats-py pull-and-ack loop (`fetch` with the same batch size, one ack per message)
   over the same stream;
 - replay into a scratch schema, next to a bare nats-py ordered consumer (callback) that only counts;
-- the projector's peak RSS at 200k events and again after 800k more (1M), which should stay flat.
+- the projector's peak RSS at 200k events and again after 800k more (1M), which should stay flat;
+- partitions (`projector.partitions_2`): the same 200k events folded into fresh databases by 2
+  partitions in 2 processes, over 1 partition in 1 process, with the CPU each used.
 
 MAILFOLD_BENCH_PROJECTOR_FIRST / _TOTAL / _BATCH change the sizes (200k, 1M, 2000) for quick runs.
 """
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,7 @@ from mailfold.events import (
 from mailfold.events.ids import new_id
 from mailfold.projector.bootstrap import tune_gc
 from mailfold.projector.cli import replay
+from mailfold.projector.domain.partitions import layout
 from mailfold.runtime import bus
 
 FIRST = int(os.environ.get("MAILFOLD_BENCH_PROJECTOR_FIRST", "200000"))
@@ -246,7 +250,7 @@ async def bare_ordered(js: JetStreamContext, count: int) -> float:
 class Projector:
     """`mailfold serve projector` as a child process, its RSS sampled."""
 
-    def __init__(self, nats_url: str, database_url: str, logs: Path) -> None:
+    def __init__(self, nats_url: str, database_url: str, logs: Path, **extra: str) -> None:
         self.port = free_port()
         env = dict(
             os.environ,
@@ -256,6 +260,7 @@ class Projector:
             MAILFOLD_PROJECTOR_MAX_BATCH=str(BATCH),
             MAILFOLD_LOG_LEVEL="warning",
             MAILFOLD_LOG_JSON="true",
+            **extra,
         )
         self._log = logs.open("wb")
         self.proc = subprocess.Popen(
@@ -287,6 +292,89 @@ class Projector:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self._log.close()
+
+
+async def consuming(projector: Projector) -> list[int]:
+    """The partitions the projector consumes, from its /healthz."""
+    async with httpx.AsyncClient() as client:
+        try:
+            body = (await client.get(f"http://127.0.0.1:{projector.port}/healthz")).json()
+        except (httpx.TransportError, ValueError):
+            return []
+    held: list[int] = body["partitions"]["consuming"]
+    return held
+
+
+@dataclass(frozen=True)
+class PartitionedRun:
+    """One layout's throughput over the stream and the CPU it used meanwhile."""
+
+    rate: float
+    process_cpu: list[float]  # percent of one core, per projector process
+    machine_cpu: float  # percent of all cores
+
+
+async def partitioned(
+    nats_url: str, postgres: EmbeddedPostgres, root: Path, count: int, target: int
+) -> PartitionedRun:
+    """`count` partitions in `count` processes folding the stream's first `target` events into a
+    fresh database: events/s from the moment every partition is consumed (each by its own
+    process) until every partition has committed `target`."""
+    database_url = postgres.create_database(f"bench_partitions_{count}")
+    # Durable consumers of their own: the main projector's `projector` stays where it is.
+    base = f"partitions{count}"
+    extra = {
+        "MAILFOLD_PROJECTOR_CONSUMER": base,
+        "MAILFOLD_PROJECTOR_PARTITIONS": str(count),
+        "MAILFOLD_PROJECTOR_LEASE_POLL_S": "0.1",
+    }
+    projectors = [
+        Projector(nats_url, database_url, root / f"partitions-{count}-{i}.log", **extra)
+        for i in range(count)
+    ]
+    conn: asyncpg.Connection | None = None
+    try:
+        for projector in projectors:
+            await projector.wait_healthy()
+        while True:
+            held = [await consuming(p) for p in projectors]
+            if all(len(h) == 1 for h in held) and len({h[0] for h in held}) == count:
+                break
+            await asyncio.sleep(0.01)
+        conn = await asyncpg.connect(database_url)
+        names = [p.consumer for p in layout(base, count)]
+        query = "SELECT last_seq FROM consumer_positions WHERE consumer = ANY($1)"
+        processes = [psutil.Process(p.proc.pid) for p in projectors]
+        for process in processes:
+            process.cpu_percent(None)
+        psutil.cpu_percent(None)
+        started = time.perf_counter()
+        at_start = [int(r[0]) for r in await conn.fetch(query, names)]
+        while True:
+            positions = [int(r[0]) for r in await conn.fetch(query, names)]
+            if len(positions) == count and min(positions) >= target:
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        machine = psutil.cpu_percent(None) * (psutil.cpu_count() or 1)
+        cpu = [process.cpu_percent(None) for process in processes]
+    finally:
+        if conn is not None:
+            await conn.close()
+        for projector in projectors:
+            projector.stop()
+    done = target - sum(at_start) / max(len(at_start), 1)
+    return PartitionedRun(rate=done / elapsed, process_cpu=cpu, machine_cpu=machine)
+
+
+def describe(run: PartitionedRun) -> str:
+    """The rate and the CPU seen, for a person."""
+    per_process = " + ".join(f"{c:.0f}%" for c in run.process_cpu)
+    cores = psutil.cpu_count() or 1
+    return (
+        f"{run.rate:,.0f} events/s, projector CPU {per_process} of one core, "
+        f"machine {run.machine_cpu:.0f}% of {cores * 100}%"
+    )
 
 
 async def follow(projector: Projector, conn: asyncpg.Connection, target: int) -> tuple[float, int]:
@@ -338,6 +426,13 @@ async def main() -> None:
                     f"projector: {fold_rate:,.0f} events/s committed, peak RSS {rss_first >> 20} MiB"
                 )
 
+                # Partitions: the same stream (nothing else is published meanwhile) into fresh
+                # databases, one partition in one process, then two in two processes.
+                one = await partitioned(nats_server.url, postgres, root, 1, FIRST)
+                print(f"1 partition in 1 process: {describe(one)}")
+                two = await partitioned(nats_server.url, postgres, root, 2, FIRST)
+                print(f"2 partitions in 2 processes: {describe(two)}")
+
                 ordered_rate = await bare_ordered(js, FIRST)
                 print(f"bare ordered consumer: {ordered_rate:,.0f} events/s")
                 report = (await replay(nc, database_url, to_seq=FIRST)).report
@@ -358,6 +453,8 @@ async def main() -> None:
     record("projector.fold", fold_rate, "events/s", pull_rate)
     record("projector.replay", replay_rate, "events/s", ordered_rate)
     record("projector.rss_growth", rss_total / rss_first, "ratio", 1.0)
+    record("projector.partitions_2", two.rate, "events/s", one.rate)
+    print(f"  (1 partition: {describe(one)}; 2 partitions: {describe(two)})")
 
 
 if __name__ == "__main__":

@@ -236,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare with the live projection")
     p.set_defaults(func=_delegate("mailfold.projector.cli", "replay_command"))
 
+    p = sub.add_parser(
+        "repartition", help="change the number of projector partitions (projectors stopped)"
+    )
+    p.add_argument("partitions", type=int, help="the new number of partitions")
+    p.set_defaults(func=_delegate("mailfold.projector.cli", "repartition_command"))
+
     p = sub.add_parser("audit", help="an email's full history, for a person")
     p.add_argument("email_id")
     p.set_defaults(func=_delegate("mailfold.projector.cli", "audit_command"))

@@ -40,9 +40,11 @@ def ops_routes(
     registry: CollectorRegistry = REGISTRY,
     *,
     asyncapi: Callable[[], str] | None = None,
+    details: Callable[[], dict[str, object]] | None = None,
 ) -> list[BaseRoute]:
     """`GET /healthz` (200 when every dependency answers, else 503), `GET /metrics`, and
-    `GET /asyncapi.json` (the service's AsyncAPI document) when one is given."""
+    `GET /asyncapi.json` (the service's AsyncAPI document) when one is given. `details` adds
+    what the service does right now (not a check) to the health answer."""
 
     async def healthz(_: Request) -> Response:
         try:
@@ -50,10 +52,10 @@ def ops_routes(
         except Exception as exc:  # a failing check is an unhealthy answer, not a crash
             return JSONResponse({"status": "unhealthy", "error": str(exc)}, status_code=503)
         ok = all(v is True or v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ok" if ok else "unhealthy", "checks": checks},
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, object] = {"status": "ok" if ok else "unhealthy", "checks": checks}
+        if details is not None:
+            body.update(details())
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(scraped(registry)), media_type=CONTENT_TYPE_LATEST)

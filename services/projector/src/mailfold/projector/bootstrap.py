@@ -17,6 +17,7 @@ from mailfold.projector.adapters import postgres
 from mailfold.projector.adapters.migrations import migrate
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.adapters.stats import StatsQueries
+from mailfold.projector.domain.partitions import other_layouts
 from mailfold.projector.entrypoints.consumer import ConsumerRunner, ConsumerSettings, report_lag
 from mailfold.projector.entrypoints.http import Api, build_app
 from mailfold.projector.entrypoints.pipeline_metrics import PipelineGauges
@@ -31,6 +32,7 @@ from mailfold.runtime.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_NATS_URL,
     CommonSettings,
+    ConfigError,
     from_env,
     setting,
 )
@@ -109,12 +111,25 @@ async def start(settings: Settings) -> Service:
             await js.stream_info(STREAM)
         except NotFoundError:
             await bus.ensure_topology(js)
-        pool = await postgres.create_pool(settings.database_url)
+        # State reads of every partition this process may lead, and the query API.
+        pool = await postgres.create_pool(
+            settings.database_url, max_size=3 + settings.consumer.partitions
+        )
         if settings.migrate:
             async with pool.acquire() as conn:
                 applied = await migrate(conn)
             if applied:
                 log.info("migrations applied", migrations=applied)
+        async with pool.acquire() as conn:
+            stored = await postgres.positions(conn)
+        conflicting = other_layouts(settings.consumer.name, settings.consumer.partitions, stored)
+        if conflicting:
+            raise ConfigError(
+                f"MAILFOLD_PROJECTOR_PARTITIONS={settings.consumer.partitions} but the projection "
+                f"was folded with another number of partitions ({', '.join(conflicting)}); "
+                f"run `mailfold repartition {settings.consumer.partitions}` with every projector "
+                "stopped (docs/operations.md)"
+            )
         queries = ProjectionQueries(pool)
         verifier = TokenVerifier(await bus.kv(js, bus.BUCKET_ORGS))
         directory = await bus.kv(js, bus.BUCKET_DIRECTORY)
@@ -128,19 +143,18 @@ async def start(settings: Settings) -> Service:
             *StatsApi(api, StatsQueries(pool)).routes(),
             *RecordPage(queries, verifier).routes(),
         ]
-        server = HttpServer(build_app(api, health, extra), settings.host, settings.port)
+        runner = ConsumerRunner(nc, js, pool, settings.database_url, settings.consumer)
+        app = build_app(api, health, extra, details=lambda: {"partitions": runner.describe()})
+        server = HttpServer(app, settings.host, settings.port)
         await server.start()
     except BaseException:
         if pool is not None:
             await pool.close()
         await bus.close(nc)
         raise
-    runner = ConsumerRunner(nc, js, pool, settings.database_url, settings.consumer)
     tasks = [
         asyncio.create_task(runner.run(), name="projector-consumer"),
-        asyncio.create_task(
-            report_lag(js, settings.consumer.name, settings.lag_interval), name="projector-lag"
-        ),
+        asyncio.create_task(report_lag(js, runner, settings.lag_interval), name="projector-lag"),
         asyncio.create_task(
             PipelineGauges(nc, js, queries.ping).run(settings.lag_interval), name="pipeline-gauges"
         ),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
 import secrets
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,15 +23,30 @@ from typing import Any, Final, TextIO
 
 import asyncpg
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 from tqdm import tqdm
 
 from mailfold.events import STREAM, EmailComposed, Origin
 from mailfold.events.fold import decode_state
 from mailfold.projector.adapters import jetstream, postgres
-from mailfold.projector.adapters.migrations import create_schema_copy, drop_schema, migrate
+from mailfold.projector.adapters.leases import MEMBER_CLASS, writer_lock_key
+from mailfold.projector.adapters.migrations import (
+    LOCK_CLASS,
+    create_schema_copy,
+    drop_schema,
+    migrate,
+)
 from mailfold.projector.adapters.queries import ProjectionQueries, table_rows
 from mailfold.projector.bootstrap import tune_gc
+from mailfold.projector.domain.messages import RawMessage
+from mailfold.projector.domain.partitions import (
+    Bounds,
+    MixedLayouts,
+    committed_bounds,
+    layout,
+    parse_consumer,
+)
 from mailfold.projector.domain.verify import Difference
 from mailfold.projector.entrypoints.consumer import FILTER_SUBJECT
 from mailfold.projector.entrypoints.render import render_audit
@@ -116,6 +132,21 @@ class ReplayOutcome:
     differences: list[Difference] | None
 
 
+def live_consumer() -> str:
+    """The live projector's consumer base name (MAILFOLD_PROJECTOR_CONSUMER)."""
+    return os.environ.get("MAILFOLD_PROJECTOR_CONSUMER") or LIVE_CONSUMER
+
+
+async def _within(
+    source: AsyncIterable[list[RawMessage]], bounds: Bounds
+) -> AsyncIterator[list[RawMessage]]:
+    """The messages each partition has committed: every email as far as its partition is."""
+    async for messages in source:
+        kept = [m for m in messages if bounds.keep(m[0], m[2])]
+        if kept:
+            yield kept
+
+
 def scratch_name() -> str:
     """A fresh scratch schema name: `replay_<UTC time>_<random>`."""
     return f"replay_{datetime.now(UTC):%Y%m%d%H%M%S}_{secrets.token_hex(3)}"
@@ -133,12 +164,16 @@ async def replay(
     """Rebuild into a scratch schema (dropped afterwards); with `verify`, compare with live.
 
     Verify holds one repeatable-read snapshot of the live projection open: the rebuild stops at
-    the position of that snapshot, and the live rows compared are the snapshot's.
+    the position of that snapshot, and the live rows compared are the snapshot's. With several
+    partitions, each at its own position, the rebuild folds each message only if its partition
+    had committed it in that snapshot.
     """
     schema = scratch_name()
     pool = await postgres.create_pool(dsn, max_size=3)
     live = await postgres.connect(dsn)
     writer_conn = await postgres.connect(dsn)
+
+    bounds: Bounds | None = None
 
     async def rebuild_into(look_up_ids: bool) -> ReplayReport:
         await create_schema_copy(writer_conn, schema)
@@ -156,7 +191,7 @@ async def replay(
         )
         async with source:
             return await rebuild(
-                source,
+                source if bounds is None or bounds.count == 1 else _within(source, bounds),
                 postgres.PgStateReader(pool, schema),
                 writer,
                 start_seq=from_seq - 1,
@@ -166,10 +201,8 @@ async def replay(
     try:
         if verify:
             await live.transaction(isolation="repeatable_read", readonly=True).start()
-            position = await live.fetchval(
-                "SELECT last_seq FROM consumer_positions WHERE consumer = $1", LIVE_CONSUMER
-            )
-            to_seq = int(position or 0)
+            bounds = committed_bounds(live_consumer(), await postgres.positions(live))
+            to_seq = bounds.last
         try:
             report = await rebuild_into(look_up_ids=False)
         except DuplicateEventIds:
@@ -231,8 +264,96 @@ def replay_command(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         return asyncio.run(_replay_main(args, sys.stdout))
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, asyncpg.PostgresError, MixedLayouts) as exc:
         return _fail(f"replay failed: {exc}")
+
+
+# --- repartition ---------------------------------------------------------------------------------
+
+
+class ProjectorsRunning(RuntimeError):
+    """A projector process holds a lease: the layout cannot change under it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Repartitioned:
+    """What `repartition` did: the rows it replaced and where the new partitions start."""
+
+    old: list[str]
+    new: list[str]
+    position: int
+
+
+async def repartition(nc: Client, dsn: str, count: int, base: str) -> Repartitioned:
+    """Replace the position rows of `base` by those of a layout of `count` partitions.
+
+    The tables do not depend on the layout (each email is folded by whichever partition owns
+    it, to the same state), only the positions do. Every new partition starts at the lowest
+    old position: every email is folded at least that far, and what a partition reads again
+    is a repeat its emails' states already hold (the fold drops it). Refused while any
+    projector process holds a lease.
+    """
+    conn = await postgres.connect(dsn)
+    try:
+        await migrate(conn)
+        stored = await postgres.positions(conn)
+        old = sorted(n for n in stored if parse_consumer(base, n) is not None)
+        new = [p.consumer for p in layout(base, count)]
+        async with conn.transaction():
+            # Transaction-scoped copies of every lease: held here, nobody can lead meanwhile.
+            busy = await conn.fetchval(
+                "SELECT NOT pg_try_advisory_xact_lock($1, hashtext($2))",
+                MEMBER_CLASS,
+                f"public/{base}/members",
+            )
+            for name in sorted({*old, *new}):
+                busy = busy or await conn.fetchval(
+                    "SELECT NOT pg_try_advisory_xact_lock($1, hashtext($2))",
+                    LOCK_CLASS,
+                    writer_lock_key("public", name),
+                )
+            if busy:
+                raise ProjectorsRunning("a projector is running: stop every projector first")
+            position = min((stored[n] for n in old), default=0)
+            await conn.execute("DELETE FROM consumer_positions WHERE consumer = ANY($1)", old)
+            await conn.executemany(
+                "INSERT INTO consumer_positions (consumer, stream, last_seq) VALUES ($1, $2, $3)",
+                [(name, STREAM, position) for name in new],
+            )
+    finally:
+        await conn.close()
+    js = nc.jetstream()
+    for name in old:
+        if name not in new:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(STREAM, name)
+    return Repartitioned(old=old, new=new, position=position)
+
+
+async def _repartition_main(args: argparse.Namespace, out: TextIO) -> int:
+    nc = await bus.connect(nats_url(), "mailfold-repartition", reconnect=False)
+    try:
+        done = await repartition(nc, database_url(), args.partitions, live_consumer())
+    finally:
+        await bus.close(nc)
+    print(
+        f"repartitioned {', '.join(done.old) or '(no positions yet)'} into {len(done.new)} "
+        f"partitions ({', '.join(done.new)}), each starting after sequence {done.position}",
+        file=out,
+    )
+    return 0
+
+
+def repartition_command(args: argparse.Namespace) -> int:
+    """Change the number of projector partitions (every projector stopped)."""
+    if args.partitions < 1:
+        return _fail("the number of partitions must be at least 1", 2)
+    try:
+        return asyncio.run(_repartition_main(args, sys.stdout))
+    except ProjectorsRunning as exc:
+        return _fail(str(exc))
+    except (OSError, asyncpg.PostgresError) as exc:
+        return _fail(f"repartition failed: {exc}")
 
 
 # --- audit ---------------------------------------------------------------------------------------

@@ -48,18 +48,46 @@ COMMIT_SECONDS: Final = Histogram(
 )
 CONSUMER_LAG: Final = Gauge(
     "mailfold_projector_consumer_lag",
-    "Messages in the stream not yet delivered to or acknowledged by the projector.",
+    "Messages not yet delivered to or acknowledged by the consumers of this process's partitions.",
     multiprocess_mode="livemax",
 )
 POSITION: Final = Gauge(
     "mailfold_projector_position",
-    "Last stream sequence committed to PostgreSQL.",
+    "Last stream sequence committed to PostgreSQL (the lowest of this process's partitions).",
     multiprocess_mode="livemax",
 )
 LEADER: Final = Gauge(
     "mailfold_projector_leader",
-    "1 while this process holds the projection's writer lock and consumes, else 0.",
-    multiprocess_mode="livesum",  # with workers: how many of them hold it
+    "1 while this process holds at least one partition's writer lock and consumes, else 0.",
+    multiprocess_mode="livesum",  # with workers: how many of them hold partitions
+)
+PARTITION_LEADER: Final = Gauge(
+    "mailfold_projector_partition_leader",
+    "1 while this process holds the partition's lease and consumes it, else 0.",
+    ["partition"],
+    multiprocess_mode="livesum",  # with workers: how many of them lead it (1)
+)
+PARTITION_POSITION: Final = Gauge(
+    "mailfold_projector_partition_position",
+    "Last stream sequence committed to PostgreSQL by the partition in this process.",
+    ["partition"],
+    multiprocess_mode="livemax",
+)
+PARTITION_LAG: Final = Gauge(
+    "mailfold_projector_partition_consumer_lag",
+    "Messages not yet delivered to or acknowledged by the partition's consumer (0 if not held).",
+    ["partition"],
+    multiprocess_mode="livemax",
+)
+PARTITIONS_HELD: Final = Gauge(
+    "mailfold_projector_partitions_held",
+    "How many partitions this process runs.",
+    multiprocess_mode="livesum",
+)
+LIVE_PROCESSES: Final = Gauge(
+    "mailfold_projector_live_processes",
+    "Projector processes sharing the partitions, as this process last counted them.",
+    multiprocess_mode="livemax",
 )
 RESETS: Final = Counter(
     "mailfold_projector_resets_total",

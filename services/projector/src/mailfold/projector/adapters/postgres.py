@@ -12,7 +12,7 @@ import asyncpg
 from mailfold.events import EmailState
 from mailfold.events.fold import decode_state
 from mailfold.projector.adapters.migrations import LOCK_CLASS
-from mailfold.projector.adapters.sql import table
+from mailfold.projector.adapters.sql import Connection, table
 from mailfold.projector.domain.rows import EMAIL_COLUMNS, EVENT_COLUMNS, RECORD_COLUMNS
 from mailfold.projector.service_layer.ports import DuplicateEventIds, PositionConflict, WriteSet
 
@@ -29,6 +29,17 @@ async def create_pool(dsn: str, *, max_size: int = 4) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=30)
     assert pool is not None
     return pool
+
+
+async def positions(conn: Connection, schema: str = "public") -> dict[str, int]:
+    """Every position row: consumer name -> last committed sequence (none before migrating)."""
+    try:
+        rows = await conn.fetch(
+            f"SELECT consumer, last_seq FROM {table(schema, 'consumer_positions')}"
+        )
+    except asyncpg.UndefinedTableError:
+        return {}
+    return {r["consumer"]: int(r["last_seq"]) for r in rows}
 
 
 class PgStateReader:

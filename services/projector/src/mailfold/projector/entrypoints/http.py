@@ -172,6 +172,13 @@ class Api:
         ]
 
 
-def build_app(api: Api, health: HealthCheck, extra: Sequence[BaseRoute] = ()) -> Starlette:
-    """The query API (and `extra` routes: stats, the record page) with /healthz and /metrics."""
-    return api_app([*api.routes(), *extra, openapi_route(openapi()), *ops_routes(health)])
+def build_app(
+    api: Api,
+    health: HealthCheck,
+    extra: Sequence[BaseRoute] = (),
+    details: Callable[[], dict[str, object]] | None = None,
+) -> Starlette:
+    """The query API (and `extra` routes: stats, the record page) with /healthz and /metrics;
+    `details` (the partitions held) shows in /healthz."""
+    routes = [*api.routes(), *extra, openapi_route(openapi()), *ops_routes(health, details=details)]
+    return api_app(routes)

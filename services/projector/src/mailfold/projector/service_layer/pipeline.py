@@ -121,7 +121,6 @@ def _observe(prepared: Prepared, elapsed: float) -> None:
     writes = prepared.writes
     metrics.COMMIT_SECONDS.observe(elapsed)
     metrics.BATCH_SIZE.observe(prepared.size)
-    metrics.POSITION.set(writes.last_seq)
     deliverability.record(prepared.changed)
     if prepared.skipped:
         metrics.DUPLICATES.labels("redelivered").inc(prepared.skipped)

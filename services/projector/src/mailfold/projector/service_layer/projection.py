@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -38,6 +38,7 @@ class Prepared:
     # Each touched email's state before and after the batch (None: new), for the metrics.
     changed: list[tuple[EmailState | None, EmailState]] = field(default_factory=list)
     skipped: int = 0  # redeliveries at or below the position
+    unowned: int = 0  # other partitions' messages: they only move the position
     duplicates: int = 0  # repeated event ids
     size: int = 0
 
@@ -54,8 +55,11 @@ class Projection:
         store_empty: bool = False,
         write_behind: bool = False,
         look_up_ids_until: int = 0,
+        owns: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._reader = reader
+        # A partition folds only its own emails' messages; the others only move its position.
+        self._owns = owns
         self._position = position  # the last sequence folded (committed or in flight)
         self._capacity = capacity
         # While nothing was ever evicted from a cache that started on an empty store, a miss is
@@ -99,6 +103,9 @@ class Projection:
                 prepared.skipped += 1
                 continue
             last = seq
+            if self._owns is not None and not self._owns(data):
+                prepared.unowned += 1
+                continue
             item = classify(seq, subject, data)
             if isinstance(item, Poison):
                 prepared.writes.poison.append(item)
