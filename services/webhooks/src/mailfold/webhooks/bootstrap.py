@@ -34,7 +34,7 @@ from mailfold.webhooks.adapters.stream import StreamReader
 from mailfold.webhooks.domain.retries import DEFAULT_SCHEDULE_S, parse_schedule
 from mailfold.webhooks.entrypoints.http import Api, build_app
 from mailfold.webhooks.entrypoints.subscriber import DURABLE, convert_fetch_timeouts, subscribe
-from mailfold.webhooks.entrypoints.workers import Workers
+from mailfold.webhooks.entrypoints.workers import Settler, Workers
 from mailfold.webhooks.service_layer.delivery import Deliverer
 from mailfold.webhooks.service_layer.endpoints import Manager
 from mailfold.webhooks.service_layer.fanout import DeadLetter, Fanout, Stored
@@ -194,7 +194,9 @@ async def start(settings: Settings) -> Service:
             schedule=settings.schedule_s,
             on_disabled=metrics.DISABLED.inc,
         )
-        workers = Workers(endpoints, queue, deliverer, concurrency=settings.concurrency)
+        workers = Workers(
+            endpoints, queue, deliverer, Settler(deliveries), concurrency=settings.concurrency
+        )
         await broker.start()
         convert_fetch_timeouts(subscriber)
         workers.start()

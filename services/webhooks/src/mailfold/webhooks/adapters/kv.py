@@ -33,6 +33,7 @@ BUCKET_FOLDS: Final = "mailfold_webhook_emails"  # <org>.<email> -> EmailFold
 # Delivery records and folds are kept 30 days: replay beyond that still works from the stream
 # (the body then carries the fold's status from a fresh start).
 RECORD_TTL_S: Final = 30 * 24 * 3600.0
+FOLDS_REMEMBERED: Final = 10_000  # emails whose latest fold (and revision) a copy keeps in memory
 
 _ENDPOINT = msgspec.json.Decoder(Endpoint)
 _DELIVERY = msgspec.json.Decoder(Delivery)
@@ -213,40 +214,59 @@ class Deliveries:
 
 
 class Folds:
-    """The per-email fold the bodies' status and sequence come from, updated compare-and-set."""
+    """The per-email fold the bodies' status and sequence come from, updated compare-and-set.
 
-    def __init__(self, kv: KeyValue) -> None:
+    Each fold this copy wrote is remembered with its revision, so folding the next event of
+    the email is one write: no read first. A fold another copy changed meanwhile fails the
+    write's revision check, is read again and the event folded again; an email first seen
+    here is created without a read, and only when another copy (or an earlier run) created
+    it already is it read.
+    """
+
+    def __init__(self, kv: KeyValue, *, remember: int = FOLDS_REMEMBERED) -> None:
         self._kv = kv
+        self._known: dict[str, tuple[EmailFold, int]] = {}
+        self._remember = remember
 
     @staticmethod
     def _key(org_id: str, email_id: str) -> str:
         return f"{org_id}.{key_token(email_id)}"
 
-    async def get(self, org_id: str, email_id: str) -> EmailFold | None:
-        """The email's fold, or None when no event of it was seen."""
+    async def _read(self, key: str) -> tuple[EmailFold, int] | None:
         try:
-            entry = await self._kv.get(self._key(org_id, email_id))
+            entry = await self._kv.get(key)
         except (KeyNotFoundError, KeyDeletedError):
             return None
-        return None if not entry.value else _FOLD.decode(entry.value)
+        if not entry.value or entry.revision is None:
+            return None
+        return _FOLD.decode(entry.value), entry.revision
+
+    async def get(self, org_id: str, email_id: str) -> EmailFold | None:
+        """The email's fold, or None when no event of it was seen."""
+        found = await self._read(self._key(org_id, email_id))
+        return None if found is None else found[0]
 
     async def apply(self, event: AnyEvent) -> tuple[EmailFold, int]:
         """Fold one event in (copies of the service race safely); the fold and its sequence."""
         key = self._key(event.org_id, event.email_id)
+        known = self._known.get(key)
         while True:
-            try:
-                entry = await self._kv.get(key)
-                current, revision = _FOLD.decode(entry.value or b""), entry.revision
-            except (KeyNotFoundError, KeyDeletedError):
-                current, revision = None, None
+            current, revision = known if known is not None else (None, None)
             updated, number = fold_in(current, event)
             if updated is current:
                 return updated, number
             try:
                 if revision is None:
-                    await self._kv.create(key, _MSGPACK.encode(updated))
+                    revision = await self._kv.create(key, _MSGPACK.encode(updated))
                 else:
-                    await self._kv.update(key, _MSGPACK.encode(updated), last=revision)
+                    revision = await self._kv.update(key, _MSGPACK.encode(updated), last=revision)
             except KeyWrongLastSequenceError:
-                continue  # another copy folded an event of the same email first
+                # Another copy (or an earlier run) wrote it: fold into what is stored.
+                self._known.pop(key, None)
+                known = await self._read(key)
+                continue
+            if len(self._known) >= self._remember:
+                self._known.pop(next(iter(self._known)))  # the oldest remembered
+            self._known.pop(key, None)
+            self._known[key] = (updated, revision)
             return updated, number
