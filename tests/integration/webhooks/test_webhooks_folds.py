@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from tests.integration.webhooks.conftest import make_org
+
 from mailfold.cli.embedded import EmbeddedNats
 from mailfold.runtime import bus
 from mailfold.webhooks.adapters import kv
-
-from .conftest import make_org
 
 
 async def test_two_copies_folding_one_email_number_its_events_once_each(
