@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+from collections.abc import Sequence
 from typing import Final
 
 import nats
@@ -147,6 +148,38 @@ async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 
         raise nats.errors.TimeoutError from exc
     except NoStreamResponseError as exc:
         raise nats.errors.NoRespondersError from exc
+
+
+class AckTimeout(TimeoutError):
+    """JetStream did not acknowledge in time; the event may or may not be stored."""
+
+
+async def publish_batch(
+    js: JetStreamContext, events: Sequence[Event], *, ack_timeout_s: float = 5.0
+) -> list[BaseException | None]:
+    """Send every event (as `start_publish`), then wait, bounded, for all acknowledgements.
+
+    One outcome per event, in order: None when stored, else the error (not sent, AckTimeout,
+    no stream). A whole batch in flight costs far less per event than waiting for each
+    acknowledgement in turn (docs/decisions.md); a retried event keeps its Nats-Msg-Id.
+    """
+    outcomes: list[BaseException | None] = [None] * len(events)
+    acks: dict[int, asyncio.Future[PubAck]] = {}
+    for i, event in enumerate(events):
+        try:
+            acks[i] = await start_publish(js, event)
+        except Exception as exc:  # not sent (closed, buffer full): the caller retries it
+            outcomes[i] = exc
+    if acks:
+        _, late = await asyncio.wait(acks.values(), timeout=ack_timeout_s)
+        for ack in late:
+            ack.cancel()
+    for i, ack in acks.items():
+        if ack.cancelled():
+            outcomes[i] = AckTimeout(f"no acknowledgement within {ack_timeout_s} s")
+        else:
+            outcomes[i] = ack.exception()
+    return outcomes
 
 
 def key_token(text: str) -> str:
