@@ -15,7 +15,7 @@ async def test_two_copies_folding_one_email_number_its_events_once_each(
     org = await make_org(fresh_nats.url, org_id)
     nc = await bus.connect(fresh_nats.url, "webhooks-test-folds", reconnect=False)
     try:
-        bucket = await kv.bucket(nc.jetstream(), kv.BUCKET_FOLDS, ttl=kv.RECORD_TTL_S)
+        bucket = await bus.kv(nc.jetstream(), kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S)
         first, second = kv.Folds(bucket), kv.Folds(bucket)
         composed, sent, delivered = org.composed("m1"), org.sent("m1"), org.delivered("m1")
         # Each copy remembers its own last write; the other copy's writes make that stale.

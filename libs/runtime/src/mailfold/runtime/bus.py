@@ -99,8 +99,10 @@ async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
     await objects(js, replicas=replicas)
 
 
-async def kv(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValue:
-    """The named KV bucket, created on first use."""
+async def kv(
+    js: JetStreamContext, bucket: str, *, replicas: int = 1, ttl_s: float | None = None
+) -> KeyValue:
+    """The named KV bucket, created on first use (file storage, one value per key)."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
@@ -110,9 +112,25 @@ async def kv(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValu
                 history=1,
                 storage=StorageType.FILE,
                 replicas=replicas,
-                ttl=BUCKET_TTL_S.get(bucket),
+                ttl=ttl_s or BUCKET_TTL_S.get(bucket),
             )
         )
+
+
+async def entries(kv: KeyValue, pattern: str, *, values: bool = True) -> dict[str, bytes]:
+    """Every live key matching a subject pattern, with its value (filtered by the server)."""
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=not values)
+    found: dict[str, bytes] = {}
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            found[entry.key] = entry.value or b""
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
 
 
 async def objects(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:

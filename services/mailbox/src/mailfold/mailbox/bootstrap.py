@@ -87,7 +87,7 @@ class Settings:
 async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], IncomingSettings]:
     """Every mailbox with an incoming side, by (org, user)."""
     found: dict[tuple[str, str], IncomingSettings] = {}
-    for key, raw in (await store_adapter.entries(orgs, "*.mailbox.*")).items():
+    for key, raw in (await bus.entries(orgs, "*.mailbox.*")).items():
         org_id, _, token = key.split(".", 2)
         if not raw:
             continue
@@ -160,7 +160,7 @@ async def build_ports(
     js: JetStreamContext, orgs: KeyValue, dir_kv: KeyValue, *, timeout_s: float
 ) -> Ports:
     """The sync's ports on NATS: the shared publisher, the address index, the state bucket."""
-    store = store_adapter.MailboxStore(js, await store_adapter.bucket(js))
+    store = store_adapter.MailboxStore(js, await bus.kv(js, store_adapter.BUCKET))
 
     async def publish(events: Sequence[Event]) -> None:
         for error in await bus.publish_batch(js, events, ack_timeout_s=timeout_s):

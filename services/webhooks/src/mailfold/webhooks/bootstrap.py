@@ -136,12 +136,10 @@ async def start(settings: Settings) -> Service:
         await bus.ensure_topology(js)
         queue = JobQueue(js, ack_wait_s=settings.ack_wait_s)
         await queue.ensure()
-        endpoints = kv.Endpoints(await kv.bucket(js, kv.BUCKET_ENDPOINTS))
+        endpoints = kv.Endpoints(await bus.kv(js, kv.BUCKET_ENDPOINTS))
         await endpoints.start()
-        deliveries = kv.Deliveries(
-            js, await kv.bucket(js, kv.BUCKET_DELIVERIES, ttl=kv.RECORD_TTL_S)
-        )
-        folds = kv.Folds(await kv.bucket(js, kv.BUCKET_FOLDS, ttl=kv.RECORD_TTL_S))
+        deliveries = kv.Deliveries(await bus.kv(js, kv.BUCKET_DELIVERIES, ttl_s=kv.RECORD_TTL_S))
+        folds = kv.Folds(await bus.kv(js, kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S))
         verifier = TokenVerifier(await bus.kv(js, bus.BUCKET_ORGS))
         fanout = Fanout(
             endpoints,

@@ -15,7 +15,6 @@ from nats.js.api import DeliverPolicy
 from mailfold.events import AnyEvent
 from mailfold.events.subjects import STREAM_SUBJECTS
 from mailfold.runtime.broker import EVENTS_STREAM, Poison, current_message, dead_letter, documented
-from mailfold.webhooks import metrics
 from mailfold.webhooks.adapters.jobs import JOBS_STREAM, job_subject
 from mailfold.webhooks.domain.deliveries import Job
 from mailfold.webhooks.service_layer.fanout import Stored
@@ -28,12 +27,6 @@ if TYPE_CHECKING:
     Events = list[AnyEvent | Poison]
 else:
     Events = list[documented(AnyEvent)]  # what the AsyncAPI document says arrives
-
-
-def _batch(broker: NatsBroker) -> list[Msg]:
-    """The raw messages of the batch being handled (a batch subscriber's message holds a list)."""
-    raw: Any = current_message(broker).raw_message
-    return list(raw)
 
 
 def declare(
@@ -68,7 +61,7 @@ def declare(
 
     @subscriber
     async def on_events(events: Events) -> None:
-        raw = _batch(broker)
+        raw: list[Msg] = current_message(broker).raw_message  # type: ignore[assignment]
         batch = [
             Stored(
                 seq=int(m.metadata.sequence.stream),
@@ -79,15 +72,13 @@ def declare(
             for m, e in zip(raw, events, strict=True)
         ]
         await handle(batch)
-        metrics.EVENTS.labels("handled").inc(len(batch))
 
     broker.publisher(
         job_subject("*", "*"),
         stream=JStream(JOBS_STREAM, declare=False),  # created by JobQueue.ensure
         title="webhooks:jobs",
-        description="One delivery job per (event, endpoint), MessagePack: the signed body, "
-        "computed once. "
-        "Each endpoint's own durable consumer (`webhook_<endpoint>`) delivers them.",
+        description="A delivery job per (event, endpoint), MessagePack, the signed body computed "
+        "once; each endpoint's own durable consumer (`webhook_<endpoint>`) delivers them.",
         schema=documented(Job),
     )
     return subscriber
@@ -97,9 +88,9 @@ def dead_letters(broker: NatsBroker) -> Callable[[Stored, str], Awaitable[None]]
     """Park an event of the batch being handled in MAIL_DLQ with the reason (the shared way)."""
 
     async def park(message: Stored, reason: str) -> None:
-        found = next(m for m in _batch(broker) if int(m.metadata.sequence.stream) == message.seq)
+        raw: list[Msg] = current_message(broker).raw_message  # type: ignore[assignment]
+        found = next(m for m in raw if int(m.metadata.sequence.stream) == message.seq)
         await dead_letter(broker, found, reason, consumer=DURABLE)
-        metrics.EVENTS.labels("dead_lettered").inc()
 
     return park
 

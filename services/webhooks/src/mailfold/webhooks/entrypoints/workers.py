@@ -33,11 +33,9 @@ HOLD_S: Final = 60.0  # a disabled endpoint's job is looked at again after this
 
 
 class Settler:
-    """Stores delivery records and settles their jobs a batch at a time.
+    """Stores delivery records a batch at a time (one NATS round trip), then settles their jobs.
 
-    Attempts end one by one; their records are written together (one round trip to NATS for
-    the batch, not one per attempt), and only then are their jobs acked or naked, so a job is
-    never settled without its record. A job whose record could not be stored stays unacked and
+    A job is never acked without its record: one whose record was not stored stays unacked and
     comes back after ack_wait. Workers hand attempts over and go on with the next job.
     """
 
@@ -51,9 +49,7 @@ class Settler:
 
     def start(self) -> None:
         """Start settling on the running loop."""
-        self._closing = False
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="webhook-settler")
+        self._task = asyncio.create_task(self._run(), name="webhook-settler")
 
     def settle(self, message: Msg, settlement: Settlement) -> None:
         """Settle this attempt's job with the next batch."""
@@ -85,21 +81,13 @@ class Settler:
                 return
 
     async def _settle(self, batch: list[tuple[Msg, Settlement]]) -> None:
-        stored = await asyncio.gather(
-            *(
-                self._deliveries.put(s.delivery) if s.delivery is not None else _nothing()
-                for _, s in batch
-            ),
-            return_exceptions=True,
-        )
-        for (message, settlement), error in zip(batch, stored, strict=True):
+        records = [s.delivery for _, s in batch if s.delivery is not None]
+        stored = await asyncio.gather(*map(self._deliveries.put, records), return_exceptions=True)
+        lost = {id(d) for d, error in zip(records, stored, strict=True) if error is not None}
+        for message, settlement in batch:
             delivery = settlement.delivery
-            if isinstance(error, BaseException):
-                log.error(
-                    "delivery record not stored; the job comes back",
-                    error=str(error),
-                    event_id=None if delivery is None else delivery.event_id,
-                )
+            if id(delivery) in lost:
+                log.error("delivery record not stored; the job comes back", subject=message.subject)
                 continue
             try:
                 if settlement.action is Action.RETRY:
@@ -117,10 +105,6 @@ class Settler:
                 metrics.LATENCY.observe(last.latency_ms / 1000)
                 if last.outcome is not Outcome.RETRYING:
                     metrics.DELIVERIES.labels(str(last.outcome)).inc()
-
-
-async def _nothing() -> None:
-    return None
 
 
 class Workers:
