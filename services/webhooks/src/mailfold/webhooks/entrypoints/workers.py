@@ -86,8 +86,13 @@ class Settler:
         lost = {id(d) for d, error in zip(records, stored, strict=True) if error is not None}
         for message, settlement in batch:
             delivery = settlement.delivery
-            if id(delivery) in lost:
-                log.error("delivery record not stored; the job comes back", subject=message.subject)
+            if delivery is not None and id(delivery) in lost:
+                log.error(
+                    "delivery record not stored; the job comes back",
+                    event_id=delivery.event_id,
+                    email_id=delivery.email_id,
+                    endpoint_id=delivery.endpoint_id,
+                )
                 continue
             try:
                 if settlement.action is Action.RETRY:
