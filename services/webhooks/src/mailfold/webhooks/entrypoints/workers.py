@@ -39,9 +39,8 @@ class Settler:
     comes back after ack_wait. Workers hand attempts over and go on with the next job.
     """
 
-    def __init__(self, deliveries: DeliveryStore, *, linger_s: float = SETTLE_LINGER_S) -> None:
+    def __init__(self, deliveries: DeliveryStore) -> None:
         self._deliveries = deliveries
-        self._linger_s = linger_s
         self._pending: list[tuple[Msg, Settlement]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -69,7 +68,7 @@ class Settler:
             await self._wake.wait()
             if not self._closing:
                 # Attempts ending meanwhile join this batch.
-                await asyncio.sleep(self._linger_s)
+                await asyncio.sleep(SETTLE_LINGER_S)
             self._wake.clear()
             batch, self._pending = self._pending, []
             if batch:
@@ -88,10 +87,7 @@ class Settler:
             delivery = settlement.delivery
             if delivery is not None and id(delivery) in lost:
                 log.error(
-                    "delivery record not stored; the job comes back",
-                    event_id=delivery.event_id,
-                    email_id=delivery.email_id,
-                    endpoint_id=delivery.endpoint_id,
+                    "record not stored", event_id=delivery.event_id, email_id=delivery.email_id
                 )
                 continue
             try:
