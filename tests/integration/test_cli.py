@@ -51,6 +51,7 @@ def test_schema_asyncapi_prints_the_services_document() -> None:
     assert {c["address"] for c in doc["channels"].values()} == {
         "mail.events.>",
         *(f"mail.events.*.{t}" for t in EVENT_TYPES if t != "email_deleted"),
+        "webhooks.jobs.*.*",  # the webhooks service's delivery jobs
     }
 
 

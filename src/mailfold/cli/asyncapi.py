@@ -27,12 +27,16 @@ def asyncapi_document() -> dict[str, Any]:
     from mailfold.sender import bootstrap as sender
     from mailfold.sender.service_layer.handlers import DONE, Disposition
     from mailfold.tracker import bootstrap as tracker
+    from mailfold.webhooks import bootstrap as webhooks
 
     def broker(service: str) -> Any:
         return new_broker(_NOWHERE, service=service, registry=CollectorRegistry())
 
     async def never(event: Any, redelivered: bool) -> Disposition:  # pragma: no cover
         return DONE
+
+    async def nothing(batch: Any) -> None:  # pragma: no cover
+        return None
 
     sender_broker = broker("sender")
     sender.declare(sender_broker, never, sender.Settings.from_env())
@@ -41,6 +45,7 @@ def asyncapi_document() -> dict[str, Any]:
         sender_broker,
         tracker.declare(broker("tracker")),
         projector.declare(broker("projector")),
+        webhooks.declare(broker("webhooks"), nothing, webhooks.Settings(nats_url=_NOWHERE)),
     ]
     spec = AsyncAPI(
         *brokers,

@@ -66,9 +66,9 @@ def _serve(nats_url: str, log: Path) -> subprocess.Popen[bytes]:
         **os.environ,
         "MAILFOLD_NATS_URL": nats_url,
         "MAILFOLD_MAILBOX_PORT": "0",
-        "MAILFOLD_MAILBOX_LEASE_SECONDS": "2",
-        "MAILFOLD_MAILBOX_POLL_SECONDS": "0.5",
-        "MAILFOLD_MAILBOX_IDLE_SECONDS": "0.5",
+        "MAILFOLD_MAILBOX_LEASE_S": "2",
+        "MAILFOLD_MAILBOX_POLL_S": "0.5",
+        "MAILFOLD_MAILBOX_IDLE_S": "0.5",
         "MAILFOLD_LOG_LEVEL": "warning",
     }
     with log.open("ab") as out:

@@ -267,5 +267,5 @@ async def test_an_undecodable_event_is_dead_lettered_with_its_reason_and_the_res
             await bus.close(nc)
         assert dead.data == b'{"type": "email_sent", "event_id": 5}'
         assert dead.headers is not None
-        assert "undecodable" in dead.headers["Mailfold-Error"]
+        assert "not a valid event" in dead.headers["Mailfold-Error"]
         assert receiver.verified(endpoint["secret"])[0]["event_id"] == good.event_id

@@ -9,7 +9,7 @@ from mailfold.webhooks.adapters.http import Answer
 from mailfold.webhooks.domain.deliveries import Delivery, Job
 from mailfold.webhooks.domain.endpoints import Endpoint, Secret, new_secret
 from mailfold.webhooks.domain.retries import Outcome
-from mailfold.webhooks.service_layer.delivery import Action, Deliverer
+from mailfold.webhooks.service_layer.delivery import Action, Deliverer, Settlement
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -85,12 +85,22 @@ def _deliverer(
     return deliverer, endpoints, deliveries
 
 
+async def attempt(
+    deliverer: Deliverer, deliveries: FakeDeliveries, job: Job, number: int
+) -> Settlement:
+    """One attempt, its record stored as the settler stores it before settling the job."""
+    settled = await deliverer.attempt(job, number)
+    if settled.delivery is not None:
+        await deliveries.put(settled.delivery)
+    return settled
+
+
 async def test_a_failure_is_retried_then_recorded_failed_after_the_last_attempt() -> None:
     poster = FakePoster(*(Answer(status=500, latency_s=0.01) for _ in range(3)))
     deliverer, _, deliveries = _deliverer(poster)
-    first = await deliverer.attempt(JOB, 1)
-    second = await deliverer.attempt(JOB, 2)
-    last = await deliverer.attempt(JOB, 3)
+    first = await attempt(deliverer, deliveries, JOB, 1)
+    second = await attempt(deliverer, deliveries, JOB, 2)
+    last = await attempt(deliverer, deliveries, JOB, 3)
     assert (first.action, second.action, last.action) == (Action.RETRY, Action.RETRY, Action.ACK)
     assert 4.5 <= first.delay_s <= 5.5
     assert 54 <= second.delay_s <= 66
@@ -104,7 +114,7 @@ async def test_a_timeout_is_a_failure_with_its_error_recorded() -> None:
     deliverer, _, deliveries = _deliverer(
         FakePoster(Answer(status=None, latency_s=2, error="timeout: x"))
     )
-    settled = await deliverer.attempt(JOB, 1)
+    settled = await attempt(deliverer, deliveries, JOB, 1)
     assert settled.action is Action.RETRY
     assert deliveries.records["ev_1"].history[0].error == "timeout: x"
 
@@ -119,7 +129,7 @@ async def test_503_retry_after_sets_the_delay() -> None:
 
 async def test_410_disables_the_endpoint_and_settles_the_job() -> None:
     deliverer, endpoints, deliveries = _deliverer(FakePoster(Answer(status=410, latency_s=0.01)))
-    settled = await deliverer.attempt(JOB, 1)
+    settled = await attempt(deliverer, deliveries, JOB, 1)
     assert settled.action is Action.ACK
     assert endpoints.endpoint.enabled is False
     assert deliveries.records["ev_1"].outcome is Outcome.DISABLED
@@ -131,6 +141,6 @@ async def test_a_deleted_endpoints_job_is_dropped_without_a_request() -> None:
     poster = FakePoster()
     deliverer, _, deliveries = _deliverer(poster)
     gone = Job(**{**{f: getattr(JOB, f) for f in JOB.__struct_fields__}, "endpoint_id": "ep_2"})
-    assert (await deliverer.attempt(gone, 1)).action is Action.ACK
+    assert (await attempt(deliverer, deliveries, gone, 1)).action is Action.ACK
     assert poster.sent == []
     assert deliveries.records == {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+from collections.abc import Sequence
 from typing import Final
 
 import nats
@@ -98,8 +99,10 @@ async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
     await objects(js, replicas=replicas)
 
 
-async def kv(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValue:
-    """The named KV bucket, created on first use."""
+async def kv(
+    js: JetStreamContext, bucket: str, *, replicas: int = 1, ttl_s: float | None = None
+) -> KeyValue:
+    """The named KV bucket, created on first use (file storage, one value per key)."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
@@ -109,9 +112,25 @@ async def kv(js: JetStreamContext, bucket: str, *, replicas: int = 1) -> KeyValu
                 history=1,
                 storage=StorageType.FILE,
                 replicas=replicas,
-                ttl=BUCKET_TTL_S.get(bucket),
+                ttl=ttl_s or BUCKET_TTL_S.get(bucket),
             )
         )
+
+
+async def entries(kv: KeyValue, pattern: str, *, values: bool = True) -> dict[str, bytes]:
+    """Every live key matching a subject pattern, with its value (filtered by the server)."""
+    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=not values)
+    found: dict[str, bytes] = {}
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            found[entry.key] = entry.value or b""
+            if entry.delta == 0:
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
 
 
 async def objects(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:
@@ -147,6 +166,38 @@ async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 
         raise nats.errors.TimeoutError from exc
     except NoStreamResponseError as exc:
         raise nats.errors.NoRespondersError from exc
+
+
+class AckTimeout(TimeoutError):
+    """JetStream did not acknowledge in time; the event may or may not be stored."""
+
+
+async def publish_batch(
+    js: JetStreamContext, events: Sequence[Event], *, ack_timeout_s: float = 5.0
+) -> list[BaseException | None]:
+    """Send every event (as `start_publish`), then wait, bounded, for all acknowledgements.
+
+    One outcome per event, in order: None when stored, else the error (not sent, AckTimeout,
+    no stream). A whole batch in flight costs far less per event than waiting for each
+    acknowledgement in turn (docs/decisions.md); a retried event keeps its Nats-Msg-Id.
+    """
+    outcomes: list[BaseException | None] = [None] * len(events)
+    acks: dict[int, asyncio.Future[PubAck]] = {}
+    for i, event in enumerate(events):
+        try:
+            acks[i] = await start_publish(js, event)
+        except Exception as exc:  # not sent (closed, buffer full): the caller retries it
+            outcomes[i] = exc
+    if acks:
+        _, late = await asyncio.wait(acks.values(), timeout=ack_timeout_s)
+        for ack in late:
+            ack.cancel()
+    for i, ack in acks.items():
+        if ack.cancelled():
+            outcomes[i] = AckTimeout(f"no acknowledgement within {ack_timeout_s} s")
+        else:
+            outcomes[i] = ack.exception()
+    return outcomes
 
 
 def key_token(text: str) -> str:

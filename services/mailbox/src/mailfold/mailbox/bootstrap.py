@@ -10,6 +10,7 @@ import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import msgspec
 from nats.aio.client import Client
@@ -30,17 +31,11 @@ from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import (
-    CommonSettings,
-    ConfigError,
-    env_bool,
-    env_float,
-    env_int,
-    env_str,
-)
+from mailfold.runtime.settings import CommonSettings, ConfigError, from_env, setting
 
 log = get_logger(__name__)
 _mailbox_dec = msgspec.json.Decoder(MailboxSettings)
+MAX_IDLE_S: Final = 29 * 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,48 +43,25 @@ class Settings:
     """Everything the mailbox service reads from the environment (see docs/mailbox.md)."""
 
     nats_url: str
-    host: str = "127.0.0.1"
-    port: int = 8005
-    lease_s: float = 15.0
-    poll_s: float = 60.0
-    idle_s: float = 25 * 60.0
-    max_resets: int = 3
-    timeout_s: float = 30.0
-    backoff_max_s: float = 300.0
-    rescan_days: float = 7.0
-    use_condstore: bool = True
-    ca_file: str = ""
-    metric_mailboxes: int = 50
+    host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
+    port: int = setting("MAILFOLD_MAILBOX_PORT", 8005, minimum=0)
+    lease_s: float = setting("MAILFOLD_MAILBOX_LEASE_S", 15.0, positive=True)
+    poll_s: float = setting("MAILFOLD_MAILBOX_POLL_S", 60.0, positive=True)
+    idle_s: float = setting("MAILFOLD_MAILBOX_IDLE_S", 25 * 60.0, positive=True)
+    max_resets: int = setting("MAILFOLD_MAILBOX_MAX_RESETS", 3, minimum=1)
+    timeout_s: float = setting("MAILFOLD_MAILBOX_TIMEOUT_S", 30.0, positive=True)
+    backoff_max_s: float = setting("MAILFOLD_MAILBOX_BACKOFF_MAX_S", 300.0, positive=True)
+    rescan_days: float = setting("MAILFOLD_MAILBOX_RESCAN_DAYS", 7.0)
+    use_condstore: bool = setting("MAILFOLD_MAILBOX_CONDSTORE", True)
+    ca_file: str = setting("MAILFOLD_MAILBOX_CA_FILE", "")
+    metric_mailboxes: int = setting("MAILFOLD_MAILBOX_METRIC_MAILBOXES", 50, minimum=1)
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read MAILFOLD_MAILBOX_* variables; a bad value raises ConfigError naming it."""
-        common = CommonSettings.from_env()
-        idle_s = env_float("MAILFOLD_MAILBOX_IDLE_SECONDS", 25 * 60.0)
-        if not 0 < idle_s < 29 * 60:
-            raise ConfigError("MAILFOLD_MAILBOX_IDLE_SECONDS must be above 0 and below 1740")
-        settings = cls(
-            nats_url=common.nats_url,
-            host=env_str("MAILFOLD_HTTP_HOST", "127.0.0.1"),
-            port=env_int("MAILFOLD_MAILBOX_PORT", 8005, minimum=0),
-            lease_s=env_float("MAILFOLD_MAILBOX_LEASE_SECONDS", 15.0),
-            poll_s=env_float("MAILFOLD_MAILBOX_POLL_SECONDS", 60.0),
-            idle_s=idle_s,
-            max_resets=env_int("MAILFOLD_MAILBOX_MAX_RESETS", 3, minimum=1),
-            timeout_s=env_float("MAILFOLD_MAILBOX_TIMEOUT_SECONDS", 30.0),
-            backoff_max_s=env_float("MAILFOLD_MAILBOX_BACKOFF_MAX_SECONDS", 300.0),
-            rescan_days=env_float("MAILFOLD_MAILBOX_RESCAN_DAYS", 7.0),
-            use_condstore=env_bool("MAILFOLD_MAILBOX_CONDSTORE", True),
-            ca_file=env_str("MAILFOLD_MAILBOX_CA_FILE", ""),
-            metric_mailboxes=env_int("MAILFOLD_MAILBOX_METRIC_MAILBOXES", 50, minimum=1),
-        )
-        for name, value in (
-            ("MAILFOLD_MAILBOX_LEASE_SECONDS", settings.lease_s),
-            ("MAILFOLD_MAILBOX_POLL_SECONDS", settings.poll_s),
-            ("MAILFOLD_MAILBOX_TIMEOUT_SECONDS", settings.timeout_s),
-        ):
-            if value <= 0:
-                raise ConfigError(f"{name} must be above 0, got {value}")
+        settings = from_env(cls, nats_url=CommonSettings.from_env().nats_url)
+        if settings.idle_s >= MAX_IDLE_S:  # servers may drop an IDLE after 29 minutes
+            raise ConfigError(f"MAILFOLD_MAILBOX_IDLE_S must be below {MAX_IDLE_S:g}")
         return settings
 
     def options(self) -> Options:
@@ -115,7 +87,7 @@ class Settings:
 async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], IncomingSettings]:
     """Every mailbox with an incoming side, by (org, user)."""
     found: dict[tuple[str, str], IncomingSettings] = {}
-    for key, raw in (await store_adapter.entries(orgs, "*.mailbox.*")).items():
+    for key, raw in (await bus.entries(orgs, "*.mailbox.*")).items():
         org_id, _, token = key.split(".", 2)
         if not raw:
             continue
@@ -188,11 +160,12 @@ async def build_ports(
     js: JetStreamContext, orgs: KeyValue, dir_kv: KeyValue, *, timeout_s: float
 ) -> Ports:
     """The sync's ports on NATS: the shared publisher, the address index, the state bucket."""
-    store = store_adapter.MailboxStore(js, await store_adapter.bucket(js))
+    store = store_adapter.MailboxStore(js, await bus.kv(js, store_adapter.BUCKET))
 
     async def publish(events: Sequence[Event]) -> None:
-        acks = [await bus.start_publish(js, e) for e in events]
-        await asyncio.wait_for(asyncio.gather(*acks), timeout_s)
+        for error in await bus.publish_batch(js, events, ack_timeout_s=timeout_s):
+            if error is not None:
+                raise error
 
     async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
         return await directory.records_for_addresses(dir_kv, org_id, tuple(addresses))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from faststream.nats import NatsBroker
 
-from mailfold.events import Keyring
+from mailfold.events import EmailClicked, EmailOpened, Keyring
 from mailfold.runtime import bus
 from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
 from mailfold.runtime.broker import close as broker_close
@@ -16,7 +17,6 @@ from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
 from mailfold.runtime.settings import CommonSettings, ConfigError, env_str, from_env, setting
-from mailfold.tracker.adapters import jetstream
 from mailfold.tracker.adapters.publisher import Publisher
 from mailfold.tracker.domain.behaviour import BurstWindow
 from mailfold.tracker.domain.network import IPNetwork, NetworkSet, parse_networks
@@ -104,7 +104,7 @@ class Service:
 
 def declare(broker: NatsBroker) -> NatsBroker:
     """What the tracker publishes, on `broker` (what the AsyncAPI document shows)."""
-    declare_publishers(broker, "tracker", jetstream.PUBLISHES)
+    declare_publishers(broker, "tracker", (EmailOpened, EmailClicked))
     return broker
 
 
@@ -120,7 +120,7 @@ async def start(settings: Settings) -> Service:
         await bus.ensure_topology(js)
 
         publisher = Publisher(
-            jetstream.pipelined(js, ack_timeout_s=settings.publish_timeout_s),
+            partial(bus.publish_batch, js, ack_timeout_s=settings.publish_timeout_s),
             capacity=settings.buffer,
         )
         publisher.start()

@@ -27,11 +27,6 @@ DISABLED: Final = Counter(
 ENQUEUED: Final = Counter(
     "mailfold_webhooks_jobs_enqueued_total", "Delivery jobs queued by the fan-out (replays too)"
 )
-EVENTS: Final = Counter(
-    "mailfold_webhooks_events_total",
-    "MAIL_EVENTS messages the fan-out handled, by result (handled, dead_lettered)",
-    ["result"],
-)
 BACKLOG: Final = Gauge(
     "mailfold_webhooks_backlog",
     "Jobs not yet settled, all endpoints together (waiting, in flight, waiting to retry)",

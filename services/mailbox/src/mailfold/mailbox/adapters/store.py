@@ -18,12 +18,13 @@ from typing import Final
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, PubAck, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import PubAck
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from mailfold.mailbox.domain.events import normal_message_id
 from mailfold.mailbox.domain.state import Cursor, FolderState, Lease, Locator
+from mailfold.runtime import bus
 from mailfold.runtime.bus import key_token
 from mailfold.runtime.directory import get_value
 
@@ -35,32 +36,6 @@ _enc = msgspec.json.Encoder()
 _cursor = msgspec.json.Decoder(Cursor)
 _chunk = msgspec.json.Decoder(dict[str, str])
 _lease = msgspec.json.Decoder(Lease)
-
-
-async def bucket(js: JetStreamContext, *, replicas: int = 1) -> KeyValue:
-    """The mailbox bucket, created on first use."""
-    try:
-        return await js.key_value(BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=BUCKET, history=1, storage=StorageType.FILE, replicas=replicas)
-        )
-
-
-async def entries(kv: KeyValue, pattern: str, *, values: bool = True) -> dict[str, bytes]:
-    """Every live key matching a subject pattern, with its value (filtered by the server)."""
-    watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=not values)
-    found: dict[str, bytes] = {}
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            found[entry.key] = entry.value or b""
-            if entry.delta == 0:
-                break
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return found
 
 
 def _chunk_of(key: str, *, hashed: bool) -> int:
@@ -109,7 +84,7 @@ class MailboxStore:
         raw = await get_value(self._kv, base)
         cursor = Cursor() if raw is None else _cursor.decode(raw)
         messages: dict[str, str] = {}
-        for key, value in (await entries(self._kv, f"{base}.m.*")).items():
+        for key, value in (await bus.entries(self._kv, f"{base}.m.*")).items():
             if value:
                 self._written[key] = value
                 messages.update(_chunk.decode(value))
@@ -170,7 +145,7 @@ class MailboxStore:
         write per message.
         """
         needle = email_id.encode()
-        for key, value in (await entries(self._kv, f"{org_id}.*.f.*.m.*")).items():
+        for key, value in (await bus.entries(self._kv, f"{org_id}.*.f.*.m.*")).items():
             if needle not in value:
                 continue
             for uid, found in _chunk.decode(value).items():

@@ -1,1 +1,1 @@
-"""I/O: the buffered JetStream publisher."""
+"""I/O: the buffered publisher (its batches go out through `bus.publish_batch`)."""

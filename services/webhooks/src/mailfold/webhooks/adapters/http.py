@@ -15,6 +15,9 @@ import msgspec
 from mailfold.webhooks.domain.addresses import first_refusal, is_loopback
 
 USER_AGENT: Final = "mailfold-webhooks/0.1"
+# An answer's body is read up to this much (and ignored) so the connection can carry the next
+# request; a longer one costs its connection instead.
+MAX_ANSWER_BYTES: Final = 64 * 1024
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 
@@ -120,9 +123,17 @@ class Poster:
                 request = self._client.build_request(
                     "POST", target, content=body, headers=request_headers, extensions=extensions
                 )
-                # The answer's body is never read: only the status and Retry-After matter.
+                # Only the status and Retry-After matter. The body is drained (bounded) because
+                # a connection goes back to the keep-alive pool only after its whole answer.
                 response = await self._client.send(request, stream=True)
-                await response.aclose()
+                try:
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > MAX_ANSWER_BYTES:
+                            break
+                finally:
+                    await response.aclose()
         except (httpx.HTTPError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "error"
             detail = str(exc) or type(exc).__name__

@@ -80,13 +80,6 @@ class JobQueue:
             headers={"Nats-Msg-Id": msg_id},
         )
 
-    async def enqueue(self, jobs: list[tuple[Job, str]], timeout: float = 10.0) -> None:
-        """Store every job (job, message id) and wait until all are stored."""
-        futures = [await self.start_enqueue(job, msg_id) for job, msg_id in jobs]
-        if futures:
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(*futures)
-
     def consumer_config(self, org_id: str, endpoint_id: str) -> ConsumerConfig:
         """Explicit acks; redelivery only after `ack_wait` (longer than an attempt) or a nak delay."""
         return ConsumerConfig(

@@ -8,10 +8,7 @@ from collections.abc import Callable
 from typing import Final
 
 import msgspec
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -19,6 +16,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from mailfold.events import AnyEvent
+from mailfold.runtime import bus
 from mailfold.runtime.bus import key_token
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks.domain.deliveries import Delivery
@@ -33,53 +31,13 @@ BUCKET_FOLDS: Final = "mailfold_webhook_emails"  # <org>.<email> -> EmailFold
 # Delivery records and folds are kept 30 days: replay beyond that still works from the stream
 # (the body then carries the fold's status from a fresh start).
 RECORD_TTL_S: Final = 30 * 24 * 3600.0
+FOLDS_REMEMBERED: Final = 10_000  # emails whose latest fold (and revision) a copy keeps in memory
 
 _ENDPOINT = msgspec.json.Decoder(Endpoint)
 _DELIVERY = msgspec.json.Decoder(Delivery)
 _FOLD = msgspec.msgpack.Decoder(EmailFold)
 _JSON = msgspec.json.Encoder()
 _MSGPACK = msgspec.msgpack.Encoder()
-
-
-async def bucket(js: JetStreamContext, name: str, *, ttl: float | None = None) -> KeyValue:
-    """A KV bucket, created on first use (file storage, one value per key)."""
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE, ttl=ttl)
-        )
-
-
-async def latest_values(js: JetStreamContext, stream: str, subject: str) -> list[bytes]:
-    """The latest value of every key under `subject` in a KV bucket's stream (deletes skipped)."""
-    config = ConsumerConfig(
-        filter_subject=subject,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        ack_policy=AckPolicy.NONE,
-        inactive_threshold=30.0,
-        mem_storage=True,
-    )
-    sub = await js.pull_subscribe(subject, stream=stream, config=config)
-    values: list[bytes] = []
-    try:
-        info = await sub.consumer_info()
-        wanted = int(info.num_pending or 0)
-        seen = 0
-        while seen < wanted:
-            try:
-                batch = await sub.fetch(min(256, wanted - seen), timeout=2.0)
-            except TimeoutError:
-                break
-            seen += len(batch)
-            for msg in batch:
-                operation = (msg.headers or {}).get("KV-Operation")
-                if operation not in ("DEL", "PURGE") and msg.data:
-                    values.append(msg.data)
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-    return values
 
 
 class Endpoints:
@@ -172,8 +130,7 @@ class Endpoints:
 class Deliveries:
     """One record per (endpoint, event): its outcome and latest attempts."""
 
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
-        self._js = js
+    def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
 
     @staticmethod
@@ -194,16 +151,10 @@ class Deliveries:
         await self._kv.put(key, _JSON.encode(delivery))
 
     async def of_endpoint(self, org_id: str, endpoint_id: str) -> list[Delivery]:
-        """Every record of the endpoint, in stream order.
-
-        Read as one pass over the bucket's stream (the latest value of each key), which is what
-        a KV watch does, without a round trip per key.
-        """
-        subject = f"$KV.{self._kv._name}.{org_id}.{endpoint_id}.>"
-        found: list[Delivery] = []
-        for raw in await latest_values(self._js, f"KV_{self._kv._name}", subject):
-            found.append(_DELIVERY.decode(raw))
-        return sorted(found, key=lambda d: (d.stream_seq, d.event_id))
+        """Every record of the endpoint, in stream order (one watch, not a read per key)."""
+        found = await bus.entries(self._kv, f"{org_id}.{endpoint_id}.*")
+        records = [_DELIVERY.decode(raw) for raw in found.values() if raw]
+        return sorted(records, key=lambda d: (d.stream_seq, d.event_id))
 
     async def drop_endpoint(self, org_id: str, endpoint_id: str) -> None:
         """Forget every record of a deleted endpoint."""
@@ -213,40 +164,56 @@ class Deliveries:
 
 
 class Folds:
-    """The per-email fold the bodies' status and sequence come from, updated compare-and-set."""
+    """The per-email fold the bodies' status and sequence come from, updated compare-and-set.
 
-    def __init__(self, kv: KeyValue) -> None:
+    A copy remembers the fold and revision it last wrote per email (bounded), so an event costs
+    one write; a revision another copy moved on fails the write and the fold is read again.
+    """
+
+    def __init__(self, kv: KeyValue, *, remember: int = FOLDS_REMEMBERED) -> None:
         self._kv = kv
+        self._known: dict[str, tuple[EmailFold, int]] = {}
+        self._remember = remember
 
     @staticmethod
     def _key(org_id: str, email_id: str) -> str:
         return f"{org_id}.{key_token(email_id)}"
 
-    async def get(self, org_id: str, email_id: str) -> EmailFold | None:
-        """The email's fold, or None when no event of it was seen."""
+    async def _read(self, key: str) -> tuple[EmailFold, int] | None:
         try:
-            entry = await self._kv.get(self._key(org_id, email_id))
+            entry = await self._kv.get(key)
         except (KeyNotFoundError, KeyDeletedError):
             return None
-        return None if not entry.value else _FOLD.decode(entry.value)
+        if not entry.value or entry.revision is None:
+            return None
+        return _FOLD.decode(entry.value), entry.revision
+
+    async def get(self, org_id: str, email_id: str) -> EmailFold | None:
+        """The email's fold, or None when no event of it was seen."""
+        found = await self._read(self._key(org_id, email_id))
+        return None if found is None else found[0]
 
     async def apply(self, event: AnyEvent) -> tuple[EmailFold, int]:
         """Fold one event in (copies of the service race safely); the fold and its sequence."""
         key = self._key(event.org_id, event.email_id)
+        known = self._known.get(key)
         while True:
-            try:
-                entry = await self._kv.get(key)
-                current, revision = _FOLD.decode(entry.value or b""), entry.revision
-            except (KeyNotFoundError, KeyDeletedError):
-                current, revision = None, None
+            current, revision = known if known is not None else (None, None)
             updated, number = fold_in(current, event)
             if updated is current:
                 return updated, number
             try:
                 if revision is None:
-                    await self._kv.create(key, _MSGPACK.encode(updated))
+                    revision = await self._kv.create(key, _MSGPACK.encode(updated))
                 else:
-                    await self._kv.update(key, _MSGPACK.encode(updated), last=revision)
+                    revision = await self._kv.update(key, _MSGPACK.encode(updated), last=revision)
             except KeyWrongLastSequenceError:
-                continue  # another copy folded an event of the same email first
+                # Another copy (or an earlier run) wrote it: fold into what is stored.
+                self._known.pop(key, None)
+                known = await self._read(key)
+                continue
+            if len(self._known) >= self._remember:
+                self._known.pop(next(iter(self._known)))  # the oldest remembered
+            self._known.pop(key, None)
+            self._known[key] = (updated, revision)
             return updated, number

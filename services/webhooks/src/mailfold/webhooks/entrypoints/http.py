@@ -302,6 +302,9 @@ class Api:
         ]
 
 
-def build_app(api: Api, health: HealthCheck) -> Starlette:
-    """The webhooks API with /openapi.json, /healthz and /metrics on the same port."""
-    return api_app([*api.routes(), openapi_route(openapi_doc.openapi()), *ops_routes(health)])
+def build_app(
+    api: Api, health: HealthCheck, asyncapi: Callable[[], str] | None = None
+) -> Starlette:
+    """The webhooks API with /openapi.json, /healthz, /metrics and /asyncapi.json on one port."""
+    routes = [*api.routes(), openapi_route(openapi_doc.openapi())]
+    return api_app([*routes, *ops_routes(health, asyncapi=asyncapi)])

@@ -20,13 +20,92 @@ from mailfold.webhooks.adapters.jobs import JobQueue, attempt_number, decode_job
 from mailfold.webhooks.adapters.kv import Endpoints
 from mailfold.webhooks.domain.endpoints import Endpoint
 from mailfold.webhooks.domain.retries import Outcome
-from mailfold.webhooks.service_layer.delivery import Action, Deliverer
+from mailfold.webhooks.service_layer.delivery import Action, Deliverer, Settlement
+from mailfold.webhooks.service_layer.ports import DeliveryStore
 
 log = get_logger(__name__)
 
 FETCH_WAIT_S: Final = 1.0
 RESTART_DELAY_S: Final = 1.0
 IN_PROGRESS_AFTER_S: Final = 1.0
+SETTLE_LINGER_S: Final = 0.005
+HOLD_S: Final = 60.0  # a disabled endpoint's job is looked at again after this
+
+
+class Settler:
+    """Stores delivery records a batch at a time (one NATS round trip), then settles their jobs.
+
+    A job is never acked without its record: one whose record was not stored stays unacked and
+    comes back after ack_wait. Workers hand attempts over and go on with the next job.
+    """
+
+    def __init__(self, deliveries: DeliveryStore) -> None:
+        self._deliveries = deliveries
+        self._pending: list[tuple[Msg, Settlement]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start settling on the running loop."""
+        self._task = asyncio.create_task(self._run(), name="webhook-settler")
+
+    def settle(self, message: Msg, settlement: Settlement) -> None:
+        """Settle this attempt's job with the next batch."""
+        self._pending.append((message, settlement))
+        self._wake.set()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Settle what is pending (bounded), then stop; what is left comes back after ack_wait."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout_s)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._closing:
+                # Attempts ending meanwhile join this batch.
+                await asyncio.sleep(SETTLE_LINGER_S)
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    await self._settle(batch)
+                except Exception:  # never ends the task: the jobs come back after ack_wait
+                    log.exception("settling failed", jobs=len(batch))
+            if self._closing and not self._pending:
+                return
+
+    async def _settle(self, batch: list[tuple[Msg, Settlement]]) -> None:
+        records = [s.delivery for _, s in batch if s.delivery is not None]
+        stored = await asyncio.gather(*map(self._deliveries.put, records), return_exceptions=True)
+        lost = {id(d) for d, error in zip(records, stored, strict=True) if error is not None}
+        for message, settlement in batch:
+            delivery = settlement.delivery
+            if delivery is not None and id(delivery) in lost:
+                log.error(
+                    "record not stored", event_id=delivery.event_id, email_id=delivery.email_id
+                )
+                continue
+            try:
+                if settlement.action is Action.RETRY:
+                    await message.nak(delay=settlement.delay_s)
+                elif settlement.action is Action.HOLD:
+                    await message.nak(delay=HOLD_S)
+                else:
+                    await message.ack()
+            except Exception as exc:
+                log.error("job not settled; it comes back", error=str(exc))
+                continue
+            if delivery is not None:
+                last = delivery.history[-1]
+                metrics.ATTEMPTS.labels(str(last.outcome)).inc()
+                metrics.LATENCY.observe(last.latency_ms / 1000)
+                if last.outcome is not Outcome.RETRYING:
+                    metrics.DELIVERIES.labels(str(last.outcome)).inc()
 
 
 class Workers:
@@ -37,12 +116,14 @@ class Workers:
         endpoints: Endpoints,
         queue: JobQueue,
         deliverer: Deliverer,
+        settler: Settler,
         *,
         concurrency: int,
     ) -> None:
         self._endpoints = endpoints
         self._queue = queue
         self._deliverer = deliverer
+        self._settler = settler
         self._concurrency = concurrency
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._running = False
@@ -50,6 +131,7 @@ class Workers:
     def start(self) -> None:
         """Deliver to every enabled endpoint, and follow changes."""
         self._running = True
+        self._settler.start()
         self._endpoints.on_change(self._changed)
         for endpoint in self._endpoints.all():
             self._changed(endpoint.endpoint_id, endpoint)
@@ -83,6 +165,7 @@ class Workers:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._settler.stop()
 
     async def _run(self, org_id: str, endpoint_id: str) -> None:
         while True:
@@ -98,16 +181,20 @@ class Workers:
         """`concurrency` workers, fed by one fetcher that keeps up to as many jobs ready.
 
         The fetch for the next jobs overlaps the attempts in flight, so a pull request's round
-        trip is not on each delivery's path. A job waits in the buffer at most one attempt.
+        trip is not on each delivery's path, and it asks for jobs once half the buffer is free,
+        not for each job. A job waits in the buffer at most one attempt.
         """
         sub = await self._queue.subscribe(org_id, endpoint_id)
         ready: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
         room = asyncio.Semaphore(self._concurrency)
         workers = [asyncio.create_task(self._work(ready, room)) for _ in range(self._concurrency)]
+        # Refill once half the buffer is free: one pull request brings several jobs.
+        refill = max(1, self._concurrency // 2)
         try:
             while True:
-                await room.acquire()
-                free = 1
+                for _ in range(refill):
+                    await room.acquire()
+                free = refill
                 while free < self._concurrency and not room.locked():
                     await room.acquire()
                     free += 1
@@ -148,21 +235,9 @@ class Workers:
                 await message.term()
                 return
             settlement = await self._deliverer.attempt(job, attempt_number(message))
-            # Shielded: a 410 disables the endpoint, which stops this very loop; the attempt
-            # that did it is recorded and must still be settled.
-            if settlement.action is Action.RETRY:
-                await asyncio.shield(message.nak(delay=settlement.delay_s))
-            elif settlement.action is Action.HOLD:
-                await asyncio.shield(message.nak(delay=60.0))
-            else:
-                await asyncio.shield(message.ack())
-            delivery = settlement.delivery
-            if delivery is not None:
-                last = delivery.history[-1]
-                metrics.ATTEMPTS.labels(str(last.outcome)).inc()
-                metrics.LATENCY.observe(last.latency_ms / 1000)
-                if last.outcome is not Outcome.RETRYING:
-                    metrics.DELIVERIES.labels(str(last.outcome)).inc()
+            # Settled off this worker's path (a 410 that disables the endpoint stops this very
+            # loop; the attempt that did it is still recorded and settled).
+            self._settler.settle(message, settlement)
         except asyncio.CancelledError:
             raise
         except Exception:

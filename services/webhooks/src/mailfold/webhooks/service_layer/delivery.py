@@ -27,7 +27,7 @@ class Action(enum.Enum):
 
 
 class Settlement(msgspec.Struct, frozen=True, kw_only=True):
-    """The action, its delay, and the delivery record when one was written."""
+    """The action, its delay, and the delivery record to store before the job is settled."""
 
     action: Action
     delay_s: float = 0.0
@@ -57,7 +57,7 @@ class Deliverer:
         self._on_disabled = on_disabled
 
     async def attempt(self, job: Job, number: int) -> Settlement:
-        """Make attempt `number` of `job` and settle it."""
+        """Make attempt `number` of `job`: what to do with the job, and its record to store."""
         endpoint = self._endpoints.get(job.org_id, job.endpoint_id)
         if endpoint is None:
             return Settlement(action=Action.ACK)  # deleted: its jobs go with it
@@ -95,8 +95,7 @@ class Deliverer:
         previous = None
         if number > 1 or job.replay:
             previous = await self._deliveries.get(job.org_id, job.endpoint_id, job.event_id)
-        delivery = record(previous, job, attempt)
-        await self._deliveries.put(delivery)
+        delivery = record(previous, job, attempt)  # stored by the caller, before it settles
         # Deliveries are many and their record is kept; failures are what an operator reads.
         level = {Outcome.DELIVERED: "debug", Outcome.RETRYING: "info"}.get(outcome, "warning")
         getattr(log, level)(

@@ -8,7 +8,7 @@ from typing import Final
 
 import msgspec
 
-from mailfold.events import AnyEvent, decode
+from mailfold.events import AnyEvent
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks.domain.deliveries import Job
 from mailfold.webhooks.domain.payload import body
@@ -20,10 +20,15 @@ ENQUEUE_TIMEOUT_S: Final = 10.0
 
 
 class Stored(msgspec.Struct, frozen=True, kw_only=True):
-    """One message of MAIL_EVENTS as the subscriber hands it over."""
+    """One message of MAIL_EVENTS as the subscriber hands it over, decoded by the broker's codec.
+
+    `event` is None when the bytes are not a valid event; `problem` then says why.
+    """
 
     seq: int
     data: bytes
+    event: AnyEvent | None = None
+    problem: str = ""
 
 
 DeadLetter = Callable[[Stored, str], Awaitable[None]]
@@ -60,10 +65,9 @@ class Fanout:
         """Handle one batch; returns when every job is stored (raises to have it redelivered)."""
         by_email: dict[tuple[str, str], list[tuple[Stored, AnyEvent]]] = {}
         for message in messages:
-            try:
-                event = decode(message.data)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self._dead_letter(message, f"undecodable event: {exc}")
+            event = message.event
+            if event is None:
+                await self._dead_letter(message, message.problem or "not a valid event")
                 continue
             if not self._endpoints.of_org(event.org_id):
                 continue  # no endpoint: nothing to deliver, nothing to fold

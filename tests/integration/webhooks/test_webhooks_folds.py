@@ -1,0 +1,36 @@
+"""The per-email fold in KV: copies that remember their last write still number events once."""
+
+from __future__ import annotations
+
+from tests.integration.webhooks.conftest import make_org
+
+from mailfold.cli.embedded import EmbeddedNats
+from mailfold.runtime import bus
+from mailfold.webhooks.adapters import kv
+
+
+async def test_two_copies_folding_one_email_number_its_events_once_each(
+    fresh_nats: EmbeddedNats, org_id: str
+) -> None:
+    org = await make_org(fresh_nats.url, org_id)
+    nc = await bus.connect(fresh_nats.url, "webhooks-test-folds", reconnect=False)
+    try:
+        bucket = await bus.kv(nc.jetstream(), kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S)
+        first, second = kv.Folds(bucket), kv.Folds(bucket)
+        composed, sent, delivered = org.composed("m1"), org.sent("m1"), org.delivered("m1")
+        # Each copy remembers its own last write; the other copy's writes make that stale.
+        assert (await first.apply(composed))[1] == 1
+        assert (await second.apply(sent))[1] == 2
+        assert (await first.apply(delivered))[1] == 3
+        # A repeat keeps its number, whichever copy sees it, and writes nothing new.
+        assert (await second.apply(composed))[1] == 1
+        assert (await first.apply(sent))[1] == 2
+        # A copy started later (nothing remembered) folds into what is stored.
+        fold, number = await kv.Folds(bucket).apply(delivered)
+        assert number == 3
+        assert str(fold.state.status) == "Delivered"
+        stored = await first.get(org_id, "m1")
+        assert stored is not None
+        assert stored.numbers == {composed.event_id: 1, sent.event_id: 2, delivered.event_id: 3}
+    finally:
+        await bus.close(nc)
