@@ -98,7 +98,9 @@ def _cmd_org_create(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> str:
-        nc = await bus.connect(config.nats_url(), "mailfold-cli", reconnect=False)
+        nc = await bus.connect(
+            config.nats_url(), "mailfold-cli", reconnect=False, auth=config.nats_auth()
+        )
         try:
             js = nc.jetstream()
             bucket = await bus.kv(js, bus.BUCKET_ORGS)
@@ -120,7 +122,9 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     from mailfold.runtime import bus
 
     async def run() -> None:
-        nc = await bus.connect(config.nats_url(), "mailfold-cli", reconnect=False)
+        nc = await bus.connect(
+            config.nats_url(), "mailfold-cli", reconnect=False, auth=config.nats_auth()
+        )
         try:
             await bus.ensure_topology(nc.jetstream(), replicas=args.replicas)
         finally:
@@ -128,7 +132,8 @@ def _cmd_topology(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     print(
-        f"streams, buckets and object store ready on {config.nats_url()} (replicas {args.replicas})"
+        f"streams, buckets and object store ready on {bus.redact(config.nats_url())} "
+        f"(replicas {args.replicas})"
     )
     return 0
 
@@ -156,7 +161,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from mailfold.cli.dev import run_dev
 
-    return run_dev(demo=not args.no_demo)
+    return run_dev(demo=not args.no_demo, cluster=args.cluster)
 
 
 def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
@@ -191,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="the whole stack on embedded NATS and PostgreSQL")
     p.add_argument("--no-demo", action="store_true", help="do not create the demo org and emails")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three NATS nodes and every stream, bucket and object store with 3 replicas",
+    )
     p.set_defaults(func=_cmd_dev)
 
     p = sub.add_parser("serve", help="run one service in the foreground")
