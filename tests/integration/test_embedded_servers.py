@@ -77,7 +77,7 @@ def test_nats_server_binary_is_found_next_to_the_python_executable() -> None:
 def test_nats_server_reports_jetstream_healthy_on_its_monitoring_port(
     nats_server: EmbeddedNats,
 ) -> None:
-    assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
+    assert nats_server.address == f"nats://127.0.0.1:{nats_server.port}"
     assert _healthz_status(nats_server.http_port, "?js-enabled-only=true") == 200
 
 

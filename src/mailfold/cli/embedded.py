@@ -176,9 +176,14 @@ class NatsCredentials:
         return {user.password_variable: self._passwords[user.name] for user in nats_users.USERS}
 
     def url(self, address: str, user: str) -> str:
-        """`address` (nats://host:port) with `user`'s credentials in it."""
-        scheme, _, rest = address.partition("://")
-        return f"{scheme}://{user}:{self._passwords[user]}@{rest}"
+        """`address` (nats://host:port, or several comma-separated, with or without someone's
+        credentials) with `user`'s credentials instead."""
+        out = []
+        for one in address.split(","):
+            scheme, _, rest = one.strip().partition("://")
+            host = rest.rpartition("@")[2]
+            out.append(f"{scheme}://{user}:{self._passwords[user]}@{host}")
+        return ",".join(out)
 
     def __repr__(self) -> str:
         return f"NatsCredentials(users={sorted(self._passwords)})"

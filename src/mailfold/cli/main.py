@@ -138,6 +138,16 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nats_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mailfold.cli.natsconf import write_deploy_configs
+
+    for path in write_deploy_configs(Path(args.folder)):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     entry = _service_entry(args.service)
     if entry is None:
@@ -216,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topology", help="create the streams, KV buckets and object store")
     p.add_argument("--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)")
     p.set_defaults(func=_cmd_topology)
+
+    p = sub.add_parser(
+        "nats-config", help="write the nats-server configs (users, permissions, cluster, TLS)"
+    )
+    p.add_argument("folder", help="where to write them (deploy/nats in this repository)")
+    p.set_defaults(func=_cmd_nats_config)
 
     p = sub.add_parser("schema", help="print the JSON Schema of every event")
     p.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI document instead")
