@@ -42,6 +42,7 @@ DEV_PORTS: Final = {
 DEMO_MAILBOX_USER: Final = "rep"
 DEMO_MAILBOX_PASSWORD: Final = "demo-mailbox-password"
 CLUSTER_REPLICAS: Final = 3
+TOPOLOGY_ATTEMPTS: Final = 6
 
 
 def _port_free(port: int) -> bool:
@@ -180,12 +181,22 @@ def _start_servers(stack: DevStack) -> None:
 
 
 async def _prepare(stack: DevStack) -> None:
+    import nats.errors
+
     from mailfold.runtime import bus
 
     nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False, auth=stack.admin_auth)
     try:
         replicas = CLUSTER_REPLICAS if stack.cluster else 1
-        await bus.ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
+        # A cluster that has just elected its leader may leave a create unanswered: try again
+        # (every step is idempotent).
+        for attempt in range(TOPOLOGY_ATTEMPTS):
+            try:
+                await bus.ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
+                break
+            except nats.errors.TimeoutError:
+                if attempt == TOPOLOGY_ATTEMPTS - 1:
+                    raise
     finally:
         await bus.close(nc)
 
