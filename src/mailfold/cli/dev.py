@@ -75,6 +75,7 @@ class DevStack:
     nats_url: str = ""  # the admin's (with credentials), for dev itself and the CLI
     nats_servers: str = ""  # every server's address, without credentials
     credentials: NatsCredentials | None = None  # None on a NATS given by MAILFOLD_NATS_URL
+    nats_monitoring: list[str] = field(default_factory=list)  # each embedded node's /varz etc.
 
     @property
     def admin_auth(self) -> NatsAuth | None:
@@ -165,6 +166,8 @@ def _start_servers(stack: DevStack) -> None:
         nats.start()
         stack.servers.append(nats)
         stack.nats_url, stack.nats_servers = nats.url, nats.address
+        nodes = nats.nodes if isinstance(nats, EmbeddedNatsCluster) else [nats]
+        stack.nats_monitoring = [f"http://{LOOPBACK}:{node.http_port}" for node in nodes]
 
     if os.environ.get("MAILFOLD_DATABASE_URL"):
         stack.database_url = os.environ["MAILFOLD_DATABASE_URL"]
@@ -207,6 +210,7 @@ def _write_runtime(stack: DevStack) -> None:
         "nats_url": stack.nats_url,
         "nats_servers": stack.nats_servers,
         "nats_cluster": stack.cluster,
+        "nats_monitoring": stack.nats_monitoring,
         "database_url": stack.database_url,
         "ingest_url": f"http://{LOOPBACK}:{p['ingest_http']}",
         "tracker_url": f"http://{LOOPBACK}:{p['tracker_http']}",
