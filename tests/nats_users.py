@@ -74,13 +74,22 @@ async def publish_own_and_foreign(
     try:
         js = nc.jetstream(timeout=10)
         headers = None if store else {"Nats-Expected-Last-Subject-Sequence": "999999999"}
-        try:
-            await js.publish(own, b"{}", headers=headers)
-            outcome = "stored"
-        except nats.js.errors.APIError as exc:
-            outcome = "reached the stream" if exc.err_code == WRONG_LAST_SEQUENCE else str(exc)
-        except nats.errors.Error as exc:
-            outcome = f"{type(exc).__name__}: {exc}"
+        for _ in range(PUBLISH_ATTEMPTS):
+            try:
+                await js.publish(own, b"{}", headers=headers)
+                outcome = "stored"
+            except nats.js.errors.ServiceUnavailableError as exc:
+                outcome = str(exc)  # JetStream still electing: try again
+                await asyncio.sleep(0.5)
+                continue
+            except nats.js.errors.APIError as exc:
+                outcome = "reached the stream" if exc.err_code == WRONG_LAST_SEQUENCE else str(exc)
+            except nats.errors.Error as exc:
+                # A cluster's stream just created may have no leader yet: no answer comes.
+                outcome = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(0.5)
+                continue
+            break
         await nc.publish(foreign, b"{}")
         await nc.flush()
         # A refused publish raises nothing: the server's -ERR reaches error_cb.
@@ -106,3 +115,4 @@ OWN_AND_FOREIGN: Final = {
     "mailbox": ("mail.events.{org}.email_received", "mail.events.{org}.email_delivered"),
 }
 WRONG_LAST_SEQUENCE: Final = 10071
+PUBLISH_ATTEMPTS: Final = 20

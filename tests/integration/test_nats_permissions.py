@@ -4,8 +4,10 @@ node and on a three-node cluster, as the embedded servers of `mailfold dev` and 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -52,16 +54,19 @@ async def test_on_one_node_a_service_publishes_its_own_events_and_is_refused_ano
     _assert_own_stored_foreign_refused(foreign, outcome)
 
 
-async def _ensure_replicated_topology(js: JetStreamContext) -> None:
+async def _ensure_replicated_streams(js: JetStreamContext) -> None:
+    """MAIL_EVENTS and MAIL_DLQ with 3 replicas (the buckets do not matter here)."""
     # A cluster that has just elected its leader may leave a create unanswered (as `mailfold dev
-    # --cluster` does, try again: every step is idempotent).
-    for _ in range(5):
-        try:
-            await bus.ensure_topology(js, replicas=3)
-            return
-        except nats.errors.TimeoutError:
-            continue
-    await bus.ensure_topology(js, replicas=3)
+    # --cluster` does, try again: creating is idempotent).
+    for config in (bus.stream_config(replicas=3), bus.dlq_config(replicas=3)):
+        for attempt in range(6):
+            try:
+                await bus.ensure_stream(js, config)
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if attempt == 5:
+                    raise
+                await asyncio.sleep(0.5)
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -71,7 +76,7 @@ async def test_on_a_cluster_a_service_publishes_its_own_events_and_is_refused_an
     nc = await bus.connect(nats_cluster.url, "permissions-test", reconnect=False)
     try:
         js = nc.jetstream(timeout=10)
-        await _ensure_replicated_topology(js)
+        await _ensure_replicated_streams(js)
         replicas = {
             (await js.stream_info(name)).config.num_replicas for name in (STREAM, DLQ_STREAM)
         }
@@ -111,24 +116,26 @@ async def test_no_credentials_are_refused(fresh_nats: EmbeddedNats) -> None:
 
 
 async def test_a_cluster_client_keeps_its_credentials_when_it_moves_to_another_node(
-    nats_cluster: EmbeddedNatsCluster,
+    tmp_path: Path,
 ) -> None:
-    # Only the first node is named; the others are discovered (their URLs carry no password).
-    first = nats_cluster.nodes[0]
-    nc = await bus.connect(first.url_for("tracker"), "permissions-test")
-    try:
-        first.kill()
-        for _ in range(300):
-            url = nc.connected_url
-            if nc.is_connected and url is not None and url.port != first.port:
-                break
-            await asyncio.sleep(0.1)
-        connected_to = nc.connected_url
-        rtt = await nc.rtt()  # answered: authenticated on the new node
-    finally:
-        first.start()
-        await bus.close(nc)
+    # Only the first node is named; the others are advertised (their URLs carry no password).
+    with EmbeddedNatsCluster(
+        tmp_path / "cluster", credentials=CREDENTIALS, advertise=True
+    ) as cluster:
+        first = cluster.nodes[0]
+        nc = await bus.connect(first.url_for("tracker"), "permissions-test")
+        try:
+            first.kill()
+            for _ in range(300):
+                url = nc.connected_url
+                if nc.is_connected and url is not None and url.port != first.port:
+                    break
+                await asyncio.sleep(0.1)
+            connected_to = nc.connected_url
+            rtt = await nc.rtt()  # answered: authenticated on the new node
+        finally:
+            await bus.close(nc)
 
     assert connected_to is not None
-    assert connected_to.port in {node.port for node in nats_cluster.nodes[1:]}
+    assert connected_to.port in {node.port for node in cluster.nodes[1:]}
     assert rtt >= 0

@@ -185,6 +185,7 @@ def _start_servers(stack: DevStack) -> None:
 
 async def _prepare(stack: DevStack) -> None:
     import nats.errors
+    import nats.js.errors
 
     from mailfold.runtime import bus
 
@@ -197,9 +198,10 @@ async def _prepare(stack: DevStack) -> None:
             try:
                 await bus.ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
                 break
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
                 if attempt == TOPOLOGY_ATTEMPTS - 1:
                     raise
+                await asyncio.sleep(0.5)
     finally:
         await bus.close(nc)
 

@@ -472,6 +472,7 @@ class ClusterRoutes:
     name: str
     port: int
     route_ports: tuple[int, ...]
+    advertise: bool = False
 
     def config_lines(self) -> list[str]:
         routes = [f"    nats-route://{LOOPBACK}:{port}" for port in self.route_ports]
@@ -479,6 +480,9 @@ class ClusterRoutes:
             "cluster {",
             f"  name: {json.dumps(self.name)}",
             f'  listen: "{LOOPBACK}:{self.port}"',
+            # Clients are given every node's address; an advertised one would carry no
+            # credentials for a client that keeps them in its URLs.
+            f"  no_advertise: {json.dumps(not self.advertise)}",
             # Every node lists all of them; a node recognises and skips the route to itself.
             "  routes: [",
             *routes,
@@ -492,7 +496,8 @@ class EmbeddedNatsCluster:
 
     Each node is an EmbeddedNats in `data_dir/node-<n>` that can be killed, restarted, paused
     and resumed on its own; `url` lists every node for clients (comma-separated, as
-    MAILFOLD_NATS_URL takes it).
+    MAILFOLD_NATS_URL takes it). With `advertise`, nodes tell clients the other nodes' addresses
+    (as deployed clusters do); without, a client knows only the addresses it was given.
     """
 
     def __init__(
@@ -502,6 +507,7 @@ class EmbeddedNatsCluster:
         size: int = 3,
         name: str = "mailfold",
         credentials: NatsCredentials | None = None,
+        advertise: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
@@ -518,7 +524,7 @@ class EmbeddedNatsCluster:
                 port=ports[2 * n],
                 http_port=ports[2 * n + 1],
                 server_name=f"{name}-n{n + 1}",
-                cluster=ClusterRoutes(name, route_ports[n], route_ports),
+                cluster=ClusterRoutes(name, route_ports[n], route_ports, advertise),
                 credentials=self.credentials,
             )
             for n in range(size)
