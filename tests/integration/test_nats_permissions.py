@@ -91,11 +91,13 @@ async def test_on_a_cluster_a_service_publishes_its_own_events_and_is_refused_an
     _assert_own_stored_foreign_refused(foreign, outcome)
 
 
-async def _refused(address: str, **credentials: str) -> str:
-    """The error connecting with `credentials` gives (the client is closed either way)."""
+async def _refused(address: str, user: str | None = None, password: str | None = None) -> str:
+    """The error connecting as `user` gives (the client is closed either way)."""
     nc = Client()
     try:
-        await nc.connect(address, allow_reconnect=False, connect_timeout=5, **credentials)
+        await nc.connect(
+            address, user=user, password=password, allow_reconnect=False, connect_timeout=5
+        )
     except nats.errors.Error as exc:
         return str(exc)
     finally:
