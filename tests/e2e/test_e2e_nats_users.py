@@ -130,10 +130,21 @@ async def test_dev_cluster_replicates_the_topology_three_times_over_three_nodes(
         await bus.close(nc)
 
     assert len(servers) == 3
-    for name in ("MAIL_EVENTS", "MAIL_DLQ", "KV_mailfold_orgs", "OBJ_mailfold_content"):
-        assert streams[name].config.num_replicas == 3, name
-        assert streams[name].cluster is not None
-        assert len(streams[name].cluster.replicas or []) == 2, name
+    # The shared ones and the services' own (webhooks' jobs and buckets, the mailbox's bucket).
+    assert {
+        "MAIL_EVENTS",
+        "MAIL_DLQ",
+        "KV_mailfold_orgs",
+        "KV_mailfold_sender",
+        "OBJ_mailfold_content",
+        "WEBHOOK_JOBS",
+        "KV_mailfold_webhooks",
+        "KV_mailfold_mailbox",
+    } <= set(streams)
+    for name, info in streams.items():
+        assert info.config.num_replicas == 3, name
+        assert info.cluster is not None
+        assert len(info.cluster.replicas or []) == 2, name
 
 
 async def _streams(js: nats.js.JetStreamContext):  # type: ignore[no-untyped-def]

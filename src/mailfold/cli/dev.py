@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Final
 
 from mailfold.cli import config
-from mailfold.cli.main import available_services
+from mailfold.cli.main import available_services, ensure_topology
 from mailfold.runtime.settings import NatsAuth
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ async def _prepare(stack: DevStack) -> None:
         # (every step is idempotent).
         for attempt in range(TOPOLOGY_ATTEMPTS):
             try:
-                await bus.ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
+                await ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
                 break
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
                 if attempt == TOPOLOGY_ATTEMPTS - 1:

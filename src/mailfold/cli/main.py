@@ -32,6 +32,20 @@ def available_services() -> list[str]:
     return [s for s in SERVICES if _service_entry(s) is not None]
 
 
+async def ensure_topology(js: Any, *, replicas: int) -> None:
+    """Every stream, KV bucket and object store with `replicas`: the shared ones
+    (bus.ensure_topology) and those of each installed service that has its own."""
+    from mailfold.runtime import bus
+
+    await bus.ensure_topology(js, replicas=replicas)
+    for service in available_services():
+        own = getattr(
+            importlib.import_module(f"mailfold.{service}.bootstrap"), "ensure_topology", None
+        )
+        if own is not None:
+            await own(js, replicas=replicas)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from mailfold.events import json_schema
 
@@ -126,7 +140,7 @@ def _cmd_topology(args: argparse.Namespace) -> int:
             config.nats_url(), "mailfold-cli", reconnect=False, auth=config.nats_auth()
         )
         try:
-            await bus.ensure_topology(nc.jetstream(), replicas=args.replicas)
+            await ensure_topology(nc.jetstream(), replicas=args.replicas)
         finally:
             await bus.close(nc)
 

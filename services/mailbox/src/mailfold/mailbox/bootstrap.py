@@ -86,6 +86,12 @@ class Settings:
         )
 
 
+async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
+    """The service's bucket with `replicas` (`mailfold topology`, `dev --cluster`); a copy
+    starting creates it with one when missing."""
+    await store_adapter.bucket(js, replicas=replicas)
+
+
 async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], IncomingSettings]:
     """Every mailbox with an incoming side, by (org, user)."""
     found: dict[tuple[str, str], IncomingSettings] = {}

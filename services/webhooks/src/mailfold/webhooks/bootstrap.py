@@ -136,6 +136,15 @@ async def _every(interval_s: float, job: Workers) -> None:
             log.warning("backlog not measured", error=str(exc))
 
 
+async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
+    """The service's own stream and buckets with `replicas` (`mailfold topology`, `dev --cluster`);
+    a copy starting creates what is missing with one."""
+    await JobQueue(js, ack_wait_s=0).ensure(replicas=replicas)
+    await bus.kv(js, kv.BUCKET_ENDPOINTS, replicas=replicas)
+    await bus.kv(js, kv.BUCKET_DELIVERIES, ttl_s=kv.RECORD_TTL_S, replicas=replicas)
+    await bus.kv(js, kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S, replicas=replicas)
+
+
 async def start(settings: Settings) -> Service:
     """Connect, create what is missing, subscribe, deliver, then serve HTTP (port 0: any)."""
     broker = new_broker(settings.nats_url, service="webhooks", auth=settings.nats_auth)
