@@ -46,11 +46,14 @@ def listens(proc: psutil.Process, port: int) -> bool:
     return any(s.laddr.port == port and s.status == psutil.CONN_LISTEN for s in sockets)
 
 
-async def workers_of(parent: psutil.Process, count: int, port: int) -> list[int]:
-    """The parent's worker pids, once it has `count` and all of them listen on `port`."""
+async def workers_of(
+    parent: psutil.Process, count: int, port: int, *, gone: int | None = None
+) -> list[int]:
+    """The parent's worker pids, once it has `count` and all of them listen on `port` (and the
+    worker `gone`, just killed, is no longer among them: it lingers until reaped)."""
     async with asyncio.timeout(60):
         while True:
-            children = parent.children()
+            children = [c for c in parent.children() if c.pid != gone]
             if len(children) == count and all(listens(c, port) for c in children):
                 return [c.pid for c in children]
             await asyncio.sleep(0.1)
@@ -100,7 +103,7 @@ async def test_two_workers_share_the_port_are_restarted_and_drain_on_sigterm(
 
             # A worker SIGKILLed is started again by the parent; the counts survive it.
             psutil.Process(first[0]).kill()
-            second = await workers_of(parent, 2, port)
+            second = await workers_of(parent, 2, port, gone=first[0])
             assert first[0] not in second
             assert first[1] in second
             await healthy(port, proc)
