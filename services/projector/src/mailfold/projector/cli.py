@@ -331,7 +331,9 @@ async def repartition(nc: Client, dsn: str, count: int, base: str) -> Repartitio
 
 
 async def _repartition_main(args: argparse.Namespace, out: TextIO) -> int:
-    nc = await bus.connect(nats_url(), "mailfold-repartition", reconnect=False)
+    nc = await bus.connect(
+        nats_url(), "mailfold-repartition", reconnect=False, auth=NatsAuth.from_env()
+    )
     try:
         done = await repartition(nc, database_url(), args.partitions, live_consumer())
     finally:
