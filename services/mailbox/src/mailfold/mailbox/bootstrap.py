@@ -89,7 +89,7 @@ class Settings:
 async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
     """The service's bucket with `replicas` (`mailfold topology`, `dev --cluster`); a copy
     starting creates it with one when missing."""
-    await store_adapter.bucket(js, replicas=replicas)
+    await bus.kv(js, store_adapter.BUCKET, replicas=replicas)
 
 
 async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], IncomingSettings]:

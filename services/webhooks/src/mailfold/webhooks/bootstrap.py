@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 
 from mailfold.runtime import bus
 from mailfold.runtime.broker import asyncapi_document, new_broker
