@@ -7,14 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.nats_users import CREDENTIALS
 
 from mailfold.cli.embedded import EmbeddedNats, EmbeddedNatsCluster, EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
-    """One nats-server with JetStream for the whole session; tests isolate by subject and stream."""
-    with EmbeddedNats(tmp_path_factory.mktemp("nats")) as server:
+    """One nats-server with JetStream for the whole session; tests isolate by subject and stream.
+
+    Its users are mailfold's (tests.nats_users.as_user gives a service's URL)."""
+    with EmbeddedNats(tmp_path_factory.mktemp("nats"), credentials=CREDENTIALS) as server:
         yield server
 
 
@@ -27,7 +30,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedd
 
 @pytest.fixture
 def nats_url(nats_server: EmbeddedNats) -> str:
-    """URL of the session's nats-server."""
+    """URL of the session's nats-server, as admin (no restrictions)."""
     return nats_server.url
 
 
@@ -43,7 +46,7 @@ def database_url(postgres_server: EmbeddedPostgres) -> Iterator[str]:
 @pytest.fixture
 def fresh_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     """A nats-server of the test's own, free to be killed and restarted."""
-    with EmbeddedNats(tmp_path / "nats") as server:
+    with EmbeddedNats(tmp_path / "nats", credentials=CREDENTIALS) as server:
         yield server
 
 
@@ -51,7 +54,7 @@ def fresh_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
 def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedNatsCluster]:
     """Three nats-server nodes of the test's own, routed into one JetStream cluster; each node
     may be killed, restarted, paused and resumed."""
-    with EmbeddedNatsCluster(tmp_path / "cluster", size=3) as cluster:
+    with EmbeddedNatsCluster(tmp_path / "cluster", size=3, credentials=CREDENTIALS) as cluster:
         yield cluster
 
 

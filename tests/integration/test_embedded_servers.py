@@ -23,6 +23,7 @@ import pytest
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
+from tests.certificates import make_certificates
 
 from mailfold.cli.embedded import (
     EmbeddedNats,
@@ -33,6 +34,7 @@ from mailfold.cli.embedded import (
     free_ports,
     nats_server_binary,
 )
+from mailfold.cli.natsconf import TLS_DIR
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 DEPLOY_CONFIGS = sorted(DEPLOY_NATS.rglob("*.conf"))
@@ -77,7 +79,7 @@ def test_nats_server_binary_is_found_next_to_the_python_executable() -> None:
 def test_nats_server_reports_jetstream_healthy_on_its_monitoring_port(
     nats_server: EmbeddedNats,
 ) -> None:
-    assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
+    assert nats_server.address == f"nats://127.0.0.1:{nats_server.port}"
     assert _healthz_status(nats_server.http_port, "?js-enabled-only=true") == 200
 
 
@@ -363,12 +365,26 @@ def test_every_deploy_config_is_found() -> None:
     assert {"nats-single.conf", *(f"cluster/node-{n}.conf" for n in (1, 2, 3))} <= names
 
 
+@pytest.fixture(scope="module")
+def deploy_certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Throwaway certificates named as deploy/nats/cluster expects them."""
+    folder = tmp_path_factory.mktemp("deploy-tls") / "tls"
+    make_certificates(folder)
+    return folder
+
+
 @pytest.mark.parametrize(
     "conf", DEPLOY_CONFIGS, ids=[c.relative_to(DEPLOY_NATS).as_posix() for c in DEPLOY_CONFIGS]
 )
-def test_deploy_config_is_valid_for_nats_server(conf: Path) -> None:
+def test_deploy_config_is_valid_for_nats_server(
+    conf: Path, deploy_certificates: Path, tmp_path: Path
+) -> None:
+    # As shipped, but for where its certificates are (the operator's, in /etc/mailfold/tls).
+    checked = tmp_path / conf.name
+    checked.write_text(conf.read_text().replace(TLS_DIR, str(deploy_certificates)))
+
     result = subprocess.run(
-        [str(nats_server_binary()), "-t", "-c", str(conf)],
+        [str(nats_server_binary()), "-t", "-c", str(checked)],
         env={**os.environ, **_password_env()},
         capture_output=True,
         text=True,

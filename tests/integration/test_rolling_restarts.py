@@ -25,6 +25,7 @@ import httpx
 import psutil
 import pytest
 from tests.integration.serving import healthy, org_events, serve, terminate
+from tests.nats_users import service_env
 from tests.polling import eventually
 
 from mailfold.cli.embedded import free_ports
@@ -185,12 +186,16 @@ async def test_restarting_each_copy_in_turn_loses_and_doubles_nothing(
         await bus.close(nc)
     http_port, smtp_port, tracker_port = free_ports(3)
     common = {"MAILFOLD_NATS_URL": nats_url, "MAILFOLD_TRACKING_KEYS": KEYS}
-    ingest_env = common | {
-        "MAILFOLD_INGEST_HTTP_PORT": str(http_port),
-        "MAILFOLD_INGEST_SMTP_PORT": str(smtp_port),
-        "MAILFOLD_REUSE_PORT": "true",
-    }
-    tracker_env = common | {"MAILFOLD_TRACKER_PORT": str(tracker_port)}
+    ingest_env = (
+        common
+        | service_env("ingest")
+        | {
+            "MAILFOLD_INGEST_HTTP_PORT": str(http_port),
+            "MAILFOLD_INGEST_SMTP_PORT": str(smtp_port),
+            "MAILFOLD_REUSE_PORT": "true",
+        }
+    )
+    tracker_env = common | service_env("tracker") | {"MAILFOLD_TRACKER_PORT": str(tracker_port)}
 
     def start_ingest(copy: int) -> subprocess.Popen[bytes]:
         return serve("ingest", ingest_env, tmp_path / f"ingest-{copy}.log")

@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 from tests.integration.serving import healthy, metric_sum, org_events, serve, terminate
+from tests.nats_users import service_env
 
 from mailfold.cli.embedded import free_port, free_ports
 from mailfold.events import EmailOpened, Keyring, TokenKind, TrackingClaims, new_id
@@ -45,11 +46,14 @@ def listens(proc: psutil.Process, port: int) -> bool:
     return any(s.laddr.port == port and s.status == psutil.CONN_LISTEN for s in sockets)
 
 
-async def workers_of(parent: psutil.Process, count: int, port: int) -> list[int]:
-    """The parent's worker pids, once it has `count` and all of them listen on `port`."""
+async def workers_of(
+    parent: psutil.Process, count: int, port: int, *, gone: int | None = None
+) -> list[int]:
+    """The parent's worker pids, once it has `count` and all of them listen on `port` (and the
+    worker `gone`, just killed, is no longer among them: it lingers until reaped)."""
     async with asyncio.timeout(60):
         while True:
-            children = parent.children()
+            children = [c for c in parent.children() if c.pid != gone]
             if len(children) == count and all(listens(c, port) for c in children):
                 return [c.pid for c in children]
             await asyncio.sleep(0.1)
@@ -69,6 +73,7 @@ async def test_two_workers_share_the_port_are_restarted_and_drain_on_sigterm(
     port = free_port()
     env = {
         "MAILFOLD_NATS_URL": nats_url,
+        **service_env("tracker"),
         "MAILFOLD_TRACKER_PORT": str(port),
         "MAILFOLD_TRACKING_KEYS": KEYS,
     }
@@ -98,7 +103,7 @@ async def test_two_workers_share_the_port_are_restarted_and_drain_on_sigterm(
 
             # A worker SIGKILLed is started again by the parent; the counts survive it.
             psutil.Process(first[0]).kill()
-            second = await workers_of(parent, 2, port)
+            second = await workers_of(parent, 2, port, gone=first[0])
             assert first[0] not in second
             assert first[1] in second
             await healthy(port, proc)
@@ -130,6 +135,7 @@ async def test_workers_that_keep_dying_stop_the_service_with_a_failure(
     log = tmp_path / "tracker.log"
     env = {
         "MAILFOLD_NATS_URL": nats_url,
+        **service_env("tracker"),
         "MAILFOLD_TRACKER_PORT": str(port),
         "MAILFOLD_WORKERS_BACKOFF_S": "0.1",
         "MAILFOLD_WORKERS_MAX_FAILURES": "3",
@@ -150,6 +156,7 @@ async def test_ctrl_c_in_a_terminal_stops_parent_and_workers_cleanly(
 ) -> None:
     port = free_port()
     env = {"MAILFOLD_NATS_URL": nats_url, "MAILFOLD_TRACKER_PORT": str(port)}
+    env |= service_env("tracker")
     log = tmp_path / "tracker.log"
     # Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
     proc = serve("tracker", env, log, "--workers", "2", new_session=True)
@@ -180,6 +187,7 @@ async def test_every_service_runs_with_two_workers_on_its_ports(
 ) -> None:
     ports = free_ports(len(LISTENERS[service]))
     env = {"MAILFOLD_NATS_URL": nats_url, "MAILFOLD_DATABASE_URL": database_url}
+    env |= service_env(service)
     env |= {name: str(port) for name, port in zip(LISTENERS[service], ports, strict=True)}
     proc = serve(service, env, tmp_path / f"{service}.log", "--workers", "2")
     try:

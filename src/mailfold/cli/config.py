@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL
+from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, NatsAuth
 
 DATA_DIR_ENV: Final = "MAILFOLD_DATA_DIR"
 
@@ -36,6 +36,12 @@ def _dev_runtime() -> dict[str, str]:
 def nats_url() -> str:
     """MAILFOLD_NATS_URL, else the NATS a running `mailfold dev` started, else the default."""
     return os.environ.get("MAILFOLD_NATS_URL") or _dev_runtime().get("nats_url") or DEFAULT_NATS_URL
+
+
+def nats_auth() -> NatsAuth:
+    """MAILFOLD_NATS_USER, _PASSWORD and the TLS files; without a user, the one in the URL
+    (a running `mailfold dev` writes its admin's there)."""
+    return NatsAuth.from_env()
 
 
 def database_url() -> str:

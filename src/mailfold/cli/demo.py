@@ -72,7 +72,9 @@ def _create_org(stack: DevStack) -> str | None:
     from mailfold.runtime.orgs import OrgExists, create_org
 
     async def create() -> str | None:
-        nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False)
+        nc = await bus.connect(
+            stack.nats_url, "mailfold-dev", reconnect=False, auth=stack.admin_auth
+        )
         try:
             bucket = await bus.kv(nc.jetstream(), bus.BUCKET_ORGS)
             try:

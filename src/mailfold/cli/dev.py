@@ -13,10 +13,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mailfold.cli import config
-from mailfold.cli.main import available_services
+from mailfold.cli.main import available_services, ensure_topology
+from mailfold.runtime.settings import NatsAuth
+
+if TYPE_CHECKING:
+    from mailfold.cli.embedded import NatsCredentials
 
 LOOPBACK: Final = "127.0.0.1"
 
@@ -37,6 +41,8 @@ DEV_PORTS: Final = {
 }
 DEMO_MAILBOX_USER: Final = "rep"
 DEMO_MAILBOX_PASSWORD: Final = "demo-mailbox-password"
+CLUSTER_REPLICAS: Final = 3
+TOPOLOGY_ATTEMPTS: Final = 6
 
 
 def _port_free(port: int) -> bool:
@@ -64,18 +70,35 @@ class DevStack:
     """What `mailfold dev` started, so that it can print it and stop it."""
 
     data: Path
+    cluster: bool = False
     ports: dict[str, int] = field(default_factory=dict)
-    nats_url: str = ""
+    nats_url: str = ""  # the admin's (with credentials), for dev itself and the CLI
+    nats_servers: str = ""  # every server's address, without credentials
+    credentials: NatsCredentials | None = None  # None on a NATS given by MAILFOLD_NATS_URL
+    nats_monitoring: list[str] = field(default_factory=list)  # each embedded node's /varz etc.
+
+    @property
+    def admin_auth(self) -> NatsAuth | None:
+        """Embedded NATS: the admin in nats_url; a given NATS: MAILFOLD_NATS_USER and co."""
+        return None if self.credentials is not None else NatsAuth.from_env()
+
     database_url: str = ""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     servers: list[object] = field(default_factory=list)
     dovecot_imap: int | None = None  # the demo mailbox's IMAP port, where Dovecot is installed
 
-    def service_env(self) -> dict[str, str]:
+    def service_env(self, service: str | None = None) -> dict[str, str]:
+        """The environment of a child: a service connects to NATS as its own user."""
         env = dict(os.environ)
+        if self.credentials is not None:
+            env.pop("MAILFOLD_NATS_USER", None)
+            env.pop("MAILFOLD_NATS_PASSWORD", None)
+            if service is not None:
+                env["MAILFOLD_NATS_USER"] = service
+                env["MAILFOLD_NATS_PASSWORD"] = self.credentials.password(service)
         env.update(
             {
-                "MAILFOLD_NATS_URL": self.nats_url,
+                "MAILFOLD_NATS_URL": self.nats_servers,
                 "MAILFOLD_DATABASE_URL": self.database_url,
                 "MAILFOLD_HTTP_HOST": LOOPBACK,
                 "MAILFOLD_INGEST_HTTP_PORT": str(self.ports["ingest_http"]),
@@ -106,7 +129,12 @@ def env_or(name: str, default: str) -> str:
 
 
 def _start_servers(stack: DevStack) -> None:
-    from mailfold.cli.embedded import EmbeddedNats, EmbeddedPostgres
+    from mailfold.cli.embedded import (
+        EmbeddedNats,
+        EmbeddedNatsCluster,
+        EmbeddedPostgres,
+        NatsCredentials,
+    )
 
     previous: dict[str, int] = {}
     runtime = config.runtime_file()
@@ -122,13 +150,24 @@ def _start_servers(stack: DevStack) -> None:
         stack.ports[name] = _pick_port(previous.get(name, default), taken)
 
     if os.environ.get("MAILFOLD_NATS_URL"):
-        stack.nats_url = os.environ["MAILFOLD_NATS_URL"]
+        stack.nats_url = stack.nats_servers = os.environ["MAILFOLD_NATS_URL"]
     else:
-        nats_server = EmbeddedNats(stack.data / "nats", port=stack.ports["nats"])
-        print(f"starting NATS JetStream on {nats_server.url} ...", flush=True)
-        nats_server.start()
-        stack.servers.append(nats_server)
-        stack.nats_url = nats_server.url
+        # One password per NATS user for this data dir, kept 0600 next to the data.
+        stack.credentials = NatsCredentials.load_or_create(stack.data / "nats-users.json")
+        nats: EmbeddedNats | EmbeddedNatsCluster
+        if stack.cluster:
+            nats = EmbeddedNatsCluster(stack.data / "nats-cluster", credentials=stack.credentials)
+            print(f"starting a 3-node NATS JetStream cluster on {nats.address} ...", flush=True)
+        else:
+            nats = EmbeddedNats(
+                stack.data / "nats", port=stack.ports["nats"], credentials=stack.credentials
+            )
+            print(f"starting NATS JetStream on {nats.address} ...", flush=True)
+        nats.start()
+        stack.servers.append(nats)
+        stack.nats_url, stack.nats_servers = nats.url, nats.address
+        nodes = nats.nodes if isinstance(nats, EmbeddedNatsCluster) else [nats]
+        stack.nats_monitoring = [f"http://{LOOPBACK}:{node.http_port}" for node in nodes]
 
     if os.environ.get("MAILFOLD_DATABASE_URL"):
         stack.database_url = os.environ["MAILFOLD_DATABASE_URL"]
@@ -145,11 +184,24 @@ def _start_servers(stack: DevStack) -> None:
 
 
 async def _prepare(stack: DevStack) -> None:
+    import nats.errors
+    import nats.js.errors
+
     from mailfold.runtime import bus
 
-    nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False)
+    nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False, auth=stack.admin_auth)
     try:
-        await bus.ensure_topology(nc.jetstream())
+        replicas = CLUSTER_REPLICAS if stack.cluster else 1
+        # A cluster that has just elected its leader may leave a create unanswered: try again
+        # (every step is idempotent).
+        for attempt in range(TOPOLOGY_ATTEMPTS):
+            try:
+                await ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if attempt == TOPOLOGY_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await bus.close(nc)
 
@@ -158,6 +210,9 @@ def _write_runtime(stack: DevStack) -> None:
     p = stack.ports
     info = {
         "nats_url": stack.nats_url,
+        "nats_servers": stack.nats_servers,
+        "nats_cluster": stack.cluster,
+        "nats_monitoring": stack.nats_monitoring,
         "database_url": stack.database_url,
         "ingest_url": f"http://{LOOPBACK}:{p['ingest_http']}",
         "tracker_url": f"http://{LOOPBACK}:{p['tracker_http']}",
@@ -168,7 +223,12 @@ def _write_runtime(stack: DevStack) -> None:
         "pid": os.getpid(),
         "ports": p,
     }
-    config.runtime_file().write_text(json.dumps(info, indent=2) + "\n")
+    # It holds the admin's password (the CLI's commands connect as admin): owner only.
+    path = config.runtime_file()
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(info, indent=2) + "\n")
 
 
 def _start_sink(stack: DevStack) -> None:
@@ -250,7 +310,7 @@ def _spawn_service(stack: DevStack, service: str) -> None:
     with (logs / f"{service}.log").open("ab") as log:
         stack.children[service] = subprocess.Popen(
             [sys.executable, "-m", "mailfold.cli", "serve", service],
-            env=stack.service_env(),
+            env=stack.service_env(service),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -357,9 +417,9 @@ def _stop(stack: DevStack) -> None:
         server.stop()  # type: ignore[attr-defined]
 
 
-def run_dev(*, demo: bool = True) -> int:
+def run_dev(*, demo: bool = True, cluster: bool = False) -> int:
     """Start everything, print where to look, wait for Ctrl-C, stop everything."""
-    stack = DevStack(data=config.data_dir())
+    stack = DevStack(data=config.data_dir(), cluster=cluster)
     stack.data.mkdir(parents=True, exist_ok=True)
     stopping = False
 
@@ -409,7 +469,8 @@ def _print_banner(stack: DevStack, services: list[str], demo_lines: list[str]) -
     lines = [
         "",
         "mailfold is running (Ctrl-C stops everything; data stays in " + str(stack.data) + ")",
-        f"  NATS JetStream   {stack.nats_url}",
+        f"  NATS JetStream   {stack.nats_servers}"
+        + (f" (cluster, {CLUSTER_REPLICAS} replicas)" if stack.cluster else ""),
         f"  PostgreSQL       {stack.database_url}",
         f"  services         {', '.join(services) or 'none installed'}",
     ]
@@ -437,6 +498,10 @@ def _print_banner(stack: DevStack, services: list[str], demo_lines: list[str]) -
         "  metrics          "
         + ", ".join(f"http://{LOOPBACK}:{p[s + '_http']}/metrics" for s in services)
     )
+    if stack.credentials is not None:
+        lines.append(
+            f"  NATS users       each service its own; passwords in {stack.data}/nats-users.json"
+        )
     lines.append(f"  logs             {stack.data}/logs/")
     lines.extend(line for line in demo_lines if line is not None)
     lines.append("")

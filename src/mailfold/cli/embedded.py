@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -27,12 +28,15 @@ from typing import Final, Self, TypedDict
 
 import psutil
 
+from mailfold.runtime import nats_users
+
 __all__ = [
     "ClusterRoutes",
     "EmbeddedNats",
     "EmbeddedNatsCluster",
     "EmbeddedPostgres",
     "EmbeddedServerError",
+    "NatsCredentials",
     "free_port",
     "free_ports",
     "nats_server_binary",
@@ -127,6 +131,64 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
+class NatsCredentials:
+    """A password for every user of `mailfold.runtime.nats_users`, kept 0600 in a JSON file."""
+
+    def __init__(self, passwords: dict[str, str]) -> None:
+        missing = {user.name for user in nats_users.USERS} - set(passwords)
+        if missing:
+            raise EmbeddedServerError(f"no NATS password for {', '.join(sorted(missing))}")
+        self._passwords = dict(passwords)
+
+    @classmethod
+    def generate(cls) -> NatsCredentials:
+        # A letter first: nats-server reads a `$VARIABLE` as a config value, and all digits
+        # would become a number.
+        return cls({user.name: f"p{secrets.token_hex(24)}" for user in nats_users.USERS})
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> NatsCredentials:
+        """The passwords kept in `path`, generated and written (mode 0600) on first use."""
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = None
+        except ValueError as exc:
+            raise EmbeddedServerError(f"{path} is not a JSON object of passwords: {exc}") from exc
+        if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+            credentials = cls({str(k): str(v) for k, v in data.items()})
+            path.chmod(0o600)
+            return credentials
+        if data is not None:
+            raise EmbeddedServerError(f"{path} is not a JSON object of passwords")
+        credentials = cls.generate()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(credentials._passwords, out, indent=2)
+        return credentials
+
+    def password(self, user: str) -> str:
+        return self._passwords[user]
+
+    def environment(self) -> dict[str, str]:
+        """Each password under the variable the nats-server configuration reads it from."""
+        return {user.password_variable: self._passwords[user.name] for user in nats_users.USERS}
+
+    def url(self, address: str, user: str) -> str:
+        """`address` (nats://host:port, or several comma-separated, with or without someone's
+        credentials) with `user`'s credentials instead."""
+        out = []
+        for one in address.split(","):
+            scheme, _, rest = one.strip().partition("://")
+            host = rest.rpartition("@")[2]
+            out.append(f"{scheme}://{user}:{self._passwords[user]}@{host}")
+        return ",".join(out)
+
+    def __repr__(self) -> str:
+        return f"NatsCredentials(users={sorted(self._passwords)})"
+
+
 class _ChildServer(abc.ABC):
     """What both embedded servers share: a child process, a context manager, a restart."""
 
@@ -165,7 +227,12 @@ class _ChildServer(abc.ABC):
 
 
 class EmbeddedNats(_ChildServer):
-    """A nats-server with JetStream on 127.0.0.1, its config, store and log kept in `data_dir`."""
+    """A nats-server with JetStream on 127.0.0.1, its config, store and log kept in `data_dir`.
+
+    It runs with the users and permissions of `mailfold.runtime.nats_users`: `url` carries the
+    admin's credentials, `url_for(user)` a service's. Passwords are `credentials`, else kept in
+    `data_dir/users.json`.
+    """
 
     _start_timeout = NATS_START_TIMEOUT
 
@@ -177,8 +244,12 @@ class EmbeddedNats(_ChildServer):
         http_port: int | None = None,
         server_name: str = "mailfold",
         cluster: ClusterRoutes | None = None,
+        credentials: NatsCredentials | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.credentials = credentials or NatsCredentials.load_or_create(
+            self.data_dir / "users.json"
+        )
         # Ports are chosen once so restart() comes back where clients expect it.
         picked = [p for p in free_ports(3) if p not in (port, http_port)]
         self._port = port if port is not None else picked.pop()
@@ -196,8 +267,18 @@ class EmbeddedNats(_ChildServer):
         return self._http_port
 
     @property
-    def url(self) -> str:
+    def address(self) -> str:
+        """nats://127.0.0.1:<port>, without credentials."""
         return f"nats://{LOOPBACK}:{self._port}"
+
+    @property
+    def url(self) -> str:
+        """The address with the admin's credentials (no restrictions)."""
+        return self.url_for(nats_users.ADMIN)
+
+    def url_for(self, user: str) -> str:
+        """The address with `user`'s credentials: a service connects as itself."""
+        return self.credentials.url(self.address, user)
 
     @property
     def pid(self) -> int | None:
@@ -239,6 +320,7 @@ class EmbeddedNats(_ChildServer):
                 f"  store_dir: {json.dumps(str(self.data_dir))}",
                 "}",
                 *(self.cluster.config_lines() if self.cluster is not None else []),
+                *nats_users.accounts_block(lambda user: f"${user.password_variable}"),
                 "",
             ]
         )
@@ -273,6 +355,8 @@ class EmbeddedNats(_ChildServer):
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [str(binary), "-c", str(self.config_path)],
+                # The configuration names the passwords' variables; the values stay off disk here.
+                env={**os.environ, **self.credentials.environment()},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -378,7 +462,7 @@ class EmbeddedNats(_ChildServer):
             self._proc.send_signal(signal.SIGCONT)
 
     def __repr__(self) -> str:
-        return f"EmbeddedNats(url={self.url!r}, data_dir={str(self.data_dir)!r}, pid={self.pid})"
+        return f"EmbeddedNats(address={self.address!r}, data_dir={str(self.data_dir)!r}, pid={self.pid})"
 
 
 @dataclass(frozen=True)
@@ -388,6 +472,7 @@ class ClusterRoutes:
     name: str
     port: int
     route_ports: tuple[int, ...]
+    advertise: bool = False
 
     def config_lines(self) -> list[str]:
         routes = [f"    nats-route://{LOOPBACK}:{port}" for port in self.route_ports]
@@ -395,6 +480,9 @@ class ClusterRoutes:
             "cluster {",
             f"  name: {json.dumps(self.name)}",
             f'  listen: "{LOOPBACK}:{self.port}"',
+            # Clients are given every node's address; an advertised one would carry no
+            # credentials for a client that keeps them in its URLs.
+            f"  no_advertise: {json.dumps(not self.advertise)}",
             # Every node lists all of them; a node recognises and skips the route to itself.
             "  routes: [",
             *routes,
@@ -408,14 +496,26 @@ class EmbeddedNatsCluster:
 
     Each node is an EmbeddedNats in `data_dir/node-<n>` that can be killed, restarted, paused
     and resumed on its own; `url` lists every node for clients (comma-separated, as
-    MAILFOLD_NATS_URL takes it).
+    MAILFOLD_NATS_URL takes it). With `advertise`, nodes tell clients the other nodes' addresses
+    (as deployed clusters do); without, a client knows only the addresses it was given.
     """
 
-    def __init__(self, data_dir: Path, *, size: int = 3, name: str = "mailfold") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        name: str = "mailfold",
+        credentials: NatsCredentials | None = None,
+        advertise: bool = False,
+    ) -> None:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.data_dir = Path(data_dir).absolute()
         self.name = name
+        self.credentials = credentials or NatsCredentials.load_or_create(
+            self.data_dir / "users.json"
+        )
         ports = free_ports(3 * size)
         route_ports = tuple(ports[2 * size :])
         self.nodes = [
@@ -424,18 +524,30 @@ class EmbeddedNatsCluster:
                 port=ports[2 * n],
                 http_port=ports[2 * n + 1],
                 server_name=f"{name}-n{n + 1}",
-                cluster=ClusterRoutes(name, route_ports[n], route_ports),
+                cluster=ClusterRoutes(name, route_ports[n], route_ports, advertise),
+                credentials=self.credentials,
             )
             for n in range(size)
         ]
 
     @property
     def urls(self) -> list[str]:
+        """Every node's address with the admin's credentials."""
         return [node.url for node in self.nodes]
 
     @property
     def url(self) -> str:
+        """Every node's address with the admin's credentials, comma-separated."""
         return ",".join(self.urls)
+
+    @property
+    def address(self) -> str:
+        """Every node's address without credentials, comma-separated."""
+        return ",".join(node.address for node in self.nodes)
+
+    def url_for(self, user: str) -> str:
+        """Every node's address with `user`'s credentials, comma-separated."""
+        return ",".join(node.url_for(user) for node in self.nodes)
 
     def start(self, timeout: float = 2 * NATS_START_TIMEOUT) -> None:
         """Start every node, then wait until the nodes agree on a JetStream meta leader."""
@@ -489,7 +601,7 @@ class EmbeddedNatsCluster:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"EmbeddedNatsCluster(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+        return f"EmbeddedNatsCluster(address={self.address!r}, data_dir={str(self.data_dir)!r})"
 
 
 @dataclass(frozen=True)

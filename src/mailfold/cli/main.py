@@ -32,6 +32,20 @@ def available_services() -> list[str]:
     return [s for s in SERVICES if _service_entry(s) is not None]
 
 
+async def ensure_topology(js: Any, *, replicas: int) -> None:
+    """Every stream, KV bucket and object store with `replicas`: the shared ones
+    (bus.ensure_topology) and those of each installed service that has its own."""
+    from mailfold.runtime import bus
+
+    await bus.ensure_topology(js, replicas=replicas)
+    for service in available_services():
+        own = getattr(
+            importlib.import_module(f"mailfold.{service}.bootstrap"), "ensure_topology", None
+        )
+        if own is not None:
+            await own(js, replicas=replicas)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from mailfold.events import json_schema
 
@@ -98,7 +112,9 @@ def _cmd_org_create(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> str:
-        nc = await bus.connect(config.nats_url(), "mailfold-cli", reconnect=False)
+        nc = await bus.connect(
+            config.nats_url(), "mailfold-cli", reconnect=False, auth=config.nats_auth()
+        )
         try:
             js = nc.jetstream()
             bucket = await bus.kv(js, bus.BUCKET_ORGS)
@@ -120,16 +136,29 @@ def _cmd_topology(args: argparse.Namespace) -> int:
     from mailfold.runtime import bus
 
     async def run() -> None:
-        nc = await bus.connect(config.nats_url(), "mailfold-cli", reconnect=False)
+        nc = await bus.connect(
+            config.nats_url(), "mailfold-cli", reconnect=False, auth=config.nats_auth()
+        )
         try:
-            await bus.ensure_topology(nc.jetstream(), replicas=args.replicas)
+            await ensure_topology(nc.jetstream(), replicas=args.replicas)
         finally:
             await bus.close(nc)
 
     asyncio.run(run())
     print(
-        f"streams, buckets and object store ready on {config.nats_url()} (replicas {args.replicas})"
+        f"streams, buckets and object store ready on {bus.redact(config.nats_url())} "
+        f"(replicas {args.replicas})"
     )
+    return 0
+
+
+def _cmd_nats_config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mailfold.cli.natsconf import write_deploy_configs
+
+    for path in write_deploy_configs(Path(args.folder)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -156,7 +185,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from mailfold.cli.dev import run_dev
 
-    return run_dev(demo=not args.no_demo)
+    return run_dev(demo=not args.no_demo, cluster=args.cluster)
 
 
 def _delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
@@ -191,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="the whole stack on embedded NATS and PostgreSQL")
     p.add_argument("--no-demo", action="store_true", help="do not create the demo org and emails")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="three NATS nodes and every stream, bucket and object store with 3 replicas",
+    )
     p.set_defaults(func=_cmd_dev)
 
     p = sub.add_parser("serve", help="run one service in the foreground")
@@ -206,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topology", help="create the streams, KV buckets and object store")
     p.add_argument("--replicas", type=int, default=1, help="JetStream replicas (3 on a cluster)")
     p.set_defaults(func=_cmd_topology)
+
+    p = sub.add_parser(
+        "nats-config", help="write the nats-server configs (users, permissions, cluster, TLS)"
+    )
+    p.add_argument("folder", help="where to write them (deploy/nats in this repository)")
+    p.set_defaults(func=_cmd_nats_config)
 
     p = sub.add_parser("schema", help="print the JSON Schema of every event")
     p.add_argument("--asyncapi", action="store_true", help="print an AsyncAPI document instead")

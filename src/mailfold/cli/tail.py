@@ -63,7 +63,9 @@ def consumer_config(args: argparse.Namespace) -> ConsumerConfig:
 
 async def tail(args: argparse.Namespace, out: TextIO, stop: asyncio.Event) -> int:
     """Print events until stopped (or, with --no-follow, until the stream's end)."""
-    nc = await bus.connect(config.nats_url(), "mailfold-tail", reconnect=True)
+    nc = await bus.connect(
+        config.nats_url(), "mailfold-tail", reconnect=True, auth=config.nats_auth()
+    )
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(

@@ -10,6 +10,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from tests.nats_users import service_auth
 
 from mailfold.events import STREAM, AnyEvent, Keyring, decode
 from mailfold.ingest.bootstrap import IngestService, Settings, start
@@ -26,6 +27,7 @@ def service_settings(nats_url: str, **overrides: object) -> Settings:
     """Settings for a test: loopback, ports chosen by the OS."""
     common = CommonSettings(
         nats_url=nats_url,
+        nats_auth=service_auth("ingest"),
         log_level="warning",
         log_json=True,
         tracking_keys=TRACKING_KEYS,

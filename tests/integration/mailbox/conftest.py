@@ -17,6 +17,7 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from tests.nats_users import service_auth
 
 from mailfold.cli.dovecot import MISSING_HINT, Dovecot, dovecot_binary
 from mailfold.events import STREAM, AnyEvent, Module, decode
@@ -66,6 +67,7 @@ def service_settings(nats_url: str, **overrides: object) -> Settings:
     """Quick rounds for tests: a sync a second, short leases, no long backoff."""
     values: dict[str, object] = {
         "nats_url": nats_url,
+        "nats_auth": service_auth("mailbox"),
         "port": 0,
         "lease_s": 2.0,
         "poll_s": 0.5,

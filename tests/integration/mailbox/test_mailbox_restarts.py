@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client import REGISTRY
+from tests.nats_users import service_env
 
 from mailfold.events import STREAM, EmailDeleted, EmailReceived, Module
 
@@ -65,6 +66,7 @@ def _serve(nats_url: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "MAILFOLD_NATS_URL": nats_url,
+        **service_env("mailbox"),
         "MAILFOLD_MAILBOX_PORT": "0",
         "MAILFOLD_MAILBOX_LEASE_S": "2",
         "MAILFOLD_MAILBOX_POLL_S": "0.5",

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
+from tests.nats_users import service_auth, service_env
 
 from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import (
@@ -240,7 +241,13 @@ def start_projector(fresh_nats: EmbeddedNats, database_url: str) -> StartProject
 
     @contextlib.asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[Service]:
-        settings = Settings(nats_url=fresh_nats.url, database_url=database_url, port=0, **overrides)
+        settings = Settings(
+            nats_url=fresh_nats.url,
+            nats_auth=service_auth("projector"),
+            database_url=database_url,
+            port=0,
+            **overrides,
+        )
         service = await start(settings)
         try:
             yield service
@@ -258,6 +265,7 @@ class ProjectorProcess:
         self.env = dict(
             os.environ,
             MAILFOLD_NATS_URL=nats_url,
+            **service_env("projector"),
             MAILFOLD_DATABASE_URL=database_url,
             MAILFOLD_PROJECTOR_PORT=str(self.port),
             MAILFOLD_LOG_JSON="true",

@@ -198,6 +198,8 @@ async def test_stats_count_an_orgs_emails_by_source_in_postgresql(
                 url, params={"from": "2026-03-03", "to": "2026-03-01"}, headers=auth
             )
             anonymous = await client.get(url, params=window)
+            # The default 30-day window before a `to` in year 1 would start before year 1.
+            earliest = await client.get(url, params={"to": "0001-01-22"}, headers=auth)
             crossing = await client.get(
                 url, params=window, headers={"Authorization": f"Bearer {other_token}"}
             )
@@ -232,5 +234,7 @@ async def test_stats_count_an_orgs_emails_by_source_in_postgresql(
     assert backwards.status_code == 422
     assert backwards.json()["errors"][0]["field"] == "from"
     assert anonymous.status_code == 401
+    assert earliest.status_code == 200
+    assert earliest.json()["totals"]["emails"] == 0
     assert anonymous.headers["content-type"] == "application/problem+json"
     assert crossing.status_code == 404

@@ -18,6 +18,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from tests.nats_users import service_auth
 
 from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import (
@@ -339,6 +340,7 @@ def sender_settings(
     return Settings(
         common=CommonSettings(
             nats_url=nats_url,
+            nats_auth=service_auth("sender"),
             log_level="warning",
             log_json=None,
             tracking_keys=TRACKING_KEYS,

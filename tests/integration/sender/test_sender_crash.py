@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from tests.nats_users import service_env
 
 from mailfold.cli.embedded import free_port
 from mailfold.events import AnyEvent, EmailDelivered, EmailSent
@@ -39,6 +40,7 @@ async def sender_process(nats_bus: Bus, tmp_path: Path) -> AsyncIterator[Callabl
             env = {
                 **os.environ,
                 "MAILFOLD_NATS_URL": nats_bus.url,
+                **service_env("sender"),
                 "MAILFOLD_SMTP_ROUTES": f"example.org=127.0.0.1:{mx_port}",
                 "MAILFOLD_SENDER_PORT": str(http_port),
                 "MAILFOLD_SENDER_ACK_WAIT_S": "2",

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.nats_users import service_auth
 
 from mailfold.events import AnyEvent, Keyring, TokenKind, TrackingClaims, decode, new_id
 from mailfold.events.subjects import STREAM
@@ -106,7 +107,15 @@ def start_tracker() -> StartTracker:
 
     @contextlib.asynccontextmanager
     async def run(nats_url: str, **overrides: Any) -> AsyncIterator[Service]:
-        service = await start(Settings(nats_url=nats_url, tracking_keys=KEYS, port=0, **overrides))
+        service = await start(
+            Settings(
+                nats_url=nats_url,
+                nats_auth=service_auth("tracker"),
+                tracking_keys=KEYS,
+                port=0,
+                **overrides,
+            )
+        )
         try:
             yield service
         finally:

@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from tests.nats_users import service_auth
 
 from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import EmailComposed, EmailDelivered, EmailSent, Event, RecordRef, new_id
@@ -121,6 +122,7 @@ def settings(nats_url: str, **overrides: Any) -> Settings:
     """Test settings: any port, loopback allowed (development), short schedule and timeout."""
     values: dict[str, Any] = {
         "nats_url": nats_url,
+        "nats_auth": service_auth("webhooks"),
         "port": 0,
         "allow_loopback": True,
         "schedule_s": FAST_SCHEDULE,

@@ -142,6 +142,9 @@ async def test_deliveries_page_and_replay_resends_with_the_original_webhook_id(
         bad = await api.get(f"{path}/deliveries", params={"outcome": "lost"})
         assert bad.status_code == 422
         assert bad.json()["errors"][0]["field"] == "outcome"
+        superscript = await api.get(f"{path}/deliveries", params={"after": "\u00b9"})
+        assert superscript.status_code == 422
+        assert superscript.json()["errors"][0]["field"] == "after"
 
         one = await api.post(f"{path}/replay", json={"event_id": events[1].event_id})
         assert one.status_code == 202, one.text
@@ -190,6 +193,7 @@ async def test_events_feed_pages_only_the_orgs_own_events(
         for params, field in (
             ({"after": "-1"}, "after"),
             ({"after": str(2**64)}, "after"),
+            ({"after": "\u00b9"}, "after"),  # a digit to str.isdigit, not a number
             ({"limit": "0"}, "limit"),
             ({"type": "x"}, "type"),
         ):

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoint, make_org
+from tests.nats_users import service_env
 
 from mailfold.cli.embedded import EmbeddedNats, free_port
 
@@ -22,6 +23,7 @@ def _serve(nats_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "MAILFOLD_NATS_URL": nats_url,
+        **service_env("webhooks"),
         "MAILFOLD_WEBHOOKS_PORT": str(port),
         "MAILFOLD_WEBHOOKS_ALLOW_LOOPBACK": "true",
         "MAILFOLD_WEBHOOKS_TIMEOUT_S": "2",

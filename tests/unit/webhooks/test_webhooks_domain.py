@@ -86,6 +86,7 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     later = (NOW + timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(later, NOW) == 90.0
     assert parse_retry_after("soon", NOW) is None
+    assert parse_retry_after("\u00b9", NOW) is None  # a digit to str.isdigit, not a number
 
 
 def test_schedule_text_parses_units() -> None:

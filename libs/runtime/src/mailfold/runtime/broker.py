@@ -27,6 +27,7 @@ from faststream import BaseMiddleware, StreamMessage
 from faststream.message.message import AckStatus
 from faststream.nats import JStream, NatsBroker, NatsMessage
 from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.nats.security import NatsSecurity, NatsUserPassword
 from faststream.specification import AsyncAPI
 from nats.aio.msg import Msg
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -42,6 +43,8 @@ from mailfold.events import (
     encode,
     subject_for,
 )
+from mailfold.runtime.bus import endpoint
+from mailfold.runtime.settings import NatsAuth
 
 _MAX_HEADER: Final = 1000
 log = structlog.get_logger("mailfold.runtime")
@@ -172,14 +175,27 @@ def _in_process_gauge(registry: CollectorRegistry) -> None:
         )
 
 
+def connection(url: str, auth: NatsAuth | None = None) -> dict[str, Any]:
+    """NatsBroker's `servers` and `security` for `url` and `auth` (see bus.endpoint)."""
+    where = endpoint(url, auth)
+    security: NatsSecurity | None = None
+    if where.user is not None:
+        security = NatsUserPassword(where.user, where.password or "", ssl_context=where.tls)
+    elif where.tls is not None:
+        security = NatsSecurity(ssl_context=where.tls)
+    return {"servers": where.servers, "security": security}
+
+
 def new_broker(
     url: str,
     *,
     service: str,
     registry: CollectorRegistry = REGISTRY,
     graceful_timeout: float = 10.0,
+    auth: NatsAuth | None = None,
 ) -> NatsBroker:
-    """A broker that keeps reconnecting while NATS restarts, with metrics and dead letters."""
+    """A broker that keeps reconnecting while NATS restarts, with metrics and dead letters,
+    connected as `auth`'s user (or the URL's; see bus.endpoint)."""
     broker: NatsBroker
 
     def current() -> NatsBroker:
@@ -187,7 +203,7 @@ def new_broker(
 
     _in_process_gauge(registry)
     broker = NatsBroker(
-        url,
+        **connection(url, auth),
         name=f"mailfold-{service}",
         allow_reconnect=True,
         max_reconnect_attempts=-1,

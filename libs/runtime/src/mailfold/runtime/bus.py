@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
+import ssl
 from collections.abc import Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -27,6 +31,7 @@ from nats.js.object_store import ObjectStore
 
 from mailfold.events import Event, encode, event_subject, publish_headers
 from mailfold.events.subjects import DLQ_STREAM, DLQ_SUBJECTS, STREAM, STREAM_SUBJECTS
+from mailfold.runtime.settings import ConfigError, NatsAuth
 
 DUPLICATE_WINDOW_S: Final = 120.0
 
@@ -42,10 +47,78 @@ BUCKETS: Final = (BUCKET_ORGS, BUCKET_DIRECTORY, BUCKET_SENDER, BUCKET_IDEMPOTEN
 BUCKET_TTL_S: Final = {BUCKET_IDEMPOTENCY: 7 * 24 * 3600.0, BUCKET_SENDER: 8 * 24 * 3600.0}
 
 
-async def connect(url: str, name: str, *, reconnect: bool = True) -> Client:
-    """A connection that keeps reconnecting while the server restarts."""
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and as whom to connect: the servers without credentials, who, and the TLS context."""
+
+    servers: list[str]
+    user: str | None
+    password: str | None
+    tls: ssl.SSLContext | None
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for nats.connect."""
+        return {
+            "servers": self.servers,
+            "user": self.user,
+            "password": self.password,
+            "tls": self.tls,
+        }
+
+    def __repr__(self) -> str:
+        return f"Endpoint(servers={self.servers!r}, user={self.user!r}, tls={self.tls is not None})"
+
+
+def endpoint(url: str, auth: NatsAuth | None = None) -> Endpoint:
+    """`url` (comma-separated for a cluster) and `auth` as connection options.
+
+    Credentials travel as connect options rather than in the URLs: a client of a cluster also
+    reconnects to servers it discovered, whose URLs carry none. Without `auth.user`, the first
+    URL that names a user gives them.
+    """
+    auth = auth or NatsAuth()
+    user, password = auth.user, auth.password
+    servers: list[str] = []
+    for raw in url.split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        parts = urlsplit(raw if "://" in raw else f"nats://{raw}")
+        if parts.hostname is None:
+            raise ConfigError(f"not a NATS server address: {redact(raw)!r}")
+        if parts.username is not None and user is None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        host = parts.netloc.rpartition("@")[2]
+        servers.append(urlunsplit((parts.scheme, host, parts.path, "", "")))
+    if not servers:
+        raise ConfigError("no NATS server address given")
+    tls = None
+    if auth.tls or any(server.startswith("tls://") for server in servers):
+        tls = ssl.create_default_context(cafile=auth.tls_ca_file)
+        if auth.tls_cert_file is not None:
+            tls.load_cert_chain(auth.tls_cert_file, auth.tls_key_file)
+    return Endpoint(servers, user, password, tls)
+
+
+def redact(url: str) -> str:
+    """`url` (or a comma-separated list) with any password replaced by `***`."""
+    out = []
+    for raw in url.split(","):
+        head, at, host = raw.rpartition("@")
+        if at and ":" in head.partition("://")[2]:
+            scheme, sep, userinfo = head.rpartition("://")
+            raw = f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"
+        out.append(raw)
+    return ",".join(out)
+
+
+async def connect(
+    url: str, name: str, *, reconnect: bool = True, auth: NatsAuth | None = None
+) -> Client:
+    """A connection that keeps reconnecting while the server restarts (or any cluster node
+    answers), as `auth`'s user or the one in the URL."""
     return await nats.connect(
-        url,
+        **endpoint(url, auth).options(),
         name=name,
         allow_reconnect=reconnect,
         max_reconnect_attempts=-1 if reconnect else 0,
@@ -80,23 +153,34 @@ def dlq_config(*, replicas: int = 1) -> StreamConfig:
     )
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to this configuration."""
+async def ensure_stream(
+    js: JetStreamContext, config: StreamConfig, *, keep_replicas: bool = False
+) -> None:
+    """Create the stream, or bring an existing one to this configuration (but for its replica
+    count with `keep_replicas`)."""
     try:
-        await js.stream_info(config.name or "")
+        info = await js.stream_info(config.name or "")
     except NotFoundError:
         await js.add_stream(config)
     else:
+        if keep_replicas:
+            config = dataclasses.replace(config, num_replicas=info.config.num_replicas)
         await js.update_stream(config)
 
 
-async def ensure_topology(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Streams, KV buckets and the object store, created idempotently."""
-    await ensure_stream(js, stream_config(replicas=replicas))
-    await ensure_stream(js, dlq_config(replicas=replicas))
+async def ensure_topology(js: JetStreamContext, *, replicas: int | None = None) -> None:
+    """Streams, KV buckets and the object store, created idempotently.
+
+    Without `replicas` (a service starting) what is missing gets one replica and what exists
+    keeps its own, so a service never shrinks the 3 replicas `mailfold topology --replicas 3`
+    gave a cluster's streams.
+    """
+    count = replicas or 1
+    await ensure_stream(js, stream_config(replicas=count), keep_replicas=replicas is None)
+    await ensure_stream(js, dlq_config(replicas=count), keep_replicas=replicas is None)
     for bucket in BUCKETS:
-        await kv(js, bucket, replicas=replicas)
-    await objects(js, replicas=replicas)
+        await kv(js, bucket, replicas=count)
+    await objects(js, replicas=count)
 
 
 async def kv(

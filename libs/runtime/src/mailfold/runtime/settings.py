@@ -64,20 +64,67 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class NatsAuth:
+    """Who a NATS client is and how it talks TLS; `bus.connect` and `broker.new_broker` apply it.
+
+    Without a user, credentials in the URL (nats://user:password@host) are used. The password
+    never shows in a repr.
+    """
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @classmethod
+    def from_env(cls) -> NatsAuth:
+        """Read MAILFOLD_NATS_USER, MAILFOLD_NATS_PASSWORD, MAILFOLD_NATS_TLS_CA,
+        MAILFOLD_NATS_TLS_CERT, MAILFOLD_NATS_TLS_KEY."""
+        auth = cls(
+            user=env_str("MAILFOLD_NATS_USER", "") or None,
+            password=os.environ.get("MAILFOLD_NATS_PASSWORD") or None,
+            tls_ca_file=env_str("MAILFOLD_NATS_TLS_CA", "") or None,
+            tls_cert_file=env_str("MAILFOLD_NATS_TLS_CERT", "") or None,
+            tls_key_file=env_str("MAILFOLD_NATS_TLS_KEY", "") or None,
+        )
+        if auth.password is not None and auth.user is None:
+            raise ConfigError("MAILFOLD_NATS_PASSWORD is set but MAILFOLD_NATS_USER is not")
+        if (auth.tls_cert_file is None) != (auth.tls_key_file is None):
+            raise ConfigError("MAILFOLD_NATS_TLS_CERT and MAILFOLD_NATS_TLS_KEY go together")
+        for name, path in (
+            ("MAILFOLD_NATS_TLS_CA", auth.tls_ca_file),
+            ("MAILFOLD_NATS_TLS_CERT", auth.tls_cert_file),
+            ("MAILFOLD_NATS_TLS_KEY", auth.tls_key_file),
+        ):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{name} names no readable file: {path!r}")
+        return auth
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca_file is not None or self.tls_cert_file is not None
+
+
+@dataclass(frozen=True, slots=True)
 class CommonSettings:
-    """What every service needs: where NATS is, how to log, the tracking keys."""
+    """What every service needs: where NATS is and who it is there, how to log, the tracking
+    keys."""
 
     nats_url: str
     log_level: str
     log_json: bool | None
     tracking_keys: str
     public_tracker_url: str
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     @classmethod
     def from_env(cls) -> CommonSettings:
-        """Read MAILFOLD_NATS_URL, MAILFOLD_LOG_LEVEL, MAILFOLD_LOG_JSON, MAILFOLD_TRACKING_KEYS."""
+        """Read MAILFOLD_NATS_URL (comma-separated for a cluster), the MAILFOLD_NATS_* credentials
+        and TLS files, MAILFOLD_LOG_LEVEL, MAILFOLD_LOG_JSON, MAILFOLD_TRACKING_KEYS."""
         log_json_raw = os.environ.get("MAILFOLD_LOG_JSON", "").strip()
         return cls(
+            nats_auth=NatsAuth.from_env(),
             nats_url=env_str("MAILFOLD_NATS_URL", DEFAULT_NATS_URL),
             log_level=env_str("MAILFOLD_LOG_LEVEL", "info").lower(),
             log_json=None if not log_json_raw else env_bool("MAILFOLD_LOG_JSON", True),

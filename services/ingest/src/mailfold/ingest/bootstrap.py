@@ -123,7 +123,9 @@ def declare(broker: NatsBroker) -> NatsBroker:
 async def start(settings: Settings) -> IngestService:
     """Connect to NATS, make sure the topology exists, start the HTTP API and the SMTP server."""
     keyring = Keyring.parse(settings.common.tracking_keys)
-    broker = declare(new_broker(settings.common.nats_url, service=SERVICE))
+    broker = declare(
+        new_broker(settings.common.nats_url, service=SERVICE, auth=settings.common.nats_auth)
+    )
     cache: OrgCache | None = None
     addresses: AddressCache | None = None
     try:

@@ -9,7 +9,7 @@ import socket
 import ssl
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
@@ -31,7 +31,7 @@ from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, ConfigError, from_env, setting
+from mailfold.runtime.settings import CommonSettings, ConfigError, NatsAuth, from_env, setting
 
 log = get_logger(__name__)
 _mailbox_dec = msgspec.json.Decoder(MailboxSettings)
@@ -55,11 +55,13 @@ class Settings:
     use_condstore: bool = setting("MAILFOLD_MAILBOX_CONDSTORE", True)
     ca_file: str = setting("MAILFOLD_MAILBOX_CA_FILE", "")
     metric_mailboxes: int = setting("MAILFOLD_MAILBOX_METRIC_MAILBOXES", 50, minimum=1)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read MAILFOLD_MAILBOX_* variables; a bad value raises ConfigError naming it."""
-        settings = from_env(cls, nats_url=CommonSettings.from_env().nats_url)
+        common = CommonSettings.from_env()
+        settings = from_env(cls, nats_url=common.nats_url, nats_auth=common.nats_auth)
         if settings.idle_s >= MAX_IDLE_S:  # servers may drop an IDLE after 29 minutes
             raise ConfigError(f"MAILFOLD_MAILBOX_IDLE_S must be below {MAX_IDLE_S:g}")
         return settings
@@ -82,6 +84,12 @@ class Settings:
             use_condstore=self.use_condstore,
             tls_context=context,
         )
+
+
+async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
+    """The service's bucket with `replicas` (`mailfold topology`, `dev --cluster`); a copy
+    starting creates it with one when missing."""
+    await bus.kv(js, store_adapter.BUCKET, replicas=replicas)
 
 
 async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], IncomingSettings]:
@@ -190,7 +198,7 @@ async def build_ports(
 async def start(settings: Settings) -> Service:
     """Connect to NATS, lease and sync mailboxes, serve HTTP; port 0 picks a free port."""
     options = settings.options()
-    nc = await bus.connect(settings.nats_url, "mailfold-mailbox")
+    nc = await bus.connect(settings.nats_url, "mailfold-mailbox", auth=settings.nats_auth)
     coordinator: Coordinator | None = None
     try:
         js = nc.jetstream()

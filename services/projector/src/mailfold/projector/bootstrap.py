@@ -33,6 +33,7 @@ from mailfold.runtime.settings import (
     DEFAULT_NATS_URL,
     CommonSettings,
     ConfigError,
+    NatsAuth,
     from_env,
     setting,
 )
@@ -53,6 +54,7 @@ class Settings:
     consumer: ConsumerSettings = field(default_factory=ConsumerSettings)
     migrate: bool = setting("MAILFOLD_PROJECTOR_MIGRATE", True)
     lag_interval: float = setting("MAILFOLD_PROJECTOR_LAG_INTERVAL_S", 5.0)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -61,6 +63,7 @@ class Settings:
         return from_env(
             cls,
             nats_url=common.nats_url,
+            nats_auth=common.nats_auth,
             log_level=common.log_level,
             log_json=common.log_json,
             consumer=from_env(ConsumerSettings),
@@ -103,7 +106,7 @@ class Service:
 
 async def start(settings: Settings) -> Service:
     """Connect, migrate, serve the API and start consuming."""
-    nc = await bus.connect(settings.nats_url, "mailfold-projector")
+    nc = await bus.connect(settings.nats_url, "mailfold-projector", auth=settings.nats_auth)
     pool: asyncpg.Pool | None = None
     try:
         js = nc.jetstream()

@@ -57,7 +57,7 @@ from mailfold.projector.service_layer.verify import TableSpec, compare
 from mailfold.runtime import bus
 from mailfold.runtime.attachments import mime_attachments
 from mailfold.runtime.content import get_content
-from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL
+from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, NatsAuth
 
 LIVE_SCHEMA: Final = "public"
 LIVE_CONSUMER: Final = "projector"
@@ -233,7 +233,7 @@ async def _replay_main(args: argparse.Namespace, out: TextIO) -> int:
     if args.verify and args.from_seq != 1:
         print("error: --verify compares a full rebuild: use --from-seq 1", file=sys.stderr)
         return 2
-    nc = await bus.connect(nats_url(), "mailfold-replay", reconnect=False)
+    nc = await bus.connect(nats_url(), "mailfold-replay", reconnect=False, auth=NatsAuth.from_env())
     try:
         outcome = await replay(
             nc, database_url(), from_seq=args.from_seq, to_seq=args.to_seq, verify=args.verify
@@ -331,7 +331,9 @@ async def repartition(nc: Client, dsn: str, count: int, base: str) -> Repartitio
 
 
 async def _repartition_main(args: argparse.Namespace, out: TextIO) -> int:
-    nc = await bus.connect(nats_url(), "mailfold-repartition", reconnect=False)
+    nc = await bus.connect(
+        nats_url(), "mailfold-repartition", reconnect=False, auth=NatsAuth.from_env()
+    )
     try:
         done = await repartition(nc, database_url(), args.partitions, live_consumer())
     finally:
@@ -537,7 +539,7 @@ async def export(
 
 
 async def _export_main(args: argparse.Namespace) -> int:
-    nc = await bus.connect(nats_url(), "mailfold-export", reconnect=False)
+    nc = await bus.connect(nats_url(), "mailfold-export", reconnect=False, auth=NatsAuth.from_env())
     try:
         emails, files, problems = await export(
             nc, database_url(), args.org, Path(args.out), progress=sys.stderr.isatty()

@@ -132,7 +132,7 @@ async def start(
 ) -> Service:
     """Connect, wire the handler to its adapters, start consuming and serving ops endpoints."""
     keys = Keyring.parse(settings.common.tracking_keys)
-    broker = new_broker(settings.common.nats_url, service="sender")
+    broker = new_broker(settings.common.nats_url, service="sender", auth=settings.common.nats_auth)
     direct: DirectMailer | None = None
     cache: OrgCache | None = None
     try:

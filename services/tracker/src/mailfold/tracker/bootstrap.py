@@ -16,7 +16,14 @@ from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer, ops_app
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, ConfigError, env_str, from_env, setting
+from mailfold.runtime.settings import (
+    CommonSettings,
+    ConfigError,
+    NatsAuth,
+    env_str,
+    from_env,
+    setting,
+)
 from mailfold.tracker.adapters.publisher import Publisher
 from mailfold.tracker.domain.behaviour import BurstWindow
 from mailfold.tracker.domain.network import IPNetwork, NetworkSet, parse_networks
@@ -43,6 +50,7 @@ class Settings:
     publish_timeout_s: float = setting("MAILFOLD_TRACKER_PUBLISH_TIMEOUT_S", 5.0, positive=True)
     apple_egress_file: str = setting("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", "")
     rules: tuple[Rule, ...] = field(default=RULES)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -56,6 +64,7 @@ class Settings:
         return from_env(
             cls,
             nats_url=common.nats_url,
+            nats_auth=common.nats_auth,
             tracking_keys=common.tracking_keys,
             trusted_proxies=trusted,
         )
@@ -112,7 +121,7 @@ async def start(settings: Settings) -> Service:
     """Connect to NATS, start the publisher, then serve HTTP; port 0 picks a free port."""
     keyring = settings.keyring()
     classifier = Classifier(settings.all_rules())
-    broker = declare(new_broker(settings.nats_url, service="tracker"))
+    broker = declare(new_broker(settings.nats_url, service="tracker", auth=settings.nats_auth))
     publisher: Publisher | None = None
     try:
         nc = await broker.connect()

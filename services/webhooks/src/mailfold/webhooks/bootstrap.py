@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 
 from mailfold.runtime import bus
 from mailfold.runtime.broker import asyncapi_document, new_broker
@@ -16,7 +17,14 @@ from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
 from mailfold.runtime.service import run_until_signalled
-from mailfold.runtime.settings import CommonSettings, ConfigError, env_str, from_env, setting
+from mailfold.runtime.settings import (
+    CommonSettings,
+    ConfigError,
+    NatsAuth,
+    env_str,
+    from_env,
+    setting,
+)
 from mailfold.webhooks import metrics
 from mailfold.webhooks.adapters import kv
 from mailfold.webhooks.adapters.http import Poster
@@ -51,6 +59,7 @@ class Settings:
     batch_wait_s: float = setting("MAILFOLD_WEBHOOKS_BATCH_WAIT_S", 0.05, positive=True)
     ack_grace_s: float = setting("MAILFOLD_WEBHOOKS_ACK_GRACE_S", 15.0, positive=True)
     backlog_interval_s: float = setting("MAILFOLD_WEBHOOKS_BACKLOG_INTERVAL_S", 15.0, positive=True)
+    nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -60,7 +69,10 @@ class Settings:
             schedule = parse_schedule(raw_schedule) if raw_schedule else DEFAULT_SCHEDULE_S
         except ValueError as exc:
             raise ConfigError(f"MAILFOLD_WEBHOOKS_SCHEDULE: {exc}") from exc
-        settings = from_env(cls, nats_url=CommonSettings.from_env().nats_url, schedule_s=schedule)
+        common = CommonSettings.from_env()
+        settings = from_env(
+            cls, nats_url=common.nats_url, nats_auth=common.nats_auth, schedule_s=schedule
+        )
         if settings.timeout_s > MAX_TIMEOUT_S:
             raise ConfigError(
                 f"MAILFOLD_WEBHOOKS_TIMEOUT_S must be at most {MAX_TIMEOUT_S:g}, "
@@ -125,9 +137,18 @@ async def _every(interval_s: float, job: Workers) -> None:
             log.warning("backlog not measured", error=str(exc))
 
 
+async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
+    """The service's own stream and buckets with `replicas` (`mailfold topology`, `dev --cluster`);
+    a copy starting creates what is missing with one."""
+    await JobQueue(js, ack_wait_s=0).ensure(replicas=replicas)
+    await bus.kv(js, kv.BUCKET_ENDPOINTS, replicas=replicas)
+    await bus.kv(js, kv.BUCKET_DELIVERIES, ttl_s=kv.RECORD_TTL_S, replicas=replicas)
+    await bus.kv(js, kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S, replicas=replicas)
+
+
 async def start(settings: Settings) -> Service:
     """Connect, create what is missing, subscribe, deliver, then serve HTTP (port 0: any)."""
-    broker = new_broker(settings.nats_url, service="webhooks")
+    broker = new_broker(settings.nats_url, service="webhooks", auth=settings.nats_auth)
     poster = Poster(timeout_s=settings.timeout_s, allow_loopback=settings.allow_loopback)
     endpoints: kv.Endpoints | None = None
     try:

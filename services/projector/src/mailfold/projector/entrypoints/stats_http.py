@@ -66,7 +66,10 @@ class StatsApi:
             errors.append(FieldError("source", "must be a source code, e.g. individual"))
         if not errors:
             end = bounds["to"] or self._now()
-            start = bounds["from"] or end - DEFAULT_WINDOW
+            try:
+                start = bounds["from"] or end - DEFAULT_WINDOW
+            except OverflowError:  # a `to` in the first days of year 1: from its very start
+                start = datetime.min.replace(tzinfo=UTC)
             if start >= end:
                 errors.append(FieldError("from", "must be before to"))
             elif end - start > MAX_WINDOW:

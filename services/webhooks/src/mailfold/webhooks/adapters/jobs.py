@@ -68,9 +68,12 @@ class JobQueue:
         self._js = js
         self._ack_wait_s = ack_wait_s
 
-    async def ensure(self, *, replicas: int = 1) -> None:
-        """Create the stream, or bring it to this configuration."""
-        await ensure_stream(self._js, jobs_config(replicas=replicas))
+    async def ensure(self, *, replicas: int | None = None) -> None:
+        """Create the stream, or bring it to this configuration; without `replicas`, one replica
+        when created and an existing stream's own count (a starting copy never shrinks it)."""
+        await ensure_stream(
+            self._js, jobs_config(replicas=replicas or 1), keep_replicas=replicas is None
+        )
 
     async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]:
         """Send one job without waiting; the future resolves once it is stored."""

@@ -230,7 +230,7 @@ class Api:
         if limit is None:
             return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
         after = params.get("after", "0")
-        if not after.isdigit() or int(after) > openapi_doc.MAX_SEQ:
+        if not (after.isascii() and after.isdigit()) or int(after) > openapi_doc.MAX_SEQ:
             return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         records = [
             d
@@ -273,7 +273,7 @@ class Api:
     async def events(self, request: Request, org_id: str) -> Response:
         params = request.query_params
         after = params.get("after", "0")
-        if not after.isdigit() or int(after) > openapi_doc.MAX_SEQ:
+        if not (after.isascii() and after.isdigit()) or int(after) > openapi_doc.MAX_SEQ:
             return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         limit = _limit(params.get("limit"))
         if limit is None:
