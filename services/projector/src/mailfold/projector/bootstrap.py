@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from mailfold.events import STREAM
@@ -40,6 +41,8 @@ from mailfold.runtime.settings import (
 
 log = structlog.get_logger("mailfold.projector")
 
+CONSUMER_TASK = "projector-consumer"
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -47,6 +50,10 @@ class Settings:
 
     nats_url: str = DEFAULT_NATS_URL
     database_url: str = setting("MAILFOLD_DATABASE_URL", DEFAULT_DATABASE_URL)
+    # Where the query API reads (a streaming replica, say); empty: MAILFOLD_DATABASE_URL.
+    query_database_url: str = setting("MAILFOLD_QUERY_DATABASE_URL", "")
+    # false: serve the query API only; no consuming, no leases, no migrations, no writes.
+    consume: bool = setting("MAILFOLD_PROJECTOR_CONSUME", True)
     host: str = setting("MAILFOLD_HTTP_HOST", "127.0.0.1")
     port: int = setting("MAILFOLD_PROJECTOR_PORT", 8003, minimum=0)
     log_level: str = "info"
@@ -75,7 +82,7 @@ class Service:
     """A running projector."""
 
     nc: Client
-    pool: asyncpg.Pool
+    pools: list[asyncpg.Pool]
     server: HttpServer
     runner: ConsumerRunner
     tasks: list[asyncio.Task[None]]
@@ -88,52 +95,42 @@ class Service:
     async def stop(self) -> None:
         """Finish the batch in hand, stop serving, close every connection."""
         self.runner.stop()
-        consumer, *others = self.tasks
-        try:
-            await asyncio.wait_for(asyncio.shield(consumer), timeout=10)
-        except (TimeoutError, Exception):
-            consumer.cancel()
-        for task in others:
+        consumers = [t for t in self.tasks if t.get_name() == CONSUMER_TASK]
+        for consumer in consumers:
+            try:
+                await asyncio.wait_for(asyncio.shield(consumer), timeout=10)
+            except (TimeoutError, Exception):
+                consumer.cancel()
+        for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.server.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.pool.close(), timeout=5)
+        for pool in self.pools:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), timeout=5)
         await bus.close(self.nc)
 
 
 async def start(settings: Settings) -> Service:
     """Connect, migrate, serve the API and start consuming."""
     nc = await bus.connect(settings.nats_url, "mailfold-projector", auth=settings.nats_auth)
-    pool: asyncpg.Pool | None = None
+    pools: list[asyncpg.Pool] = []
     try:
         js = nc.jetstream()
-        try:
-            await js.stream_info(STREAM)
-        except NotFoundError:
-            await bus.ensure_topology(js)
         # State reads of every partition this process may lead, and the query API.
         pool = await postgres.create_pool(
             settings.database_url, max_size=3 + settings.consumer.partitions
         )
-        if settings.migrate:
-            async with pool.acquire() as conn:
-                applied = await migrate(conn)
-            if applied:
-                log.info("migrations applied", migrations=applied)
-        async with pool.acquire() as conn:
-            stored = await postgres.positions(conn)
-        conflicting = other_layouts(settings.consumer.name, settings.consumer.partitions, stored)
-        if conflicting:
-            raise ConfigError(
-                f"MAILFOLD_PROJECTOR_PARTITIONS={settings.consumer.partitions} but the projection "
-                f"was folded with another number of partitions ({', '.join(conflicting)}); "
-                f"run `mailfold repartition {settings.consumer.partitions}` with every projector "
-                "stopped (docs/operations.md)"
-            )
-        queries = ProjectionQueries(pool)
+        pools.append(pool)
+        if settings.consume:
+            await _prepare_to_consume(js, pool, settings)
+        read_pool = pool
+        if settings.query_database_url:
+            read_pool = await postgres.create_pool(settings.query_database_url)
+            pools.append(read_pool)
+        queries = ProjectionQueries(read_pool)
         verifier = TokenVerifier(await bus.kv(js, bus.BUCKET_ORGS))
         directory = await bus.kv(js, bus.BUCKET_DIRECTORY)
 
@@ -143,7 +140,7 @@ async def start(settings: Settings) -> Service:
 
         api = Api(queries, verifier, directory, available=lambda: nc.is_connected)
         extra = [
-            *StatsApi(api, StatsQueries(pool)).routes(),
+            *StatsApi(api, StatsQueries(read_pool)).routes(),
             *RecordPage(queries, verifier).routes(),
         ]
         runner = ConsumerRunner(nc, js, pool, settings.database_url, settings.consumer)
@@ -151,19 +148,47 @@ async def start(settings: Settings) -> Service:
         server = HttpServer(app, settings.host, settings.port)
         await server.start()
     except BaseException:
-        if pool is not None:
-            await pool.close()
+        for opened in pools:
+            await opened.close()
         await bus.close(nc)
         raise
     tasks = [
-        asyncio.create_task(runner.run(), name="projector-consumer"),
-        asyncio.create_task(report_lag(js, runner, settings.lag_interval), name="projector-lag"),
         asyncio.create_task(
             PipelineGauges(nc, js, queries.ping).run(settings.lag_interval), name="pipeline-gauges"
         ),
     ]
-    log.info("projector started", port=server.port)
-    return Service(nc=nc, pool=pool, server=server, runner=runner, tasks=tasks)
+    if settings.consume:
+        tasks += [
+            asyncio.create_task(runner.run(), name=CONSUMER_TASK),
+            asyncio.create_task(
+                report_lag(js, runner, settings.lag_interval), name="projector-lag"
+            ),
+        ]
+    log.info("projector started", port=server.port, consuming=settings.consume)
+    return Service(nc=nc, pools=pools, server=server, runner=runner, tasks=tasks)
+
+
+async def _prepare_to_consume(js: JetStreamContext, pool: asyncpg.Pool, settings: Settings) -> None:
+    """The stream and the schema in place, and the partition layout the one folded with."""
+    try:
+        await js.stream_info(STREAM)
+    except NotFoundError:
+        await bus.ensure_topology(js)
+    if settings.migrate:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("migrations applied", migrations=applied)
+    async with pool.acquire() as conn:
+        stored = await postgres.positions(conn)
+    conflicting = other_layouts(settings.consumer.name, settings.consumer.partitions, stored)
+    if conflicting:
+        raise ConfigError(
+            f"MAILFOLD_PROJECTOR_PARTITIONS={settings.consumer.partitions} but the projection "
+            f"was folded with another number of partitions ({', '.join(conflicting)}); "
+            f"run `mailfold repartition {settings.consumer.partitions}` with every projector "
+            "stopped (docs/operations.md)"
+        )
 
 
 def tune_gc() -> None:
