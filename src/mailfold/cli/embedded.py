@@ -483,6 +483,10 @@ class ClusterRoutes:
             # Clients are given every node's address; an advertised one would carry no
             # credentials for a client that keeps them in its URLs.
             f"  no_advertise: {json.dumps(not self.advertise)}",
+            # A peer that stops answering (a partition, a stopped process) loses its route, and
+            # the interest it held, within seconds rather than nats-server's default minutes.
+            '  ping_interval: "1s"',
+            "  ping_max: 2",
             # Every node lists all of them; a node recognises and skips the route to itself.
             "  routes: [",
             *routes,

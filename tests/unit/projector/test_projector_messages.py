@@ -6,10 +6,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from mailfold.events import encode
-from mailfold.projector.adapters.jetstream import delivery, stream_seq
+from mailfold.projector.adapters.jetstream import consumer_seq, delivery, stream_seq
 from mailfold.projector.domain.messages import Accepted, Poison, classify
+from mailfold.projector.entrypoints.consumer import check_deliveries
 
 if TYPE_CHECKING:
     from tests.unit.projector.conftest import Events
@@ -77,5 +79,23 @@ def test_the_stream_position_is_read_from_both_ack_subject_formats() -> None:
     assert delivery("$JS.ACK.MAIL_EVENTS.projector.1.42.40.1700000000000000000.7") == (42, 7)
     v2 = "$JS.ACK.hub.ACCHASH.MAIL_EVENTS.projector.2.43.41.1700000000000000000.0.tok"
     assert delivery(v2) == (43, 0)
+    assert consumer_seq("$JS.ACK.MAIL_EVENTS.projector.1.42.40.1700000000000000000.7") == 40
+    assert consumer_seq(v2) == 41
     with pytest.raises(ValueError, match="not a JetStream ack subject"):
         stream_seq("_INBOX.abc")
+
+
+def ack_reply(stream_seq: int, consumer_seq: int) -> Msg:
+    return Msg(
+        _client=None,  # type: ignore[arg-type]  # never acknowledged here
+        subject="mail.events.acme.email_sent",
+        reply=f"$JS.ACK.MAIL_EVENTS.projector.1.{stream_seq}.{consumer_seq}.1700000000000000000.0",
+    )
+
+
+def test_deliveries_in_sequence_pass_and_a_jump_ends_the_term() -> None:
+    assert check_deliveries(0, [ack_reply(5, 1), ack_reply(6, 2)]) == 2
+    assert check_deliveries(2, [ack_reply(6, 3)]) == 3  # a redelivery is a delivery too
+
+    with pytest.raises(RuntimeError, match="deliveries lost: consumer sequence 5 after 2"):
+        check_deliveries(2, [ack_reply(9, 5)])

@@ -43,7 +43,7 @@ from mailfold.events import (
     encode,
     subject_for,
 )
-from mailfold.runtime.bus import endpoint
+from mailfold.runtime.bus import MAX_OUTSTANDING_PINGS, PING_INTERVAL_S, endpoint
 from mailfold.runtime.settings import NatsAuth
 
 _MAX_HEADER: Final = 1000
@@ -209,6 +209,8 @@ def new_broker(
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py takes float seconds
         connect_timeout=5,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         graceful_timeout=graceful_timeout,
         apply_types=False,
         # FastStream's own lines go through the service's structlog configuration (JSON off a

@@ -7,9 +7,10 @@ import base64
 import contextlib
 import dataclasses
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
@@ -25,7 +26,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -33,7 +39,14 @@ from mailfold.events import Event, encode, event_subject, publish_headers
 from mailfold.events.subjects import DLQ_STREAM, DLQ_SUBJECTS, STREAM, STREAM_SUBJECTS
 from mailfold.runtime.settings import ConfigError, NatsAuth
 
+T = TypeVar("T")
+
 DUPLICATE_WINDOW_S: Final = 120.0
+# A client pings its server this often and leaves it after this many pings go unanswered: a
+# server that stopped answering (a partition, a stopped process) is left within ~6 s for
+# another node of the cluster, not after nats-py's default of minutes.
+PING_INTERVAL_S: Final = 2
+MAX_OUTSTANDING_PINGS: Final = 2
 
 # KV buckets and what they hold (keys are documented in docs/operations.md).
 BUCKET_ORGS: Final = "mailfold_orgs"  # <org>.token -> sha256 of the API token; <org>.settings
@@ -124,6 +137,8 @@ async def connect(
         max_reconnect_attempts=-1 if reconnect else 0,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
     )
 
 
@@ -153,13 +168,31 @@ def dlq_config(*, replicas: int = 1) -> StreamConfig:
     )
 
 
+async def _replicas_of(js: JetStreamContext, stream: str) -> int | None:
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        return None
+    return int(info.config.num_replicas or 1)
+
+
+async def topology_replicas(js: JetStreamContext) -> int:
+    """The replicas of MAIL_EVENTS (1 before it exists): what a bucket or stream created later
+    by a service gets, so that one `mailfold topology --replicas 3` decides for every one."""
+    return await _replicas_of(js, STREAM) or 1
+
+
 async def ensure_stream(
     js: JetStreamContext, config: StreamConfig, *, keep_replicas: bool = False
 ) -> None:
-    """Create the stream, or bring an existing one to this configuration (but for its replica
-    count with `keep_replicas`)."""
+    """Create the stream, or bring an existing one to this configuration.
+
+    With `keep_replicas` an existing stream keeps its number of replicas: a service starting
+    on a cluster must not scale down what `mailfold topology --replicas 3` set up.
+    """
+    name = config.name or ""
     try:
-        info = await js.stream_info(config.name or "")
+        info = await js.stream_info(name)
     except NotFoundError:
         await js.add_stream(config)
     else:
@@ -168,25 +201,50 @@ async def ensure_stream(
         await js.update_stream(config)
 
 
+async def tune(js: JetStreamContext, stream: str, *, replicas: int | None = None) -> None:
+    """Bring an existing stream (a KV bucket's) to `replicas` replicas when given, and let every
+    replica answer direct reads: a bucket read then goes on while its leader is being elected
+    (a read waiting for the leader times out for the whole election)."""
+    config = (await js.stream_info(stream)).config
+    wanted = dataclasses.replace(
+        config,
+        num_replicas=replicas if replicas is not None else config.num_replicas,
+        allow_direct=True,
+    )
+    if wanted != config:
+        await js.update_stream(wanted)
+
+
 async def ensure_topology(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Streams, KV buckets and the object store, created idempotently.
 
-    Without `replicas` (a service starting) what is missing gets one replica and what exists
-    keeps its own, so a service never shrinks the 3 replicas `mailfold topology --replicas 3`
-    gave a cluster's streams.
+    Without `replicas` (a service starting) what exists keeps its replicas and what is missing
+    gets those of MAIL_EVENTS, or 1. With `replicas` (`mailfold topology --replicas N`) every
+    stream, bucket and the object store is created with or scaled to N.
     """
-    count = replicas or 1
-    await ensure_stream(js, stream_config(replicas=count), keep_replicas=replicas is None)
-    await ensure_stream(js, dlq_config(replicas=count), keep_replicas=replicas is None)
+    keep = replicas is None
+    count = replicas if replicas is not None else await topology_replicas(js)
+    await ensure_stream(js, stream_config(replicas=count), keep_replicas=keep)
+    await ensure_stream(js, dlq_config(replicas=count), keep_replicas=keep)
     for bucket in BUCKETS:
         await kv(js, bucket, replicas=count)
+        await tune(js, f"KV_{bucket}", replicas=replicas)
     await objects(js, replicas=count)
+    if not keep:
+        info = await js.stream_info(f"OBJ_{OBJECT_STORE}")
+        if info.config.num_replicas != count:
+            await js.update_stream(dataclasses.replace(info.config, num_replicas=count))
 
 
 async def kv(
-    js: JetStreamContext, bucket: str, *, replicas: int = 1, ttl_s: float | None = None
+    js: JetStreamContext,
+    bucket: str,
+    *,
+    replicas: int | None = None,
+    ttl_s: float | None = None,
 ) -> KeyValue:
-    """The named KV bucket, created on first use (file storage, one value per key)."""
+    """The named KV bucket, created on first use (file storage, one value per key, the
+    topology's replicas by default, reads answered by any replica)."""
     try:
         return await js.key_value(bucket)
     except BucketNotFoundError:
@@ -195,8 +253,9 @@ async def kv(
                 bucket=bucket,
                 history=1,
                 storage=StorageType.FILE,
-                replicas=replicas,
+                replicas=replicas if replicas is not None else await topology_replicas(js),
                 ttl=ttl_s or BUCKET_TTL_S.get(bucket),
+                direct=True,
             )
         )
 
@@ -217,13 +276,14 @@ async def entries(kv: KeyValue, pattern: str, *, values: bool = True) -> dict[st
     return found
 
 
-async def objects(js: JetStreamContext, *, replicas: int = 1) -> ObjectStore:
-    """The content object store, created on first use."""
+async def objects(js: JetStreamContext, *, replicas: int | None = None) -> ObjectStore:
+    """The content object store, created on first use (with the topology's replicas by default)."""
     try:
         return await js.object_store(OBJECT_STORE)
     except NotFoundError:
+        count = replicas if replicas is not None else await topology_replicas(js)
         return await js.create_object_store(
-            OBJECT_STORE, ObjectStoreConfig(storage=StorageType.FILE, replicas=replicas)
+            OBJECT_STORE, ObjectStoreConfig(storage=StorageType.FILE, replicas=count)
         )
 
 
@@ -282,6 +342,41 @@ async def publish_batch(
         else:
             outcomes[i] = ack.exception()
     return outcomes
+
+
+# What JetStream answers while a stream has no leader: nothing (a timeout), "no responders",
+# or 503 "temporarily unavailable" (a node that just came back).
+LEADERLESS: Final = (
+    NoStreamResponseError,
+    nats.errors.NoRespondersError,
+    ServiceUnavailableError,
+    TimeoutError,
+)
+
+
+async def through_elections(
+    call: Callable[[], Awaitable[T]],
+    *,
+    within_s: float = 10.0,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """`call()`, tried again while its stream elects a leader, for up to `within_s` seconds.
+
+    On a cluster a stream whose leader was lost takes no writes and answers no leader reads
+    for a few seconds. Only for calls that are safe to repeat: a KV create or put of the same
+    value, an object of the same bytes, a publish with the same Nats-Msg-Id.
+    """
+    started = monotonic()
+    pause = 0.1
+    while True:
+        try:
+            return await call()
+        except LEADERLESS:
+            if monotonic() - started + pause >= within_s:
+                raise
+            await sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 def key_token(text: str) -> str:

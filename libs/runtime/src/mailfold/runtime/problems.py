@@ -123,10 +123,16 @@ def problem_for(exc: Problem) -> Response:
 
 
 def unavailable() -> Response:
-    """503: a dependency did not answer; nothing was done, a retry may succeed."""
+    """503: a dependency did not answer in time; a retry may succeed.
+
+    What was asked may or may not have been stored (an acknowledgement lost on the way back
+    looks the same as a write that never arrived), so the answer asks for a retry of the same
+    request, which an Idempotency-Key and the event ids make safe.
+    """
     return problem(
         503,
-        "the event store did not answer; nothing was recorded, try again",
+        "the event store did not answer in time; retry the same request (with the same "
+        "Idempotency-Key, if it had one)",
         title="Service Unavailable",
         type_=PROBLEM_BASE + "unavailable",
         headers={"Retry-After": "1"},

@@ -59,6 +59,9 @@ class Settings:
     smtp_max_connections: int = setting("MAILFOLD_INGEST_SMTP_MAX_CONNECTIONS", 500, minimum=1)
     publish_timeout_s: float = setting("MAILFOLD_INGEST_PUBLISH_TIMEOUT_S", 5.0, positive=True)
     reuse_port: bool = setting("MAILFOLD_REUSE_PORT", False)
+    # How long a publish is retried before the client is told 503/451: a stream leader election
+    # on a cluster takes a few seconds.
+    publish_retry_s: float = setting("MAILFOLD_INGEST_PUBLISH_RETRY_S", 10.0, positive=True)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -141,6 +144,7 @@ async def start(settings: Settings) -> IngestService:
             publisher=EventPublisher(
                 nc,
                 timeout=settings.publish_timeout_s,
+                within_s=settings.publish_retry_s,
                 on_published=count_published,
                 on_failure=count_failure,
             ),

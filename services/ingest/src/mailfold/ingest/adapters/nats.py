@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
@@ -102,6 +103,14 @@ class ObjectContentStore:
         self._nuids = NUID()
 
     async def put(
+        self, data: bytes, content_type: str, *, fresh: bool = False, sha256: str | None = None
+    ) -> ContentRef:
+        """Store bytes once under their SHA-256, through an election of the store's leader."""
+        return await bus.through_elections(
+            lambda: self._put(data, content_type, fresh=fresh, sha256=sha256)
+        )
+
+    async def _put(
         self, data: bytes, content_type: str, *, fresh: bool = False, sha256: str | None = None
     ) -> ContentRef:
         """Store bytes once under their SHA-256.
@@ -361,27 +370,34 @@ class KvIdempotency:
         self._bucket = bucket
 
     async def get(self, org_id: str, key: str) -> IdempotencyClaim | None:
-        """The claim on a key, if any."""
-        raw = await get_value(self._bucket, idempotency_key(org_id, key))
+        """The claim on a key, if any (asked again of another replica when one does not answer)."""
+        kv_key = idempotency_key(org_id, key)
+        raw = await bus.through_elections(functools.partial(get_value, self._bucket, kv_key))
         return None if raw is None else _claim_dec.decode(raw)
 
     async def claim(self, org_id: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim:
         """Claim a key; returns `claim` when it was free, else the claim already there."""
         kv_key = idempotency_key(org_id, key)
-        for _ in range(10):
+        for attempt in range(10):
             try:
-                await self._bucket.create(kv_key, _enc.encode(claim))
+                await bus.through_elections(
+                    functools.partial(self._bucket.create, kv_key, _enc.encode(claim))
+                )
             except KeyWrongLastSequenceError:
                 existing = await self.get(org_id, key)
                 if existing is not None:
                     return existing
-                continue  # deleted between the create and the read: try again
+                # Deleted between the create and the read, or read from a replica that has
+                # not seen the claim yet (reads are direct): try again in a moment.
+                await asyncio.sleep(0.01 * attempt)
+                continue
             return claim
         raise RuntimeError(f"idempotency key {key!r} kept changing")
 
     async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
         """Mark the key's email as published."""
-        await self._bucket.put(idempotency_key(org_id, key), _enc.encode(claim))
+        kv_key, value = idempotency_key(org_id, key), _enc.encode(claim)
+        await bus.through_elections(lambda: self._bucket.put(kv_key, value))
 
 
 class KvVerpRecords:

@@ -37,6 +37,17 @@ def stream_seq(reply: str) -> int:
     return delivery(reply)[0]
 
 
+def consumer_seq(reply: str) -> int:
+    """The consumer's delivery sequence in a delivery's reply subject: one more for every
+    delivery the consumer makes, so a jump means deliveries that never arrived."""
+    tokens = reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[6])
+    if len(tokens) >= 11:
+        return int(tokens[8])
+    raise ValueError(f"not a JetStream ack subject: {reply!r}")
+
+
 def delivery(reply: str) -> tuple[int, int]:
     """(stream sequence, messages pending after this one) from a delivery's reply subject."""
     tokens = reply.split(".")

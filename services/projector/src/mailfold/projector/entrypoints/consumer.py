@@ -200,6 +200,7 @@ class PartitionWorker:
         pipeline = Pipeline(projection, writer, dead_letters=dead_letters)
         await source.start()
         self._source = source
+        delivered = 0  # the consumer sequence of the last delivery taken
         try:
             while not self._stop.is_set():
                 messages = await source.fetch()
@@ -208,6 +209,7 @@ class PartitionWorker:
                 if not messages:
                     await pipeline.drain()
                     continue
+                delivered = check_deliveries(delivered, messages)
                 batch = [(jetstream.stream_seq(m.reply), m.subject, m.data) for m in messages]
                 await pipeline.submit(batch, partial(self._ack, pipeline, messages[-1]))
             await pipeline.drain()
@@ -387,6 +389,24 @@ class ConsumerRunner:
         ]
         if positions:
             metrics.POSITION.set(min(positions))
+
+
+def check_deliveries(delivered: int, messages: list[Msg]) -> int:
+    """The consumer sequence of the last of `messages`, after checking none went missing.
+
+    Deliveries can be lost on the way (the consumer's leader or this connection moved to
+    another node of the cluster while they were in flight). Acknowledging a later one would
+    acknowledge them too (AckPolicy.ALL) without their being folded, so a jump in the consumer
+    sequence ends the term: the consumer is re-seated at the committed position.
+    """
+    for msg in messages:
+        seq = jetstream.consumer_seq(msg.reply)
+        if seq != delivered + 1:
+            raise RuntimeError(
+                f"deliveries lost: consumer sequence {seq} after {delivered}; re-seating"
+            )
+        delivered = seq
+    return delivered
 
 
 async def report_lag(js: JetStreamContext, runner: ConsumerRunner, interval: float) -> None:

@@ -20,7 +20,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from mailfold.runtime.bus import ensure_stream
+from mailfold.runtime.bus import ensure_stream, topology_replicas
 from mailfold.webhooks.domain.deliveries import Job
 
 JOBS_STREAM: Final = "WEBHOOK_JOBS"
@@ -69,11 +69,10 @@ class JobQueue:
         self._ack_wait_s = ack_wait_s
 
     async def ensure(self, *, replicas: int | None = None) -> None:
-        """Create the stream, or bring it to this configuration; without `replicas`, one replica
-        when created and an existing stream's own count (a starting copy never shrinks it)."""
-        await ensure_stream(
-            self._js, jobs_config(replicas=replicas or 1), keep_replicas=replicas is None
-        )
+        """Create the stream, or bring it to this configuration (keeping its replicas unless
+        `replicas` is given; a new one gets the topology's)."""
+        count = replicas if replicas is not None else await topology_replicas(self._js)
+        await ensure_stream(self._js, jobs_config(replicas=count), keep_replicas=replicas is None)
 
     async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]:
         """Send one job without waiting; the future resolves once it is stored."""
