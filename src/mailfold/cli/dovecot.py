@@ -19,10 +19,9 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
-from mailfold.cli.embedded import free_ports
+from mailfold.cli.embedded import StartStop, free_ports
 
 LOOPBACK: Final = "127.0.0.1"
 START_TIMEOUT: Final = 20.0
@@ -50,7 +49,7 @@ def _doveadm_binary() -> str:
     return found
 
 
-class Dovecot:
+class Dovecot(StartStop):
     """One Dovecot instance: IMAP and POP3 on free loopback ports, users added at will."""
 
     def __init__(self, folder: Path, *, imap_port: int = 0, pop3_port: int = 0) -> None:
@@ -269,18 +268,6 @@ service auth {{
         # Sessions that hold the folder open keep their view; a kick makes clients reconnect.
         with contextlib.suppress(DovecotError):
             self.doveadm("kick", user)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _accounts() -> tuple[pwd.struct_passwd, pwd.struct_passwd, pwd.struct_passwd]:

@@ -37,6 +37,7 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedServerError",
     "NatsCredentials",
+    "StartStop",
     "free_port",
     "free_ports",
     "nats_server_binary",
@@ -189,14 +190,38 @@ class NatsCredentials:
         return f"NatsCredentials(users={sorted(self._passwords)})"
 
 
-class _ChildServer(abc.ABC):
+class StartStop(abc.ABC):
+    """`with server:` starts it and stops it on the way out, whatever happened inside."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Launch and return once it serves."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop; a no-op when it is not running."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _ChildServer(StartStop):
     """What both embedded servers share: a child process, a context manager, a restart."""
 
     _proc: subprocess.Popen[bytes] | None
     _start_timeout: float
 
     @abc.abstractmethod
-    def start(self, timeout: float) -> None:
+    def start(self, timeout: float = NATS_START_TIMEOUT) -> None:
         """Launch the server and return once it serves."""
 
     @abc.abstractmethod
@@ -212,18 +237,6 @@ class _ChildServer(abc.ABC):
         if self._proc is not None:
             self._proc.wait()
             self._proc = None
-
-    def __enter__(self) -> Self:
-        self.start(self._start_timeout)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class EmbeddedNats(_ChildServer):
@@ -495,7 +508,7 @@ class ClusterRoutes:
         ]
 
 
-class EmbeddedNatsCluster:
+class EmbeddedNatsCluster(StartStop):
     """`size` nats-server nodes with JetStream, routed into one cluster on 127.0.0.1.
 
     Each node is an EmbeddedNats in `data_dir/node-<n>` that can be killed, restarted, paused
@@ -591,18 +604,6 @@ class EmbeddedNatsCluster:
                     f"{timeout:.0f}s: {leaders}"
                 )
             time.sleep(_POLL_INTERVAL)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedNatsCluster(address={self.address!r}, data_dir={str(self.data_dir)!r})"

@@ -45,6 +45,7 @@ from mailfold.events import (
     new_id,
 )
 from mailfold.events.fold import decode_state, encode_state
+from mailfold.events.subjects import DLQ_STREAM, dlq_subject
 from mailfold.projector.bootstrap import Service, Settings, start
 from mailfold.projector.domain.rows import EMAIL_COLUMNS, email_row, record_rows
 from mailfold.runtime import bus
@@ -369,3 +370,25 @@ async def assert_projection_is_the_fold(database_url: str, distinct: Sequence[An
             assert stored[event_id] == (ruling.decision.value, reason, ruling.detail, email_id)
         expected_links.update(record_rows(expected))
     assert links == expected_links
+
+
+async def assert_folded_once(
+    js: JetStreamContext, database_url: str, distinct: Sequence[AnyEvent], poison: Sequence[bytes]
+) -> None:
+    """After crashes and repeats: the tables are the pure fold of `distinct`, each event stored
+    once, and each poison message in the dead-letter stream once, however often it was handled."""
+    await assert_projection_is_the_fold(database_url, distinct)
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events") == len(distinct)
+    finally:
+        await conn.close()
+    dead = await js.pull_subscribe(dlq_subject("projector"), stream=DLQ_STREAM)
+    letters = []
+    while True:
+        try:
+            letters.extend(await dead.fetch(50, timeout=1))
+        except TimeoutError:  # nats-py raises its own subclass or the builtin
+            break
+    await dead.unsubscribe()
+    assert sorted(m.data for m in letters) == sorted(poison)

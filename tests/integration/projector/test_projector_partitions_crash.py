@@ -11,12 +11,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import asyncpg
 import httpx
 import pytest
 from nats.aio.client import Client
 from tests.integration.projector.conftest import (
-    assert_projection_is_the_fold,
+    assert_folded_once,
     last_seq,
     position,
     publish_again,
@@ -25,7 +24,7 @@ from tests.polling import eventually
 
 from mailfold.cli.embedded import EmbeddedNats
 from mailfold.cli.main import main as mailfold
-from mailfold.events import DLQ_STREAM, AnyEvent, dlq_subject, new_id
+from mailfold.events import AnyEvent, new_id
 from mailfold.projector.domain.partitions import layout
 from mailfold.runtime import bus
 
@@ -132,22 +131,8 @@ async def test_four_partitions_over_two_processes_survive_ten_kills_and_equal_th
     for process in processes:
         assert process.stop() == 0
 
-    await assert_projection_is_the_fold(database_url, distinct)
-    conn = await asyncpg.connect(database_url)
-    try:
-        assert await conn.fetchval("SELECT count(*) FROM events") == len(distinct)
-    finally:
-        await conn.close()
-    # Each poison message is in the dead-letter stream once: only its partition files it.
-    dead = await js.pull_subscribe(dlq_subject("projector"), stream=DLQ_STREAM)
-    letters = []
-    while True:
-        try:
-            letters.extend(await dead.fetch(50, timeout=1))
-        except TimeoutError:  # nats-py raises its own subclass or the builtin
-            break
-    await dead.unsubscribe()
-    assert sorted(m.data for m in letters) == sorted(POISON)
+    # Only its partition files a poison message, once.
+    await assert_folded_once(js, database_url, distinct, POISON)
 
     monkeypatch.setenv("MAILFOLD_NATS_URL", fresh_nats.url)
     monkeypatch.setenv("MAILFOLD_DATABASE_URL", database_url)
