@@ -279,6 +279,32 @@ def declare_publishers(
     return out
 
 
+def convert_fetch_timeouts(subscriber: Any) -> None:
+    """Work around FastStream 0.7.8's batch loop stopping on a timeout that nats-py raises.
+
+    The loop catches `nats.errors.TimeoutError`, but nats-py's fetch raises the plain
+    `asyncio.TimeoutError` when a partial batch's deadline runs out between its two requests.
+    FastStream then restarts the task and the messages it had collected wait for `ack_wait`.
+    Call this once the broker started: the subscription's fetch is wrapped to raise the error
+    the loop expects. Subscribers without a pull subscription are left as they are.
+    """
+    subscription: Any = getattr(subscriber, "subscription", None)
+    fetch = getattr(subscription, "fetch", None)
+    if fetch is None:
+        return
+
+    async def converted(*args: Any, **kwargs: Any) -> list[Msg]:
+        try:
+            result: list[Msg] = await fetch(*args, **kwargs)
+        except nats.errors.TimeoutError:
+            raise
+        except TimeoutError as exc:
+            raise nats.errors.TimeoutError from exc
+        return result
+
+    subscription.fetch = converted
+
+
 async def close(broker: NatsBroker) -> None:
     """Stop the subscribers, drain and close, even when NATS is away (a drain then fails)."""
     try:

@@ -13,7 +13,12 @@ from nats.js.errors import NotFoundError
 
 from mailfold.events import STREAM, EmailComposed, Keyring
 from mailfold.runtime import bus
-from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
+from mailfold.runtime.broker import (
+    asyncapi_document,
+    convert_fetch_timeouts,
+    declare_publishers,
+    new_broker,
+)
 from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.directory import OrgCache
 from mailfold.runtime.logging import configure_logging
@@ -94,9 +99,11 @@ class Service:
     """A running sender."""
 
     broker: NatsBroker
+    pool: consumer.Pool
     http: HttpServer
     direct: DirectMailer
     orgs: OrgCache
+    grace_s: float = 10.0
 
     @property
     def port(self) -> int:
@@ -105,15 +112,19 @@ class Service:
 
     async def stop(self) -> None:
         """Stop pulling, let in-flight emails finish briefly, close everything."""
+        self.pool.close()  # emails waiting for a slot go back to the stream at once
+        for subscriber in self.broker.subscribers:
+            await subscriber.stop()
+        await self.pool.drain(self.grace_s)
         await broker_close(self.broker)
         await self.orgs.stop()
         await self.direct.close()
         await self.http.stop()
 
 
-def declare(broker: NatsBroker, handle: consumer.Handle, settings: Settings) -> None:
+def declare(broker: NatsBroker, handle: consumer.Handle, settings: Settings) -> consumer.Pool:
     """The sender's subscriber and publishers, on `broker` (also what AsyncAPI documents)."""
-    consumer.subscribe(
+    pool = consumer.subscribe(
         broker,
         handle,
         durable=settings.consumer,
@@ -122,6 +133,7 @@ def declare(broker: NatsBroker, handle: consumer.Handle, settings: Settings) -> 
         max_pending=settings.max_pending,
     )
     declare_publishers(broker, "sender", PUBLISHES)
+    return pool
 
 
 async def start(
@@ -175,8 +187,10 @@ async def start(
         async def handle(composed: EmailComposed, redelivered: bool) -> Disposition:
             return await handle_composed(composed, ports, redelivered=redelivered)
 
-        declare(broker, handle, settings)
+        pool = declare(broker, handle, settings)
         await broker.start()
+        for subscriber in broker.subscribers:
+            convert_fetch_timeouts(subscriber)
 
         async def health() -> dict[str, object]:
             running = all(sub.running for sub in broker.subscribers)
@@ -195,7 +209,7 @@ async def start(
         if direct is not None:
             await direct.close()
         raise
-    return Service(broker=broker, http=http, direct=direct, orgs=cache)
+    return Service(broker=broker, pool=pool, http=http, direct=direct, orgs=cache)
 
 
 def main() -> None:
