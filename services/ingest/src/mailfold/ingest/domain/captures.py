@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from datetime import datetime
 from typing import Final
@@ -16,6 +17,7 @@ from mailfold.events import (
     Transport,
 )
 from mailfold.events.addresses import domain_listed, domain_of, is_address
+from mailfold.events.captures import captured_and_sent
 from mailfold.events.headers import MessageSummary
 from mailfold.events.ids import derived_id
 from mailfold.ingest.domain.replies import SENDER_BLACKLISTED, SENDER_NOT_APPROVED, Reply
@@ -124,31 +126,13 @@ def dropbox_events(
     lowered = {a.lower() for a in own}
     to, cc, bcc = (_without(v, lowered) for v in (summary.to, summary.cc, summary.bcc))
     email_id = derived_id("captured", org_id, raw.sha256, unix_ms=_ms(summary))
-    captured = EmailCaptured(
-        event_id=derived_id("email_captured", email_id, unix_ms=_ms(summary)),
+    return captured_and_sent(
         org_id=org_id,
         email_id=email_id,
-        occurred_at=occurred_at,
-        producer=PRODUCER,
         source=Source.BCC_DROPBOX,
-        transport=Transport.INTEGRATED_MAILBOX,
-        from_addr=summary.from_addr,
-        to=to,
-        cc=cc,
-        bcc=bcc,
-        subject=summary.subject,
-        message_id=summary.message_id,
-        raw=raw,
-        records=records,
-    )
-    sent = EmailSent(
-        event_id=derived_id("email_sent", email_id, unix_ms=_ms(summary)),
-        org_id=org_id,
-        email_id=email_id,
-        occurred_at=occurred_at,
         producer=PRODUCER,
-        recipients=(*to, *cc, *bcc),
-        message_id=summary.message_id,
-        transport=Transport.INTEGRATED_MAILBOX,
+        summary=dataclasses.replace(summary, to=to, cc=cc, bcc=bcc),
+        records=records,
+        occurred_at=occurred_at,
+        raw=raw,
     )
-    return captured, sent

@@ -23,6 +23,7 @@ from mailfold.events import (
     Source,
     Transport,
 )
+from mailfold.events.captures import captured_and_sent
 from mailfold.events.headers import MessageSummary
 from mailfold.events.ids import derived_id
 from mailfold.events.model import BounceKind
@@ -108,34 +109,16 @@ def captured(
     occurred_at: datetime,
 ) -> tuple[EmailCaptured, EmailSent]:
     """EmailCaptured (source IMAP) and EmailSent for mail found in the Sent folder."""
-    event = EmailCaptured(
-        event_id=derived_id("email_captured", email_id, unix_ms=_ms(summary)),
+    return captured_and_sent(
         org_id=org_id,
         email_id=email_id,
-        occurred_at=occurred_at,
-        producer=PRODUCER,
         source=Source.IMAP,
-        transport=Transport.INTEGRATED_MAILBOX,
-        from_addr=summary.from_addr,
-        to=summary.to,
-        cc=summary.cc,
-        bcc=summary.bcc,
-        subject=summary.subject,
-        message_id=summary.message_id,
+        producer=PRODUCER,
+        summary=summary,
         records=records,
+        occurred_at=occurred_at,
         mailbox_user=user,
     )
-    sent = EmailSent(
-        event_id=derived_id("email_sent", email_id, unix_ms=_ms(summary)),
-        org_id=org_id,
-        email_id=email_id,
-        occurred_at=occurred_at,
-        producer=PRODUCER,
-        recipients=summary.recipients,
-        message_id=summary.message_id,
-        transport=Transport.INTEGRATED_MAILBOX,
-    )
-    return event, sent
 
 
 def bounced(
