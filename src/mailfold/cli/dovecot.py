@@ -52,11 +52,23 @@ def _doveadm_binary() -> str:
 class Dovecot(StartStop):
     """One Dovecot instance: IMAP and POP3 on free loopback ports, users added at will."""
 
-    def __init__(self, folder: Path, *, imap_port: int = 0, pop3_port: int = 0) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        imap_port: int = 0,
+        pop3_port: int = 0,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """`tls` = (certificate, key) PEM files: STARTTLS on both ports, and IMAPS and POP3S on
+        ports of their own (`imaps_port`, `pop3s_port`; 0 without `tls`)."""
         self.folder = folder.resolve()
-        picked = free_ports(2)
+        picked = free_ports(4 if tls else 2)
         self.imap_port = imap_port or picked[0]
         self.pop3_port = pop3_port or picked[1]
+        self.tls = None if tls is None else (tls[0].resolve(), tls[1].resolve())
+        self.imaps_port = picked[2] if tls else 0
+        self.pop3s_port = picked[3] if tls else 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._users: dict[str, str] = {}
         self._revision = 0
@@ -88,7 +100,7 @@ log_path = {d}/dovecot.log
 info_log_path = {d}/dovecot.log
 protocols = imap pop3
 listen = {LOOPBACK}
-ssl = no
+{self._ssl_text()}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = {internal.pw_name}
@@ -126,7 +138,9 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = {LOOPBACK}
+    port = {self.imaps_port}
+    ssl = yes
   }}
 }}
 service pop3-login {{
@@ -135,7 +149,9 @@ service pop3-login {{
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
-    port = 0
+    address = {LOOPBACK}
+    port = {self.pop3s_port}
+    ssl = yes
   }}
 }}
 service auth {{
@@ -144,6 +160,17 @@ service auth {{
   }}
 }}
 """
+
+    def _ssl_text(self) -> str:
+        if self.tls is None:
+            return "ssl = no"
+        cert, key = self.tls
+        return f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+
+    def _ports(self) -> tuple[int, ...]:
+        return tuple(
+            p for p in (self.imap_port, self.pop3_port, self.imaps_port, self.pop3s_port) if p
+        )
 
     def add_user(self, user: str, password: str) -> None:
         """A user with this plain password (takes effect at once: the file is re-read)."""
@@ -163,7 +190,7 @@ service auth {{
         _hand_over(self.folder / "mail")
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Start in the foreground and wait until both ports accept connections."""
+        """Start in the foreground and wait until every port accepts connections."""
         binary = dovecot_binary()
         if binary is None:
             raise DovecotError(MISSING_HINT)
@@ -185,7 +212,7 @@ service auth {{
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise DovecotError(f"dovecot exited at start:\n{self._log_tail()}")
-            if _accepts(self.imap_port) and _accepts(self.pop3_port):
+            if all(_accepts(port) for port in self._ports()):
                 return
             time.sleep(0.05)
         self.stop()

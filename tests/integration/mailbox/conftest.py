@@ -202,12 +202,19 @@ class Org:
         protocol: str = "imap",
         password: str = "secret-pw",
         login_password: str | None = None,
+        security: str = "none",
     ) -> str:
-        """A Dovecot user and the org's mailbox settings for it; the Dovecot user name."""
+        """A Dovecot user and the org's mailbox settings for it; the Dovecot user name.
+
+        `security` is the mailbox's: none, starttls (the plain ports), or tls (IMAPS, POP3S)."""
         login = f"{user}-{self.org_id}"
         self.users.append(user)
         self.dovecot.add_user(login, password)
-        port = self.dovecot.pop3_port if protocol == "pop3" else self.dovecot.imap_port
+        d = self.dovecot
+        if security == "tls":
+            port = d.pop3s_port if protocol == "pop3" else d.imaps_port
+        else:
+            port = d.pop3_port if protocol == "pop3" else d.imap_port
         orgs = await bus.kv(self.js, bus.BUCKET_ORGS)
         await directory.save_mailbox(
             orgs,
@@ -222,7 +229,7 @@ class Org:
                     protocol=protocol,
                     host="127.0.0.1",
                     port=port,
-                    security="none",
+                    security=security,
                     username=login,
                     secret=login_password if login_password is not None else password,
                 ),
