@@ -73,7 +73,7 @@ async def _synced(nats_url: str, port: int, round_: int) -> float:
     from mailfold.mailbox.domain.events import Role
     from mailfold.mailbox.service_layer.sync import MailboxSync, Options
     from mailfold.runtime import bus, directory
-    from mailfold.runtime.directory import IncomingSettings, RecordEntry
+    from mailfold.runtime.directory import AddressCache, IncomingSettings, RecordEntry
 
     nc = await bus.connect(nats_url, "bench-mailbox")
     try:
@@ -89,7 +89,9 @@ async def _synced(nats_url: str, port: int, round_: int) -> float:
                 addresses=(f"customer{n}@client.example",),
             )
             await directory.put_record(dir_kv, org, entry)
-        ports = await build_ports(js, orgs, dir_kv, timeout_s=60)
+        addresses = AddressCache(nc)  # as the service runs it
+        await addresses.start()
+        ports = await build_ports(js, orgs, dir_kv, addresses, timeout_s=60)
         incoming = IncomingSettings(
             protocol="imap", host="127.0.0.1", port=port, security="none", username=USER,
             secret=PASSWORD,
@@ -106,6 +108,7 @@ async def _synced(nats_url: str, port: int, round_: int) -> float:
         info = await js.stream_info(STREAM, subjects_filter=f"mail.events.{org}.>")
         published = sum((info.state.subjects or {}).values())
         assert published == MESSAGES, published
+        await addresses.stop()
         return MESSAGES / elapsed
     finally:
         await bus.close(nc)

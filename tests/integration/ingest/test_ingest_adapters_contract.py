@@ -13,7 +13,6 @@ from nats.js import JetStreamContext
 from mailfold.events import AttachmentRef, ContentRef, Module, RecordRef
 from mailfold.ingest.adapters.memory import MemoryContentStore, MemoryDirectory, MemoryIdempotency
 from mailfold.ingest.adapters.nats import (
-    AddressCache,
     KvDirectory,
     KvIdempotency,
     ObjectContentStore,
@@ -28,6 +27,7 @@ from mailfold.ingest.service_layer.ports import (
 from mailfold.runtime import bus
 from mailfold.runtime.content import get_content
 from mailfold.runtime.directory import (
+    AddressCache,
     MailboxSettings,
     OrgCache,
     OrgSettings,

@@ -17,10 +17,10 @@ from nats.js import JetStreamContext
 
 from mailfold.cli.embedded import EmbeddedNats
 from mailfold.events import AnyEvent, EmailComposed, EmailReceived, Module
-from mailfold.ingest.adapters.nats import AddressCache, KvDirectory
+from mailfold.ingest.adapters.nats import KvDirectory
 from mailfold.ingest.bootstrap import IngestService, Settings, start
 from mailfold.runtime import bus
-from mailfold.runtime.directory import RecordEntry, put_record
+from mailfold.runtime.directory import AddressCache, RecordEntry, put_record
 from mailfold.runtime.orgs import create_org
 
 ReadStream = Callable[[JetStreamContext, str], Awaitable[list[AnyEvent]]]

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable, Sequence
 from typing import Annotated, Final
 
 import msgspec
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from mailfold.events import Module, RecordRef, VerpRecord
+from mailfold.runtime import bus
 from mailfold.runtime.bus import key_token
+
+log = structlog.get_logger("mailfold.runtime")
 
 DEFAULT_MAIL_DOMAIN: Final = "mailfold.localhost"
 DEFAULT_MASS_DAILY_LIMIT: Final = 1000
@@ -373,3 +382,135 @@ class OrgCache:
             return None
         current = self._settings.get(org_id)
         return OrgSettings() if current is None else current[1]
+
+
+class AddressCache:
+    """Which records have an address: lookups of the address index, held in memory.
+
+    Inbound mail looks up its sender's records; the same senders write again and again, and most
+    have no record at all. A lookup is kept once read and dropped when its key changes: a
+    headers-only watch of the index's updates (new ones only, so starting it costs nothing however
+    big the index is) delivers every change within milliseconds, and this service's own record
+    writes drop the cache at once. A lookup that raced with a change is not kept. While the watch
+    is not running, after the connection was lost and for entries older than `ttl` seconds, the
+    bucket is read again.
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        ttl: float = 300.0,
+        max_entries: int = 100_000,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_change(org_id)` is called for every change the watch delivers (the mailbox
+        re-reads recent mail of an org whose records gained an address)."""
+        self._nc = nc
+        self._on_change = on_change
+        self._js = nc.jetstream()
+        self._prefix = f"$KV.{bus.BUCKET_DIRECTORY}."
+        self._ttl = ttl
+        self._max_entries = max_entries
+        self._entries: dict[str, tuple[float, tuple[RecordRef, ...]]] = {}
+        self._changes = 0
+        self._reconnects = 0
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._watching = False
+        self._rewatch: asyncio.Task[None] | None = None
+
+    @property
+    def live(self) -> bool:
+        """True while the watch follows the index since the connection was last (re)made."""
+        return self._sub is not None and self._nc.stats["reconnects"] == self._reconnects
+
+    async def start(self) -> None:
+        """Start the watch of the address index's updates."""
+        self._watching = True
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        self._reconnects = self._nc.stats["reconnects"]
+        self._sub = await self._js.subscribe(
+            f"{self._prefix}*.addr.*",
+            stream=f"KV_{bus.BUCKET_DIRECTORY}",
+            cb=self._changed,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.NEW,
+            headers_only=True,
+            inactive_threshold=300.0,
+        )
+
+    async def stop(self) -> None:
+        """Stop the watch and forget every lookup."""
+        self._watching = False
+        if self._rewatch is not None:
+            self._rewatch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rewatch
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        self.clear()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _after_reconnect(self) -> None:
+        # Changes made while the connection was down may never reach the old watch in time: the
+        # cache starts empty again with a new watch of the changes from now on.
+        if self._watching and self._rewatch is None and self._nc.is_connected:
+            self._rewatch = asyncio.create_task(self._watch_again())
+
+    async def _watch_again(self) -> None:
+        try:
+            await self._unsubscribe()
+            await self._subscribe()
+        except Exception as exc:  # the next lookup tries again
+            log.warning("address watch failed", error=repr(exc))
+        finally:
+            self._rewatch = None
+
+    async def _changed(self, msg: Msg) -> None:
+        self._changes += 1
+        key = msg.subject[len(self._prefix) :]
+        self._entries.pop(key, None)
+        if self._on_change is not None:
+            self._on_change(key.partition(".")[0])
+
+    def clear(self) -> None:
+        """Forget every lookup, and keep none of those under way (the index is being written)."""
+        self._changes += 1
+        self._entries.clear()
+
+    async def records(self, records: KeyValue, org_id: str, address: str) -> tuple[RecordRef, ...]:
+        """The records of one address, from memory when the cache can say."""
+        if not self.live:
+            if self._entries:
+                self.clear()
+            self._after_reconnect()
+            return await records_for_address(records, org_id, address)
+        key = address_key(org_id, address)
+        now = time.monotonic()
+        cached = self._entries.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        changes = self._changes
+        found = await records_for_address(records, org_id, address)
+        if changes == self._changes and self.live:
+            if len(self._entries) >= self._max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = (now + self._ttl, found)
+        return found
+
+    async def records_of_all(
+        self, records: KeyValue, org_id: str, addresses: Sequence[str]
+    ) -> tuple[RecordRef, ...]:
+        """Every record that has any of these addresses, each once, in a stable order (as
+        `records_for_addresses`), each address from memory when the cache can say."""
+        found: dict[tuple[str, str], RecordRef] = {}
+        for refs in await asyncio.gather(*(self.records(records, org_id, a) for a in addresses)):
+            for ref in refs:
+                found.setdefault((ref.module.value, ref.record_id), ref)
+        return tuple(found[k] for k in sorted(found))

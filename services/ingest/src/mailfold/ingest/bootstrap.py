@@ -13,7 +13,6 @@ from mailfold.bounces import ParseFailed
 from mailfold.events import Keyring
 from mailfold.ingest.adapters.nats import (
     PUBLISHES,
-    AddressCache,
     KvDirectory,
     KvIdempotency,
     KvVerpRecords,
@@ -30,7 +29,7 @@ from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime import bus
 from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.broker import declare_publishers, new_broker
-from mailfold.runtime.directory import OrgCache
+from mailfold.runtime.directory import AddressCache, OrgCache
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier

@@ -26,7 +26,13 @@ from mailfold.mailbox.service_layer.coordinator import Coordinator
 from mailfold.mailbox.service_layer.deletion import delete_email
 from mailfold.mailbox.service_layer.sync import Options, Ports
 from mailfold.runtime import bus, directory
-from mailfold.runtime.directory import IncomingSettings, MailboxSettings, MailboxStatus, OrgSettings
+from mailfold.runtime.directory import (
+    AddressCache,
+    IncomingSettings,
+    MailboxSettings,
+    MailboxStatus,
+    OrgSettings,
+)
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
@@ -117,7 +123,7 @@ class Service:
     nc: Client
     coordinator: Coordinator
     http: HttpServer
-    watcher: asyncio.Task[None]
+    addresses: AddressCache
     exporter: asyncio.Task[None] | None = None
 
     @property
@@ -128,33 +134,14 @@ class Service:
     async def stop(self) -> None:
         """Stop answering, stop every sync and give the leases back, disconnect."""
         await self.http.stop()
-        for task in (self.watcher, self.exporter):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self.addresses.stop()
+        if self.exporter is not None:
+            self.exporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.exporter
         await self.coordinator.stop()
         await bus.close(self.nc)
         log.info("mailbox stopped")
-
-
-async def _watch_addresses(dir_kv: KeyValue, coordinator: Coordinator) -> None:
-    """A record gained (or lost) an address: its org's mailboxes re-read recent mail."""
-    while True:
-        try:
-            watcher = await dir_kv.watch("*.addr.*", ignore_deletes=True)
-            ready = False
-            async for entry in watcher:
-                if entry is None:
-                    ready = True
-                    continue
-                if ready and entry.value:
-                    coordinator.rescan(entry.key.split(".", 1)[0])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # NATS away: watch again shortly
-            log.warning("address watch failed", error=str(exc))
-            await asyncio.sleep(1)
 
 
 async def _export_board() -> None:
@@ -165,7 +152,12 @@ async def _export_board() -> None:
 
 
 async def build_ports(
-    js: JetStreamContext, orgs: KeyValue, dir_kv: KeyValue, *, timeout_s: float
+    js: JetStreamContext,
+    orgs: KeyValue,
+    dir_kv: KeyValue,
+    addresses: AddressCache,
+    *,
+    timeout_s: float,
 ) -> Ports:
     """The sync's ports on NATS: the shared publisher, the address index, the state bucket."""
     store = store_adapter.MailboxStore(js, await bus.kv(js, store_adapter.BUCKET))
@@ -175,8 +167,10 @@ async def build_ports(
             if error is not None:
                 raise error
 
+    cache = addresses
+
     async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
-        return await directory.records_for_addresses(dir_kv, org_id, tuple(addresses))
+        return await cache.records_of_all(dir_kv, org_id, addresses)
 
     async def org_settings(org_id: str) -> OrgSettings:
         # Read once per batch of messages: a changed setting applies from the next batch.
@@ -200,12 +194,20 @@ async def start(settings: Settings) -> Service:
     options = settings.options()
     nc = await bus.connect(settings.nats_url, "mailfold-mailbox", auth=settings.nats_auth)
     coordinator: Coordinator | None = None
+
+    def rescan(org_id: str) -> None:
+        # A record gained (or lost) an address: the org's mailboxes re-read recent mail.
+        if coordinator is not None:
+            coordinator.rescan(org_id)
+
+    addresses = AddressCache(nc, on_change=rescan)
     try:
         js = nc.jetstream()
         await bus.ensure_topology(js)
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
         dir_kv = await bus.kv(js, bus.BUCKET_DIRECTORY)
-        ports = await build_ports(js, orgs, dir_kv, timeout_s=settings.timeout_s)
+        await addresses.start()
+        ports = await build_ports(js, orgs, dir_kv, addresses, timeout_s=settings.timeout_s)
         metrics.BOARD.limit = settings.metric_mailboxes
         owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         coordinator = Coordinator(
@@ -216,7 +218,6 @@ async def start(settings: Settings) -> Service:
             lease_s=settings.lease_s,
         )
         coordinator.start()
-        watcher = asyncio.create_task(_watch_addresses(dir_kv, coordinator))
 
         async def load_incoming(org_id: str, user: str) -> IncomingSettings | None:
             mailbox = await directory.load_mailbox(orgs, org_id, user)
@@ -235,13 +236,14 @@ async def start(settings: Settings) -> Service:
     except BaseException:
         if coordinator is not None:
             await coordinator.stop()
+        await addresses.stop()
         await bus.close(nc)
         raise
     log.info("mailbox listening", host=settings.host, port=http.port, owner=owner)
     exporter = (
         asyncio.create_task(_export_board()) if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
     )
-    return Service(nc, coordinator, http, watcher, exporter)
+    return Service(nc, coordinator, http, addresses, exporter)
 
 
 def main() -> None:

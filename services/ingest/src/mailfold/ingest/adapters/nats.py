@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import hashlib
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -41,12 +37,12 @@ from mailfold.ingest.service_layer.ports import IdempotencyClaim
 from mailfold.runtime import bus, directory
 from mailfold.runtime.content import put_content
 from mailfold.runtime.directory import (
+    AddressCache,
     MailboxSettings,
     MailboxStatus,
     OrgCache,
     OrgSettings,
     RecordEntry,
-    address_key,
     get_value,
 )
 from mailfold.runtime.logging import get_logger
@@ -157,114 +153,6 @@ class ObjectContentStore:
             for ack in acks:
                 ack.cancel()  # after a failure or a timeout: stop waiting for the others
         return ContentRef(sha256=name, size=len(data), content_type=content_type)
-
-
-class AddressCache:
-    """Which records have an address: lookups of the address index, held in memory.
-
-    Inbound mail looks up its sender's records; the same senders write again and again, and most
-    have no record at all. A lookup is kept once read and dropped when its key changes: a
-    headers-only watch of the index's updates (new ones only, so starting it costs nothing however
-    big the index is) delivers every change within milliseconds, and this service's own record
-    writes drop the cache at once. A lookup that raced with a change is not kept. While the watch
-    is not running, after the connection was lost and for entries older than `ttl` seconds, the
-    bucket is read again.
-    """
-
-    def __init__(self, nc: Client, *, ttl: float = 300.0, max_entries: int = 100_000) -> None:
-        self._nc = nc
-        self._js = nc.jetstream()
-        self._prefix = f"$KV.{bus.BUCKET_DIRECTORY}."
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._entries: dict[str, tuple[float, tuple[RecordRef, ...]]] = {}
-        self._changes = 0
-        self._reconnects = 0
-        self._sub: JetStreamContext.PushSubscription | None = None
-        self._watching = False
-        self._rewatch: asyncio.Task[None] | None = None
-
-    @property
-    def live(self) -> bool:
-        """True while the watch follows the index since the connection was last (re)made."""
-        return self._sub is not None and self._nc.stats["reconnects"] == self._reconnects
-
-    async def start(self) -> None:
-        """Start the watch of the address index's updates."""
-        self._watching = True
-        await self._subscribe()
-
-    async def _subscribe(self) -> None:
-        self._reconnects = self._nc.stats["reconnects"]
-        self._sub = await self._js.subscribe(
-            f"{self._prefix}*.addr.*",
-            stream=f"KV_{bus.BUCKET_DIRECTORY}",
-            cb=self._changed,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.NEW,
-            headers_only=True,
-            inactive_threshold=300.0,
-        )
-
-    async def stop(self) -> None:
-        """Stop the watch and forget every lookup."""
-        self._watching = False
-        if self._rewatch is not None:
-            self._rewatch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._rewatch
-        await self._unsubscribe()
-
-    async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        self.clear()
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    def _after_reconnect(self) -> None:
-        # Changes made while the connection was down may never reach the old watch in time: the
-        # cache starts empty again with a new watch of the changes from now on.
-        if self._watching and self._rewatch is None and self._nc.is_connected:
-            self._rewatch = asyncio.create_task(self._watch_again())
-
-    async def _watch_again(self) -> None:
-        try:
-            await self._unsubscribe()
-            await self._subscribe()
-        except Exception as exc:  # the next lookup tries again
-            log.warning("address_watch_failed", error=repr(exc))
-        finally:
-            self._rewatch = None
-
-    async def _changed(self, msg: Msg) -> None:
-        self._changes += 1
-        self._entries.pop(msg.subject[len(self._prefix) :], None)
-
-    def clear(self) -> None:
-        """Forget every lookup, and keep none of those under way (the index is being written)."""
-        self._changes += 1
-        self._entries.clear()
-
-    async def records(self, records: KeyValue, org_id: str, address: str) -> tuple[RecordRef, ...]:
-        """The records of one address, from memory when the cache can say."""
-        if not self.live:
-            if self._entries:
-                self.clear()
-            self._after_reconnect()
-            return await directory.records_for_address(records, org_id, address)
-        key = address_key(org_id, address)
-        now = time.monotonic()
-        cached = self._entries.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        changes = self._changes
-        found = await directory.records_for_address(records, org_id, address)
-        if changes == self._changes and self.live:
-            if len(self._entries) >= self._max_entries:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (now + self._ttl, found)
-        return found
 
 
 class KvDirectory:
