@@ -38,6 +38,8 @@ def test_each_channel_names_who_publishes_and_who_consumes_it() -> None:
     assert ops["projector:projector"] == ("receive", "mail.events.>")
     assert ops["webhooks:webhooks"] == ("receive", "mail.events.>")
     assert ops["webhooks:jobs"] == ("send", "webhooks.jobs.*.*")
+    assert ops["mailbox:email_received"] == ("send", "mail.events.*.email_received")
+    assert ops["mailbox:email_deleted"] == ("send", "mail.events.*.email_deleted")
     assert {op for op, (action, _) in ops.items() if action == "send"} >= {
         f"sender:{t}" for t in ("email_sent", "email_delivered", "email_deferred", "email_bounced")
     }
@@ -46,8 +48,8 @@ def test_each_channel_names_who_publishes_and_who_consumes_it() -> None:
         for action, subject in ops.values()
         if action == "send" and subject.startswith("mail.events.")
     }
-    # Every event type has a producer, except deletions (from mailbox sync, not built yet).
-    assert published == set(EVENT_TYPES) - {"email_deleted"}
+    # Every event type has a producer (deletions come from the mailbox sync).
+    assert published == set(EVENT_TYPES)
 
 
 def test_a_changed_subscription_no_longer_matches_the_committed_document(

@@ -23,6 +23,7 @@ _NOWHERE = "nats://127.0.0.1:4222"  # never connected: the brokers are built to 
 def asyncapi_document() -> dict[str, Any]:
     """The document, as JSON-ready data."""
     from mailfold.ingest import bootstrap as ingest
+    from mailfold.mailbox import bootstrap as mailbox
     from mailfold.projector.entrypoints import consumer as projector
     from mailfold.sender import bootstrap as sender
     from mailfold.sender.service_layer.handlers import DONE, Disposition
@@ -46,6 +47,7 @@ def asyncapi_document() -> dict[str, Any]:
         tracker.declare(broker("tracker")),
         projector.declare(broker("projector")),
         webhooks.declare(broker("webhooks"), nothing, webhooks.Settings(nats_url=_NOWHERE)),
+        mailbox.declare(broker("mailbox")),
     ]
     spec = AsyncAPI(
         *brokers,

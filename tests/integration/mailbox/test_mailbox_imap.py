@@ -218,3 +218,19 @@ async def test_mailboxes_spread_over_copies_and_move_when_a_copy_stops(
     assert ours <= set(second.coordinator.held)
     assert len(received) == 2 * len(users)
     assert {e.mailbox_user for e in received} == set(users)
+
+
+async def test_health_metrics_and_the_asyncapi_document_are_served(
+    mailbox_service: Service,
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{mailbox_service.port}") as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        assert health.json()["checks"] == {"nats": "ok"}
+        spec = (await client.get("/asyncapi.json")).json()
+        assert {
+            name: op["action"] for name, op in spec["operations"].items()
+        } == {f"mailbox:{t}": "send" for t in (
+            "email_received", "email_captured", "email_sent", "email_bounced", "email_deleted"
+        )}  # fmt: skip
+        assert "mailfold_mailbox" in (await client.get("/metrics")).text

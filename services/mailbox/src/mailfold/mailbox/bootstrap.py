@@ -13,11 +13,19 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import msgspec
-from nats.aio.client import Client
+from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from mailfold.events import Event, RecordRef
+from mailfold.events import (
+    EmailBounced,
+    EmailCaptured,
+    EmailDeleted,
+    EmailReceived,
+    EmailSent,
+    Event,
+    RecordRef,
+)
 from mailfold.mailbox import metrics
 from mailfold.mailbox.adapters import store as store_adapter
 from mailfold.mailbox.adapters.bounces import failed_recipients
@@ -26,6 +34,8 @@ from mailfold.mailbox.service_layer.coordinator import Coordinator
 from mailfold.mailbox.service_layer.deletion import delete_email
 from mailfold.mailbox.service_layer.sync import Options, Ports
 from mailfold.runtime import bus, directory
+from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
+from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.directory import (
     AddressCache,
     IncomingSettings,
@@ -116,11 +126,20 @@ async def configured_mailboxes(orgs: KeyValue) -> dict[tuple[str, str], Incoming
     return found
 
 
+PUBLISHES: Final = (EmailReceived, EmailCaptured, EmailSent, EmailBounced, EmailDeleted)
+
+
+def declare(broker: NatsBroker) -> NatsBroker:
+    """What the mailbox sync publishes, on `broker` (what the AsyncAPI document shows)."""
+    declare_publishers(broker, "mailbox", PUBLISHES)
+    return broker
+
+
 @dataclass
 class Service:
     """A running mailbox service."""
 
-    nc: Client
+    broker: NatsBroker
     coordinator: Coordinator
     http: HttpServer
     addresses: AddressCache
@@ -140,7 +159,7 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.exporter
         await self.coordinator.stop()
-        await bus.close(self.nc)
+        await broker_close(self.broker)
         log.info("mailbox stopped")
 
 
@@ -192,7 +211,8 @@ async def build_ports(
 async def start(settings: Settings) -> Service:
     """Connect to NATS, lease and sync mailboxes, serve HTTP; port 0 picks a free port."""
     options = settings.options()
-    nc = await bus.connect(settings.nats_url, "mailfold-mailbox", auth=settings.nats_auth)
+    broker = declare(new_broker(settings.nats_url, service="mailbox", auth=settings.nats_auth))
+    nc = await broker.connect()
     coordinator: Coordinator | None = None
 
     def rescan(org_id: str) -> None:
@@ -229,21 +249,22 @@ async def start(settings: Settings) -> Service:
         async def health() -> dict[str, object]:
             return {"nats": "ok" if nc.is_connected else "disconnected"}
 
-        http = HttpServer(
-            mailbox_app(delete, TokenVerifier(orgs), health), settings.host, settings.port
+        app = mailbox_app(
+            delete, TokenVerifier(orgs), health, asyncapi=asyncapi_document(broker, "mailbox")
         )
+        http = HttpServer(app, settings.host, settings.port)
         await http.start()
     except BaseException:
         if coordinator is not None:
             await coordinator.stop()
         await addresses.stop()
-        await bus.close(nc)
+        await broker_close(broker)
         raise
     log.info("mailbox listening", host=settings.host, port=http.port, owner=owner)
     exporter = (
         asyncio.create_task(_export_board()) if os.environ.get("PROMETHEUS_MULTIPROC_DIR") else None
     )
-    return Service(nc, coordinator, http, addresses, exporter)
+    return Service(broker, coordinator, http, addresses, exporter)
 
 
 def main() -> None:

@@ -43,7 +43,12 @@ def problem(
     return Response(_json.encode(body), status, headers or None, media_type=PROBLEM_JSON)
 
 
-def mailbox_app(delete: Delete, verifier: TokenVerifier, health: HealthCheck) -> Starlette:
+def mailbox_app(
+    delete: Delete,
+    verifier: TokenVerifier,
+    health: HealthCheck,
+    asyncapi: Callable[[], str] | None = None,
+) -> Starlette:
     """The service's HTTP app."""
 
     async def delete_email(request: Request) -> Response:
@@ -86,6 +91,6 @@ def mailbox_app(delete: Delete, verifier: TokenVerifier, health: HealthCheck) ->
     return Starlette(
         routes=[
             Route("/v1/orgs/{org}/emails/{email_id}", delete_email, methods=["DELETE"]),
-            *ops_routes(health),
+            *ops_routes(health, asyncapi=asyncapi),
         ]
     )
