@@ -138,7 +138,7 @@ def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
 
     Any other exception propagates, so the subscriber's ack policy redelivers the message. A
     batch subscriber gets its undecodable messages as Poison items (EventCodec.decode_batch) and
-    parks them itself with `dead_letter`.
+    parks them itself with `dead_letter`; a Poison raised for a whole batch parks all of it.
     """
 
     class DeadLetters(BaseMiddleware):
@@ -151,12 +151,16 @@ def dead_letters(broker_ref: Callable[[], NatsBroker]) -> type[BaseMiddleware]:
                 reason = f"not a valid event: {exc}"
             except Poison as exc:
                 reason = str(exc)
-            if isinstance(msg.raw_message, Msg):
-                subscriber = self.context.get_local("handler_")
-                durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
-                await dead_letter(broker_ref(), msg.raw_message, reason, consumer=durable or "")
-                # Settled here: FastStream's ack policy must not ack or nak it again.
-                msg.committed = AckStatus.ACKED
+            subscriber = self.context.get_local("handler_")
+            durable = getattr(getattr(subscriber, "config", None), "durable_name", None)
+            raw = msg.raw_message
+            # A batch handler that gives up on its batch parks every message of it: none is
+            # acknowledged without being handled or parked.
+            for one in raw if isinstance(raw, list) else [raw]:
+                if isinstance(one, Msg):
+                    await dead_letter(broker_ref(), one, reason, consumer=durable or "")
+            # Settled here: FastStream's ack policy must not ack or nak it again.
+            msg.committed = AckStatus.ACKED
             return None
 
     return DeadLetters
