@@ -9,7 +9,7 @@ from nats.js import JetStreamContext
 
 from mailfold.ingest.adapters.usage import KvAttachmentUsage, MemoryAttachmentUsage
 from mailfold.ingest.domain.quota import Charge
-from mailfold.ingest.service_layer.ports import AttachmentUsage
+from mailfold.ingest.service_layer.ports import UsageLedger
 from mailfold.runtime import bus
 
 MIB = 1024 * 1024
@@ -17,14 +17,14 @@ QUOTA = 100 * MIB
 
 
 @pytest.fixture(params=["memory", "nats"])
-async def usage(request: pytest.FixtureRequest, js: JetStreamContext) -> AttachmentUsage:
+async def usage(request: pytest.FixtureRequest, js: JetStreamContext) -> UsageLedger:
     if request.param == "memory":
         return MemoryAttachmentUsage()
     return KvAttachmentUsage(await bus.kv(js, bus.BUCKET_DIRECTORY))
 
 
 async def test_a_charge_counts_once_and_a_template_file_once_per_record(
-    usage: AttachmentUsage, org_id: str
+    usage: UsageLedger, org_id: str
 ) -> None:
     template = (("a" * 64, 2 * MIB),)
     for n in range(3):
@@ -42,7 +42,7 @@ async def test_a_charge_counts_once_and_a_template_file_once_per_record(
 
 
 async def test_a_charge_past_the_limit_is_refused_and_a_refund_takes_it_back(
-    usage: AttachmentUsage, org_id: str
+    usage: UsageLedger, org_id: str
 ) -> None:
     assert await usage.charge(org_id, "c1", Charge(key="big", own_bytes=QUOTA), limit=QUOTA)
     assert await usage.charge(org_id, "c1", Charge(key="one", own_bytes=1), limit=QUOTA) is None
@@ -54,7 +54,7 @@ async def test_a_charge_past_the_limit_is_refused_and_a_refund_takes_it_back(
 
 
 async def test_racing_charges_never_take_a_record_past_its_limit(
-    usage: AttachmentUsage, org_id: str
+    usage: UsageLedger, org_id: str
 ) -> None:
     tenth = QUOTA // 10
     results = await asyncio.gather(

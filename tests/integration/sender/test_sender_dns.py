@@ -17,7 +17,7 @@ import pytest
 from mailfold.sender.adapters.dns import DnsUnavailable, DomainNotFound, MxResolver, NullMx
 from mailfold.sender.adapters.smtp import DirectMailer
 from mailfold.sender.domain.addresses import parse_mailbox
-from mailfold.sender.domain.delivery import Attempt, AttemptVerdict
+from mailfold.sender.domain.delivery import AttemptVerdict, SmtpAttempt
 from mailfold.sender.domain.routes import Routes
 from mailfold.sender.service_layer.ports import Envelope
 
@@ -113,12 +113,12 @@ async def test_dns_failures_become_bounces_or_deferrals_for_every_recipient(
         Envelope("bounce@mail.test", parse_mailbox(f"{user}@{domain}"), b"Subject: x\r\n\r\nx")
         for user in ("ann", "bob")
     ]
-    seen: list[Attempt] = []
+    seen: list[SmtpAttempt] = []
 
     async def before_data(_: Any) -> bool:
         raise AssertionError("nothing is sent")
 
-    async def after(_: Envelope, attempt: Attempt) -> None:
+    async def after(_: Envelope, attempt: SmtpAttempt) -> None:
         seen.append(attempt)
 
     await mailer.deliver(domain, envelopes, before_data, after)

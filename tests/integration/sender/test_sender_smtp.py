@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer
 from mailfold.sender.domain.addresses import parse_mailbox
-from mailfold.sender.domain.delivery import Attempt, AttemptVerdict
+from mailfold.sender.domain.delivery import AttemptVerdict, SmtpAttempt
 from mailfold.sender.domain.routes import Hop, Routes
 from mailfold.sender.service_layer.ports import Envelope
 
@@ -24,13 +24,13 @@ def _mailer(port: int, cache: ConnectionCache) -> DirectMailer:
     return DirectMailer(routes, MxResolver(), helo="sender.test", cache=cache)
 
 
-async def _send(mailer: DirectMailer, *users: str) -> list[Attempt]:
-    seen: list[Attempt] = []
+async def _send(mailer: DirectMailer, *users: str) -> list[SmtpAttempt]:
+    seen: list[SmtpAttempt] = []
 
     async def before_data(_: Any) -> bool:
         return True
 
-    async def after(_: Envelope, attempt: Attempt) -> None:
+    async def after(_: Envelope, attempt: SmtpAttempt) -> None:
         seen.append(attempt)
 
     envelopes = [

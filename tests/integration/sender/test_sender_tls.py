@@ -12,7 +12,7 @@ import pytest
 from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.smtp import DirectMailer
 from mailfold.sender.domain.addresses import parse_mailbox
-from mailfold.sender.domain.delivery import Attempt, AttemptVerdict
+from mailfold.sender.domain.delivery import AttemptVerdict, SmtpAttempt
 from mailfold.sender.domain.routes import Hop, Routes
 from mailfold.sender.service_layer.ports import Envelope
 
@@ -36,16 +36,16 @@ def server_context(tmp_path: Path) -> ssl.SSLContext:
     return context
 
 
-async def _deliver(port: int) -> Attempt:
+async def _deliver(port: int) -> SmtpAttempt:
     mailer = DirectMailer(
         Routes({"example.org": Hop("127.0.0.1", port)}), MxResolver(), helo="sender.test"
     )
-    seen: list[Attempt] = []
+    seen: list[SmtpAttempt] = []
 
     async def before_data(_: Any) -> bool:
         return True
 
-    async def after(_: Envelope, attempt: Attempt) -> None:
+    async def after(_: Envelope, attempt: SmtpAttempt) -> None:
         seen.append(attempt)
 
     envelope = Envelope("bounce@mail.test", parse_mailbox("ann@example.org"), MESSAGE)

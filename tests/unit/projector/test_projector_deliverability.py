@@ -223,6 +223,6 @@ def test_a_complaint_counts_and_an_unreachable_open_is_a_violation_by_source(
 
 
 def test_the_known_rejection_reasons_are_the_senders() -> None:
-    from mailfold.sender.domain.rules import Reason
+    from mailfold.sender.domain.rules import RejectReason
 
-    assert {r.value for r in Reason} == deliverability.REJECTION_REASONS
+    assert {r.value for r in RejectReason} == deliverability.REJECTION_REASONS

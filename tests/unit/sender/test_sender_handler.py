@@ -30,13 +30,13 @@ from mailfold.sender.adapters.memory import MemoryLedger
 from mailfold.sender.domain.addresses import Mailbox
 from mailfold.sender.domain.delivery import (
     SKIPPED,
-    Attempt,
     AttemptVerdict,
     RetryPolicy,
+    SmtpAttempt,
     failure,
     reply,
 )
-from mailfold.sender.domain.state import MarkState, Outcome, RecipientMark
+from mailfold.sender.domain.state import MarkState, RecipientMark, RecipientOutcome
 from mailfold.sender.service_layer.handlers import (
     DONE,
     Disposition,
@@ -65,11 +65,11 @@ class Crash(Exception):
 class FakeDirect:
     """Answers per recipient from a script (the last answer repeats); records what was sent."""
 
-    script: dict[str, list[Attempt]] = field(default_factory=dict)
+    script: dict[str, list[SmtpAttempt]] = field(default_factory=dict)
     crash_on: set[str] = field(default_factory=set)
     sent: list[Envelope] = field(default_factory=list)
 
-    def _next(self, key: str) -> Attempt:
+    def _next(self, key: str) -> SmtpAttempt:
         answers = self.script.get(key) or [OK]
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
@@ -97,7 +97,7 @@ class FakeDirect:
 class FakeSubmission:
     """One answer for the whole transaction, from a script."""
 
-    script: list[Attempt] = field(default_factory=lambda: [OK])
+    script: list[SmtpAttempt] = field(default_factory=lambda: [OK])
     sent: list[tuple[str, list[str], bytes]] = field(default_factory=list)
 
     async def submit(
@@ -107,7 +107,7 @@ class FakeSubmission:
         recipients: Sequence[Mailbox],
         message: bytes,
         before_data: BeforeData,
-    ) -> list[Attempt]:
+    ) -> list[SmtpAttempt]:
         attempt = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         if attempt.verdict is AttemptVerdict.DELIVERED:
             if not await before_data(recipients):
@@ -189,7 +189,7 @@ async def test_a_first_delivery_reports_sent_then_delivered_and_marks_the_recipi
     assert [type(e) for e in world.events] == [EmailSent, EmailDelivered]
     found = await world.ledger.mark("acme", email.email_id, "ann@example.org")
     assert found is not None
-    assert found[0].outcome is Outcome.DELIVERED
+    assert found[0].outcome is RecipientOutcome.DELIVERED
 
 
 async def test_a_redelivered_email_already_done_sends_and_reports_nothing() -> None:
@@ -220,7 +220,7 @@ async def test_a_crash_while_the_server_holds_the_message_never_sends_it_again()
     ]
     found = await world.ledger.mark("acme", email.email_id, "bob@example.org")
     assert found is not None
-    assert found[0].outcome is Outcome.UNKNOWN
+    assert found[0].outcome is RecipientOutcome.UNKNOWN
     # The same EmailSent is published again (same id), which JetStream and the fold drop.
     assert len({e.event_id for e in world.of(EmailSent)}) == 1
 

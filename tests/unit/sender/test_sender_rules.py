@@ -10,7 +10,7 @@ import pytest
 
 from mailfold.events import SOURCES, AttachmentRef, EmailComposed, Source, Transport, new_id
 from mailfold.sender.domain import rules
-from mailfold.sender.domain.rules import MB, Reason
+from mailfold.sender.domain.rules import MB, RejectReason
 
 
 def _composed(**fields: Any) -> EmailComposed:
@@ -42,27 +42,27 @@ def test_a_plain_email_passes() -> None:
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({}, Reason.NO_RECIPIENTS),
-        ({"to": ("ann@example.org",), "bcc": ("nope",)}, Reason.INVALID_ADDRESS),
-        ({"to": ("ann@example.org",), "from_addr": "x"}, Reason.INVALID_ADDRESS),
+        ({}, RejectReason.NO_RECIPIENTS),
+        ({"to": ("ann@example.org",), "bcc": ("nope",)}, RejectReason.INVALID_ADDRESS),
+        ({"to": ("ann@example.org",), "from_addr": "x"}, RejectReason.INVALID_ADDRESS),
         (
             {"to": ("a@example.org",), "attachments": (_attachment(3 * MB + 1, template=True),)},
-            Reason.TEMPLATE_ATTACHMENT_TOO_LARGE,
+            RejectReason.TEMPLATE_ATTACHMENT_TOO_LARGE,
         ),
         (
             {
                 "to": ("a@example.org",),
                 "attachments": (_attachment(8 * MB), _attachment(2 * MB + 1, template=True)),
             },
-            Reason.ATTACHMENTS_TOO_LARGE,
+            RejectReason.ATTACHMENTS_TOO_LARGE,
         ),
         (
             {"to": ("a@example.org",), "transport": Transport.INTEGRATED_MAILBOX},
-            Reason.MAILBOX_NOT_CONFIGURED,
+            RejectReason.MAILBOX_NOT_CONFIGURED,
         ),
     ],
 )
-def test_each_rule_refuses_with_its_reason(fields: dict[str, Any], reason: Reason) -> None:
+def test_each_rule_refuses_with_its_reason(fields: dict[str, Any], reason: RejectReason) -> None:
     rejection = rules.check(_composed(**fields), mailbox_configured=False)
     assert rejection is not None
     assert rejection.reason is reason
@@ -157,7 +157,7 @@ def test_an_email_marked_over_its_records_quota_is_refused_naming_the_record() -
     )
     rejection = rules.check(email, mailbox_configured=False)
     assert rejection is not None
-    assert rejection.reason is rules.Reason.RECORD_ATTACHMENT_QUOTA
+    assert rejection.reason is rules.RejectReason.RECORD_ATTACHMENT_QUOTA
     assert "'contact-7'" in rejection.detail
     assert rules.check(_composed(to=("ann@example.org",)), mailbox_configured=False) is None
 

@@ -21,7 +21,7 @@ from mailfold.events import (
 )
 from mailfold.tracker.domain.behaviour import BurstWindow
 from mailfold.tracker.domain.rules import Classifier
-from mailfold.tracker.service_layer.handlers import Refusal, Tracker
+from mailfold.tracker.service_layer.handlers import NotRecorded, Tracker
 
 RING = Keyring.parse("t1:unit-test-tracking-key-0123")
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -114,13 +114,13 @@ def test_a_long_user_agent_is_cut_to_a_sane_length() -> None:
 @pytest.mark.parametrize(
     ("token", "refusal"),
     [
-        ("garbage", Refusal.INVALID_TOKEN),
-        (click_token(), Refusal.WRONG_KIND),
-        (open_token(org_id="Not A Subject"), Refusal.BAD_CLAIMS),
-        (open_token(email_id="has space"), Refusal.BAD_CLAIMS),
+        ("garbage", NotRecorded.INVALID_TOKEN),
+        (click_token(), NotRecorded.WRONG_KIND),
+        (open_token(org_id="Not A Subject"), NotRecorded.BAD_CLAIMS),
+        (open_token(email_id="has space"), NotRecorded.BAD_CLAIMS),
     ],
 )
-def test_an_open_with_a_bad_token_records_nothing(token: str, refusal: Refusal) -> None:
+def test_an_open_with_a_bad_token_records_nothing(token: str, refusal: NotRecorded) -> None:
     harness = Harness()
     assert harness.tracker.open(token, BROWSER, CLIENT) is refusal
     assert harness.emitted == []
@@ -172,7 +172,7 @@ def test_every_click_of_a_burst_is_flagged_the_first_ones_too() -> None:
 def test_a_click_with_an_unsafe_url_is_refused_and_not_recorded() -> None:
     harness = Harness()
     assert harness.tracker.click(click_token("javascript:alert(1)"), BROWSER, CLIENT) is (
-        Refusal.UNSAFE_URL
+        NotRecorded.UNSAFE_URL
     )
     assert harness.emitted == []
     assert harness.timers == []
@@ -180,14 +180,14 @@ def test_a_click_with_an_unsafe_url_is_refused_and_not_recorded() -> None:
 
 def test_an_open_token_is_no_click_token() -> None:
     harness = Harness()
-    assert harness.tracker.click(open_token(), BROWSER, CLIENT) is Refusal.WRONG_KIND
-    assert harness.tracker.link(open_token()) is Refusal.WRONG_KIND
+    assert harness.tracker.click(open_token(), BROWSER, CLIENT) is NotRecorded.WRONG_KIND
+    assert harness.tracker.link(open_token()) is NotRecorded.WRONG_KIND
 
 
 def test_resolving_a_link_records_nothing() -> None:
     harness = Harness()
     resolved = harness.tracker.link(click_token())
-    assert not isinstance(resolved, Refusal)
+    assert not isinstance(resolved, NotRecorded)
     assert resolved[1] == "https://example.org/a"
     assert harness.emitted == []
     assert harness.timers == []

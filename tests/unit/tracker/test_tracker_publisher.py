@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 
 from mailfold.events import EmailOpened, Event, new_id
-from mailfold.tracker.adapters.publisher import Publisher
+from mailfold.tracker.adapters.publisher import BufferedPublisher
 
 
 def opened(n: int = 0) -> EmailOpened:
@@ -63,7 +63,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
 
 async def test_offered_events_are_published_once_each_in_order() -> None:
     stream = FakeStream()
-    publisher = Publisher(stream.publish_batch, capacity=100, backoff_s=0.001)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=100, backoff_s=0.001)
     publisher.start()
     events = [opened(n) for n in range(50)]
     for event in events:
@@ -76,7 +76,9 @@ async def test_offered_events_are_published_once_each_in_order() -> None:
 async def test_failed_publishes_are_retried_until_stored() -> None:
     stream = FakeStream()
     stream.failing = True
-    publisher = Publisher(stream.publish_batch, capacity=100, backoff_s=0.001, max_backoff_s=0.01)
+    publisher = BufferedPublisher(
+        stream.publish_batch, capacity=100, backoff_s=0.001, max_backoff_s=0.01
+    )
     publisher.start()
     failures_before = metric("mailfold_tracker_publish_failures_total")
     events = [opened(n) for n in range(10)]
@@ -94,7 +96,7 @@ async def test_failed_publishes_are_retried_until_stored() -> None:
 async def test_a_lost_acknowledgement_is_retried_and_stored_once() -> None:
     stream = FakeStream()
     stream.lose_acks = True
-    publisher = Publisher(stream.publish_batch, capacity=10, backoff_s=0.001)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=10, backoff_s=0.001)
     publisher.start()
     event = opened()
     publisher.offer(event)
@@ -107,7 +109,7 @@ async def test_a_lost_acknowledgement_is_retried_and_stored_once() -> None:
 
 async def test_only_the_failed_events_of_a_batch_are_retried() -> None:
     stream = FakeStream()
-    publisher = Publisher(stream.publish_batch, capacity=10, backoff_s=0.001)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=10, backoff_s=0.001)
     events = [opened(n) for n in range(4)]
     stream.failing_ids = {events[1].event_id}
     for event in events:
@@ -122,7 +124,7 @@ async def test_only_the_failed_events_of_a_batch_are_retried() -> None:
 
 async def test_a_full_buffer_drops_counts_and_says_so() -> None:
     stream = FakeStream()
-    publisher = Publisher(stream.publish_batch, capacity=2)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=2)
     dropped_before = metric("mailfold_tracker_events_dropped_total", reason="buffer_full")
     assert publisher.offer(opened(1))
     assert publisher.offer(opened(2))
@@ -138,7 +140,7 @@ async def test_a_full_buffer_drops_counts_and_says_so() -> None:
 
 async def test_stop_publishes_what_is_still_buffered() -> None:
     stream = FakeStream()
-    publisher = Publisher(stream.publish_batch, capacity=1000, batch=8)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=1000, batch=8)
     for n in range(200):
         publisher.offer(opened(n))
     publisher.start()
@@ -152,7 +154,7 @@ async def test_stop_gives_up_after_its_deadline_and_counts_what_is_left() -> Non
     stream.failing = True
     backlog_before = metric("mailfold_tracker_publish_backlog")
     dropped_before = metric("mailfold_tracker_events_dropped_total", reason="shutdown")
-    publisher = Publisher(stream.publish_batch, capacity=100, backoff_s=0.001)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=100, backoff_s=0.001)
     publisher.start()
     for n in range(5):
         publisher.offer(opened(n))
@@ -167,7 +169,7 @@ async def test_stop_gives_up_after_its_deadline_and_counts_what_is_left() -> Non
 
 async def test_nothing_is_accepted_after_stop() -> None:
     stream = FakeStream()
-    publisher = Publisher(stream.publish_batch, capacity=10)
+    publisher = BufferedPublisher(stream.publish_batch, capacity=10)
     publisher.start()
     await publisher.stop(1.0)
     dropped_before = metric("mailfold_tracker_events_dropped_total", reason="stopped")

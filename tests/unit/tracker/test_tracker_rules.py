@@ -15,9 +15,9 @@ from mailfold.tracker.domain.rules import (
     RULES,
     Classification,
     Classifier,
+    DetectionRule,
     Field,
     Interaction,
-    Rule,
     apple_egress_rule,
 )
 
@@ -120,7 +120,7 @@ def test_pixels_fetched_from_apples_network_are_privacy_protection() -> None:
 
 
 def test_the_first_matching_rule_decides() -> None:
-    allow = Rule("trusted_gateway", Verdict.HUMAN, Field.USER_AGENT, r"python-httpx")
+    allow = DetectionRule("trusted_gateway", Verdict.HUMAN, Field.USER_AGENT, r"python-httpx")
     classifier = Classifier((allow, *RULES))
     assert classifier.classify(Interaction.OPEN, "python-httpx/0.28.1", HOME) == Classification(
         Verdict.HUMAN, "trusted_gateway"
@@ -128,7 +128,9 @@ def test_the_first_matching_rule_decides() -> None:
 
 
 def test_a_network_rule_placed_first_wins_over_a_later_user_agent_rule() -> None:
-    office = Rule("office_network", Verdict.MACHINE, Field.CLIENT_NETWORK, "198.51.100.0/24")
+    office = DetectionRule(
+        "office_network", Verdict.MACHINE, Field.CLIENT_NETWORK, "198.51.100.0/24"
+    )
     classifier = Classifier((office, *RULES))
     assert classifier.classify(Interaction.CLICK, "curl/8.5.0", HOME).label == "office_network"
     assert classifier.classify(Interaction.CLICK, "curl/8.5.0", None).label == "http_library"

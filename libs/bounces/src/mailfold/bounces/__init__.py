@@ -7,7 +7,14 @@ reader per non-standard family) and classifies every recipient with the ordered 
 
 from __future__ import annotations
 
-from mailfold.bounces.classifier import FALLBACK_RULES, RULES, Decision, Rule, classify, decide
+from mailfold.bounces.classifier import (
+    FALLBACK_RULES,
+    RULES,
+    BounceClassification,
+    Rule,
+    classify,
+    decide,
+)
 from mailfold.bounces.codes import REPLY_REASONS, STATUS_REASONS
 from mailfold.bounces.extract import (
     find_command,
@@ -27,8 +34,8 @@ __all__ = [
     "REPLY_REASONS",
     "RULES",
     "STATUS_REASONS",
+    "BounceClassification",
     "BounceKind",
-    "Decision",
     "ParseFailed",
     "ParsedRecipient",
     "ParsedReport",

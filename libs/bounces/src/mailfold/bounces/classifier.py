@@ -43,7 +43,7 @@ from mailfold.bounces.reasons import (
 __all__ = [
     "FALLBACK_RULES",
     "RULES",
-    "Decision",
+    "BounceClassification",
     "Facts",
     "Rule",
     "classify",
@@ -277,7 +277,7 @@ FALLBACK_RULES: Final[tuple[Rule, ...]] = tuple(
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class BounceClassification:
     """A reason, its kind and the rule that decided it (`step:detail`)."""
 
     reason: str
@@ -349,7 +349,7 @@ def decide(
     command: str | None = None,
     diagnostic_type: str | None = None,
     action: str | None = None,
-) -> Decision:
+) -> BounceClassification:
     """Like `classify`, with the rule that decided."""
     code = (status or "").strip()
     if code and not STATUS_SHAPE.match(code):
@@ -365,11 +365,11 @@ def decide(
     delayed = (action or "").strip().lower() == "delayed"
     if not code and not reply and not text and not mailer:
         if delayed:
-            return Decision(R.EXPIRED, "soft", "action:delayed")
-        return Decision(R.UNDEFINED, "undetermined", "nothing-to-go-on")
+            return BounceClassification(R.EXPIRED, "soft", "action:delayed")
+        return BounceClassification(R.UNDEFINED, "undetermined", "nothing-to-go-on")
     facts = Facts(status=code, reply=reply, text=text, command=cmd, mailer=mailer, delayed=delayed)
     reason, rule = _reason(facts)
-    return Decision(
+    return BounceClassification(
         str(reason), kind_of(reason, " ".join(x for x in (code, reply, text) if x)), rule
     )
 

@@ -61,7 +61,7 @@ BUCKET_TTL_S: Final = {BUCKET_IDEMPOTENCY: 7 * 24 * 3600.0, BUCKET_SENDER: 8 * 2
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class NatsEndpoint:
     """Where and as whom to connect: the servers without credentials, who, and the TLS context."""
 
     servers: list[str]
@@ -79,10 +79,10 @@ class Endpoint:
         }
 
     def __repr__(self) -> str:
-        return f"Endpoint(servers={self.servers!r}, user={self.user!r}, tls={self.tls is not None})"
+        return f"NatsEndpoint(servers={self.servers!r}, user={self.user!r}, tls={self.tls is not None})"
 
 
-def endpoint(url: str, auth: NatsAuth | None = None) -> Endpoint:
+def endpoint(url: str, auth: NatsAuth | None = None) -> NatsEndpoint:
     """`url` (comma-separated for a cluster) and `auth` as connection options.
 
     Credentials travel as connect options rather than in the URLs: a client of a cluster also
@@ -110,7 +110,7 @@ def endpoint(url: str, auth: NatsAuth | None = None) -> Endpoint:
         tls = ssl.create_default_context(cafile=auth.tls_ca_file)
         if auth.tls_cert_file is not None:
             tls.load_cert_chain(auth.tls_cert_file, auth.tls_key_file)
-    return Endpoint(servers, user, password, tls)
+    return NatsEndpoint(servers, user, password, tls)
 
 
 def redact(url: str) -> str:

@@ -1,6 +1,6 @@
 """The one place that builds problem+json (RFC 9457) and turns every failure into one.
 
-Every HTTP service answers errors the same way: a `Problem` raised anywhere under a route becomes
+Every HTTP service answers errors the same way: a `HttpProblem` raised anywhere under a route becomes
 its document; an unreachable NATS becomes 503 with Retry-After; a body that stops arriving becomes
 408; a path with control characters becomes 400; anything else becomes 500, logged as one bounded
 line (never the request body). `Guard` wraps each service's ASGI app for that, and `api_app`
@@ -56,7 +56,7 @@ class FieldError:
     message: str
 
 
-class Problem(Exception):
+class HttpProblem(Exception):
     """A refusal with an HTTP status, a problem type and the fields at fault."""
 
     status: int = 400
@@ -115,8 +115,8 @@ def problem(
     return Response(body, status, dict(headers or {}), media_type=PROBLEM_JSON)
 
 
-def problem_for(exc: Problem) -> Response:
-    """The response for a raised Problem."""
+def problem_for(exc: HttpProblem) -> Response:
+    """The response for a raised HttpProblem."""
     return problem(
         exc.status, exc.detail, exc.errors, title=exc.title, type_=exc.type, headers=exc.headers
     )
@@ -238,7 +238,7 @@ class Guard:
                     headers={"Connection": "close"},
                 )
             )
-        except Problem as exc:
+        except HttpProblem as exc:
             await answer(problem_for(exc))
         except UNAVAILABLE as exc:
             log.warning("dependency_unavailable", path=path, error=repr(exc))

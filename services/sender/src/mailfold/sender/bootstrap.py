@@ -37,7 +37,7 @@ from mailfold.sender.adapters.dns import MxResolver
 from mailfold.sender.adapters.ledger import KvLedger
 from mailfold.sender.adapters.publisher import PUBLISHES, record
 from mailfold.sender.adapters.smtp import ConnectionCache, DirectMailer, SubmissionMailer
-from mailfold.sender.adapters.store import ContentCache, Directory
+from mailfold.sender.adapters.store import ContentCache, OrgSettingsStore
 from mailfold.sender.domain.delivery import RetryPolicy
 from mailfold.sender.domain.routes import Routes
 from mailfold.sender.entrypoints import consumer
@@ -158,7 +158,7 @@ async def start(
         orgs = await bus.kv(js, bus.BUCKET_ORGS)
         cache = OrgCache(orgs)
         await cache.start()
-        directory = Directory(orgs, cache)
+        directory = OrgSettingsStore(orgs, cache)
         content = ContentCache(await bus.objects(js), settings.content_cache_bytes)
         helo = settings.helo_name or socket.gethostname()
         direct = DirectMailer(

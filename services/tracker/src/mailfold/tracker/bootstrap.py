@@ -24,10 +24,10 @@ from mailfold.runtime.settings import (
     from_env,
     setting,
 )
-from mailfold.tracker.adapters.publisher import Publisher
+from mailfold.tracker.adapters.publisher import BufferedPublisher
 from mailfold.tracker.domain.behaviour import BurstWindow
 from mailfold.tracker.domain.network import IPNetwork, NetworkSet, parse_networks
-from mailfold.tracker.domain.rules import RULES, Classifier, Rule, apple_egress_rule
+from mailfold.tracker.domain.rules import RULES, Classifier, DetectionRule, apple_egress_rule
 from mailfold.tracker.entrypoints.http import tracker_app
 from mailfold.tracker.metrics import count_recorded
 from mailfold.tracker.service_layer.handlers import Tracker
@@ -49,7 +49,7 @@ class Settings:
     flush_timeout_s: float = setting("MAILFOLD_TRACKER_FLUSH_TIMEOUT_S", 10.0)
     publish_timeout_s: float = setting("MAILFOLD_TRACKER_PUBLISH_TIMEOUT_S", 5.0, positive=True)
     apple_egress_file: str = setting("MAILFOLD_TRACKER_APPLE_EGRESS_FILE", "")
-    rules: tuple[Rule, ...] = field(default=RULES)
+    rules: tuple[DetectionRule, ...] = field(default=RULES)
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
     @classmethod
@@ -76,7 +76,7 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"MAILFOLD_TRACKING_KEYS: {exc}") from exc
 
-    def all_rules(self) -> tuple[Rule, ...]:
+    def all_rules(self) -> tuple[DetectionRule, ...]:
         """The detection rules, with Apple's egress ranges when a file is configured."""
         if not self.apple_egress_file:
             return self.rules
@@ -92,7 +92,7 @@ class Service:
     """A running tracker."""
 
     broker: NatsBroker
-    publisher: Publisher
+    publisher: BufferedPublisher
     tracker: Tracker
     http: HttpServer
     flush_timeout_s: float
@@ -122,13 +122,13 @@ async def start(settings: Settings) -> Service:
     keyring = settings.keyring()
     classifier = Classifier(settings.all_rules())
     broker = declare(new_broker(settings.nats_url, service="tracker", auth=settings.nats_auth))
-    publisher: Publisher | None = None
+    publisher: BufferedPublisher | None = None
     try:
         nc = await broker.connect()
         js = nc.jetstream()
         await bus.ensure_topology(js)
 
-        publisher = Publisher(
+        publisher = BufferedPublisher(
             partial(bus.publish_batch, js, ack_timeout_s=settings.publish_timeout_s),
             capacity=settings.buffer,
         )

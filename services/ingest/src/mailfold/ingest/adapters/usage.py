@@ -43,7 +43,7 @@ def _charged(
 
 
 class KvAttachmentUsage:
-    """The AttachmentUsage port on the directory KV bucket."""
+    """The UsageLedger port on the directory KV bucket."""
 
     def __init__(self, bucket: KeyValue) -> None:
         self._kv = bucket

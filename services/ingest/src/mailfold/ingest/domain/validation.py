@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mailfold.runtime.problems import FieldError as FieldError
-from mailfold.runtime.problems import Problem
+from mailfold.runtime.problems import HttpProblem
 
 
-class Refused(Problem):
+class Refused(HttpProblem):
     """A request the API refuses, with the HTTP status, a problem type and the fields at fault."""
 
     status: int = 422

@@ -31,7 +31,7 @@ from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer
 from mailfold.runtime.problems import (
     UNAVAILABLE,
-    Problem,
+    HttpProblem,
     api_app,
     problem,
     problem_for,
@@ -179,7 +179,7 @@ class IngestApi:
                     headers={"WWW-Authenticate": 'Bearer realm="mailfold"'},
                 )
             return await endpoint(request, org_id)
-        except Problem as exc:
+        except HttpProblem as exc:
             return problem_for(exc)
         except UNAVAILABLE as exc:
             log.warning("nats_unavailable", path=request.url.path, error=repr(exc))

@@ -49,7 +49,7 @@ class BounceOutcome(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
+class SmtpAnswer:
     """The answer to a message: the SMTP reply, and what was kept and published."""
 
     reply: Reply
@@ -119,11 +119,11 @@ class MailIngress:
 
     async def deliver(
         self, mail_from: str | None, recipients: Sequence[str], raw: bytes
-    ) -> Delivery:
+    ) -> SmtpAnswer:
         """Keep the message, publish what it proves, and say what to answer to DATA."""
         routes = [r for r in map(route_for, recipients) if r is not None]
         if not routes:
-            return Delivery(NO_SUCH_MAILBOX, None)
+            return SmtpAnswer(NO_SUCH_MAILBOX, None)
         summary = summarise(raw)
         kind = routes[0].kind
         if kind is RouteKind.BOUNCE:
@@ -174,12 +174,14 @@ class MailIngress:
         )
         await quota.count(self._ports.usage, org_id, f"raw:{raw_ref.sha256}", size, records)
 
-    async def _dropbox(self, routes: list[Route], raw: bytes, summary: MessageSummary) -> Delivery:
+    async def _dropbox(
+        self, routes: list[Route], raw: bytes, summary: MessageSummary
+    ) -> SmtpAnswer:
         org_id = routes[0].org_id
         settings = await self._ports.directory.load_settings(org_id)
         refusal = dropbox_refusal(settings, summary)
         if refusal is not None:
-            return Delivery(refusal, RouteKind.DROPBOX)
+            return SmtpAnswer(refusal, RouteKind.DROPBOX)
         own = [r.address for r in routes]
         raw_ref = raw_content(raw)
         records = await self._ports.directory.records_for_addresses(
@@ -195,16 +197,16 @@ class MailIngress:
         )
         await self._keep_and_publish(raw, raw_ref, events)
         await self._count_attachments(org_id, raw, raw_ref, records)
-        return Delivery(ACCEPTED, RouteKind.DROPBOX, events, raw_ref)
+        return SmtpAnswer(ACCEPTED, RouteKind.DROPBOX, events, raw_ref)
 
     async def _inbound(
         self, routes: list[Route], mail_from: str | None, raw: bytes, summary: MessageSummary
-    ) -> Delivery:
+    ) -> SmtpAnswer:
         org_id = routes[0].org_id
         settings = await self._ports.directory.load_settings(org_id)
         refusal = blacklisted(settings, envelope_sender(mail_from), summary.from_addr)
         if refusal is not None:
-            return Delivery(refusal, RouteKind.INBOUND)
+            return SmtpAnswer(refusal, RouteKind.INBOUND)
         sender = sender_of(summary, mail_from)
         raw_ref = raw_content(raw)
         records = await self._ports.directory.records_for_addresses(
@@ -225,9 +227,11 @@ class MailIngress:
         ]
         await self._keep_and_publish(raw, raw_ref, events)
         await self._count_attachments(org_id, raw, raw_ref, records)
-        return Delivery(ACCEPTED, RouteKind.INBOUND, tuple(events), raw_ref)
+        return SmtpAnswer(ACCEPTED, RouteKind.INBOUND, tuple(events), raw_ref)
 
-    async def _reports(self, routes: list[Route], raw: bytes, summary: MessageSummary) -> Delivery:
+    async def _reports(
+        self, routes: list[Route], raw: bytes, summary: MessageSummary
+    ) -> SmtpAnswer:
         raw_ref = raw_content(raw)
         report: ParsedReport | None = None
         events: list[Event] = []
@@ -254,4 +258,4 @@ class MailIngress:
             outcomes.append(BounceOutcome.PUBLISHED if found else BounceOutcome.UNPARSED)
             events.extend(found)
         await self._keep_and_publish(raw, raw_ref, events)
-        return Delivery(ACCEPTED, RouteKind.BOUNCE, tuple(events), raw_ref, tuple(outcomes))
+        return SmtpAnswer(ACCEPTED, RouteKind.BOUNCE, tuple(events), raw_ref, tuple(outcomes))

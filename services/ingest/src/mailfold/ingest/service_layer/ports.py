@@ -107,7 +107,7 @@ class IdempotencyStore(Protocol):
         """Mark the key's email as published."""
 
 
-class AttachmentUsage(Protocol):
+class UsageLedger(Protocol):
     """The attachment bytes each record holds, updated with compare-and-set against racers."""
 
     async def usage(self, org_id: str, record_id: str) -> RecordUsage:
@@ -141,5 +141,5 @@ class Ports:
     content: ContentStore
     directory: Directory
     idempotency: IdempotencyStore
-    usage: AttachmentUsage
+    usage: UsageLedger
     clock: Callable[[], datetime] = field(default=utc_now)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from mailfold.events import AttachmentRef, RecordRef
 from mailfold.ingest.domain.quota import Charge, charge_for
 from mailfold.ingest.domain.requests import MIB, RECORD_ATTACHMENT_QUOTA_BYTES
-from mailfold.ingest.service_layer.ports import AttachmentUsage
+from mailfold.ingest.service_layer.ports import UsageLedger
 
 
 def compose_charge(
@@ -20,7 +20,7 @@ def compose_charge(
 
 
 async def reserve(
-    usage: AttachmentUsage, org_id: str, charge: Charge, records: Sequence[RecordRef]
+    usage: UsageLedger, org_id: str, charge: Charge, records: Sequence[RecordRef]
 ) -> RecordRef | None:
     """Charge each record for the email's attachments; the record that would pass its quota.
 
@@ -43,7 +43,7 @@ async def reserve(
 
 
 async def release(
-    usage: AttachmentUsage, org_id: str, charge: Charge, records: Sequence[RecordRef]
+    usage: UsageLedger, org_id: str, charge: Charge, records: Sequence[RecordRef]
 ) -> None:
     """Take back an email's own bytes after it could not be published (its template files stay:
     they are counted once per record anyway). Best effort: the publish failure is what matters."""
@@ -55,7 +55,7 @@ async def release(
 
 
 async def count(
-    usage: AttachmentUsage, org_id: str, key: str, size: int, records: Sequence[RecordRef]
+    usage: UsageLedger, org_id: str, key: str, size: int, records: Sequence[RecordRef]
 ) -> None:
     """Count a received or captured message's attachments on its records; never refuses."""
     if size <= 0:

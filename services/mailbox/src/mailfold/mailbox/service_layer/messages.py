@@ -30,7 +30,7 @@ class MailboxRef:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class MessageOutcome:
     """What a message became: the email it is (None when it is none) and its events."""
 
     email_id: str | None = None
@@ -39,7 +39,7 @@ class Outcome:
     summary: MessageSummary = field(default_factory=MessageSummary)
 
 
-NOTHING = Outcome()
+NOTHING = MessageOutcome()
 
 
 def _when(summary: MessageSummary, clock: Callable[[], datetime]) -> datetime:
@@ -112,7 +112,7 @@ def decide(
     *,
     settings: OrgSettings,
     clock: Callable[[], datetime],
-) -> Outcome:
+) -> MessageOutcome:
     """What a message that is no bounce becomes, given the records of its lookup addresses.
 
     Only mail exchanged with a record's address becomes an email.
@@ -132,11 +132,11 @@ def decide(
             records=records,
             occurred_at=at,
         )
-        return Outcome(email_id=email_id, events=(received,), summary=summary)
+        return MessageOutcome(email_id=email_id, events=(received,), summary=summary)
     crm = ev.crm_email_id(summary.message_id, settings.mail_domain)
     if crm is not None:
         # The CRM sent it through this mailbox: the sender already said so; keep it for deletion.
-        return Outcome(email_id=crm, summary=summary)
+        return MessageOutcome(email_id=crm, summary=summary)
     if not summary.recipients or not records:
         return NOTHING
     email_id = ev.email_id_for(org, user, role, ev.message_key(summary, raw), summary.date_ms)
@@ -148,7 +148,7 @@ def decide(
         records=records,
         occurred_at=at,
     )
-    return Outcome(
+    return MessageOutcome(
         email_id=email_id,
         events=(captured, sent),
         sent_message_id=summary.message_id,
@@ -166,7 +166,7 @@ async def outcomes_of(
     sent_email: SentEmail,
     parse_bounce: Callable[[bytes], list[BounceFact]],
     clock: Callable[[], datetime],
-) -> list[Outcome]:
+) -> list[MessageOutcome]:
     """Decide a batch of messages: one record lookup per distinct set of addresses."""
     summaries = [summarise(raw) for raw in raws]
     keys = [lookup_key(role, s, settings) for s in summaries]
@@ -178,7 +178,7 @@ async def outcomes_of(
             strict=True,
         )
     )
-    outcomes: list[Outcome] = []
+    outcomes: list[MessageOutcome] = []
     for raw, summary, key in zip(raws, summaries, keys, strict=True):
         if role is Role.INBOX and looks_like_bounce(summary):
             facts = parse_bounce(raw)
@@ -186,7 +186,7 @@ async def outcomes_of(
                 # A bounce is a fact about mail this mailbox sent, never an email of its own.
                 at = _when(summary, clock)
                 events = await bounce_events(mailbox, facts, settings, sent_email, at)
-                outcomes.append(Outcome(events=events, summary=summary))
+                outcomes.append(MessageOutcome(events=events, summary=summary))
                 continue
         records = found.get(key, ()) if key else ()
         outcomes.append(

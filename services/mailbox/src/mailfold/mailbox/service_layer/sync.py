@@ -24,7 +24,12 @@ from mailfold.mailbox.domain import events as ev
 from mailfold.mailbox.domain.events import Role
 from mailfold.mailbox.domain.state import FolderState
 from mailfold.mailbox.domain.status import PERSISTENT, ErrorKind, MailboxError
-from mailfold.mailbox.service_layer.messages import MailboxRef, Outcome, RecordsFor, outcomes_of
+from mailfold.mailbox.service_layer.messages import (
+    MailboxRef,
+    MessageOutcome,
+    RecordsFor,
+    outcomes_of,
+)
 from mailfold.runtime.directory import IncomingSettings, MailboxStatus, OrgSettings
 from mailfold.runtime.logging import get_logger
 
@@ -240,7 +245,7 @@ class MailboxSync:
         self._records = {}
         self._settings = None
 
-    async def _decide(self, role: Role, raws: Sequence[bytes]) -> list[Outcome]:
+    async def _decide(self, role: Role, raws: Sequence[bytes]) -> list[MessageOutcome]:
         if self._settings is None:
             self._settings = await self.ports.org_settings(self.mailbox.org_id)
         settings = self._settings
@@ -269,7 +274,7 @@ class MailboxSync:
         self,
         folder: str,
         state: FolderState,
-        pairs: Sequence[tuple[str, Outcome]],
+        pairs: Sequence[tuple[str, MessageOutcome]],
         known: set[str] | None,
     ) -> set[str]:
         """Publish what is new, remember every email (UID -> id, sent Message-ID)."""

@@ -3,7 +3,7 @@
 Direct delivery opens one connection per domain and runs one transaction per envelope on it
 (VERP gives each recipient its own return path). STARTTLS is opportunistic: used when offered,
 certificates not checked (RFC 7435), and a failed handshake falls back to a clear connection.
-Every outcome becomes an `Attempt` carrying the server's own reply; nothing raises for a server's
+Every outcome becomes an `SmtpAttempt` carrying the server's own reply; nothing raises for a server's
 answer or a network failure.
 """
 
@@ -37,7 +37,7 @@ from mailfold.sender.domain.delivery import (
     STATUS_NO_ANSWER,
     STATUS_NO_SUCH_DOMAIN,
     STATUS_NULL_MX,
-    Attempt,
+    SmtpAttempt,
     failure,
     reply,
 )
@@ -169,7 +169,7 @@ class DirectMailer:
         """Close the connections kept for later emails."""
         await self._cache.close()
 
-    async def _hops(self, domain: str) -> list[Hop] | Attempt:
+    async def _hops(self, domain: str) -> list[Hop] | SmtpAttempt:
         fixed = self._routes.lookup(domain)
         if fixed is not None:
             return [fixed]
@@ -192,14 +192,14 @@ class DirectMailer:
     ) -> None:
         """Try every envelope on the first exchanger that answers; report each attempt at once."""
         hops = await self._hops(domain)
-        if isinstance(hops, Attempt):
+        if isinstance(hops, SmtpAttempt):
             for envelope in envelopes:
                 await after(envelope, hops)
             return
-        last: Attempt = failure(f"no exchanger for {domain}", "CONN", STATUS_NO_ANSWER)
+        last: SmtpAttempt = failure(f"no exchanger for {domain}", "CONN", STATUS_NO_ANSWER)
         for hop in hops:
             session = await self._session(hop)
-            if isinstance(session, Attempt):
+            if isinstance(session, SmtpAttempt):
                 last = session
                 continue
             await session.run(envelopes, before_data, after)
@@ -207,12 +207,12 @@ class DirectMailer:
         for envelope in envelopes:
             await after(envelope, last)
 
-    async def _session(self, hop: Hop) -> _Session | Attempt:
+    async def _session(self, hop: Hop) -> _Session | SmtpAttempt:
         cached = self._cache.take(hop)
         if cached is not None:
             return _Session(self, hop, *cached, reused=True)
         opened = await self._open(hop)
-        if isinstance(opened, Attempt):
+        if isinstance(opened, SmtpAttempt):
             metrics.SMTP_CONNECT_FAILURES.labels("crm_servers").inc()
             return opened
         return _Session(self, hop, opened, 0, reused=False)
@@ -240,7 +240,7 @@ class DirectMailer:
             raise
         return smtp
 
-    async def _open(self, hop: Hop) -> aiosmtplib.SMTP | Attempt:
+    async def _open(self, hop: Hop) -> aiosmtplib.SMTP | SmtpAttempt:
         """A greeted connection, or the attempt that says why there is none."""
         for tls in (True, False):
             try:
@@ -289,7 +289,7 @@ class _Session:
                 else:
                     await _close(smtp)
 
-    async def _one(self, envelope: Envelope, before_data: BeforeData) -> Attempt:
+    async def _one(self, envelope: Envelope, before_data: BeforeData) -> SmtpAttempt:
         hop = self._hop
         if self._smtp is None or not self._smtp.is_connected:
             reopened = await self._reopen()
@@ -312,20 +312,20 @@ class _Session:
         )
         return attempt
 
-    async def _reopen(self) -> Attempt | None:
+    async def _reopen(self) -> SmtpAttempt | None:
         """A fresh connection in place of a dead one; the failure if there is none."""
         if self._smtp is not None:
             await _close(self._smtp)
             self._smtp = None
         opened = await self._mailer._open(self._hop)
-        if isinstance(opened, Attempt):
+        if isinstance(opened, SmtpAttempt):
             metrics.SMTP_CONNECT_FAILURES.labels("crm_servers").inc()
             return opened
         self._smtp, self._used, self._reused = opened, 0, False
         return None
 
 
-def _stale(attempt: Attempt) -> bool:
+def _stale(attempt: SmtpAttempt) -> bool:
     """A cached connection that turned out dead before anything was handed over."""
     if attempt.data_started or attempt.command != "MAIL":
         return False
@@ -346,7 +346,7 @@ async def _envelope_command(
 
 async def _transaction(
     smtp: aiosmtplib.SMTP, hop: Hop, envelope: Envelope, before_data: BeforeData
-) -> Attempt:
+) -> SmtpAttempt:
     """MAIL, RCPT, the caller's go-ahead, DATA: one recipient's attempt."""
     command = "MAIL"
     try:
@@ -391,7 +391,7 @@ class SubmissionMailer:
         recipients: Sequence[Mailbox],
         message: bytes,
         before_data: BeforeData,
-    ) -> list[Attempt]:
+    ) -> list[SmtpAttempt]:
         """One attempt per recipient: the RCPT refusal, or the DATA reply, or what broke."""
         name = f"{mailbox.smtp_host}:{mailbox.smtp_port}"
         security = mailbox.security.strip().lower()
@@ -425,7 +425,7 @@ class SubmissionMailer:
         recipients: Sequence[Mailbox],
         message: bytes,
         before_data: BeforeData,
-    ) -> list[Attempt]:
+    ) -> list[SmtpAttempt]:
         everyone = len(recipients)
         command = "CONN"
         try:
@@ -445,7 +445,7 @@ class SubmissionMailer:
             text = f"could not talk to {name}: {_describe(exc)}"
             return [failure(text, command, STATUS_NO_ANSWER, name)] * everyone
 
-        results: list[Attempt | None] = [None] * everyone
+        results: list[SmtpAttempt | None] = [None] * everyone
         accepted: list[int] = []
         command = "RCPT"
         try:

@@ -75,7 +75,7 @@ class ContentCache:
             self._size -= len(dropped)
 
 
-class Directory:
+class OrgSettingsStore:
     """Org settings and integrated mailboxes from the `mailfold_orgs` bucket.
 
     Settings come from the runtime's OrgCache (a KV watch, so a changed limit or time zone

@@ -47,7 +47,7 @@ def enhanced_status(code: int | None, text: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class SmtpAttempt:
     """What one try to hand the message over came to, for one recipient."""
 
     code: int | None  # the server's reply code; None when there was no reply
@@ -88,9 +88,9 @@ class Attempt:
         return reason, BounceKind(kind)
 
 
-def reply(code: int, text: str, command: str, remote_mta: str | None) -> Attempt:
+def reply(code: int, text: str, command: str, remote_mta: str | None) -> SmtpAttempt:
     """An attempt the server answered."""
-    return Attempt(
+    return SmtpAttempt(
         code=code,
         text=text.strip(),
         command=command,
@@ -108,9 +108,9 @@ def failure(
     *,
     permanent: bool = False,
     data_started: bool = False,
-) -> Attempt:
+) -> SmtpAttempt:
     """An attempt that got no reply: a connection or DNS failure."""
-    return Attempt(
+    return SmtpAttempt(
         code=None,
         text=text,
         command=command,
@@ -121,7 +121,7 @@ def failure(
     )
 
 
-SKIPPED: Final = Attempt(code=None, text="held by another sender", command="RCPT", skipped=True)
+SKIPPED: Final = SmtpAttempt(code=None, text="held by another sender", command="RCPT", skipped=True)
 
 
 @dataclass(frozen=True, slots=True)

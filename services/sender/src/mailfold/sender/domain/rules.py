@@ -27,8 +27,8 @@ DEDUPLICATED_SOURCES: Final = frozenset(
 )
 
 
-class Reason(enum.StrEnum):
-    """Reason codes of EmailRejected that the sender produces."""
+class RejectReason(enum.StrEnum):
+    """RejectReason codes of EmailRejected that the sender produces."""
 
     NO_RECIPIENTS = "no_recipients"
     INVALID_ADDRESS = "invalid_address"
@@ -42,10 +42,10 @@ class Reason(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Rejection:
+class RuleViolation:
     """A refusal before sending: a reason code, a sentence for people, the address at fault."""
 
-    reason: Reason
+    reason: RejectReason
     detail: str
     recipient: str | None = None
 
@@ -54,49 +54,50 @@ def _size(n: int) -> str:
     return f"{n / MB:.2f} MB"
 
 
-def check(composed: EmailComposed, *, mailbox_configured: bool) -> Rejection | None:
+def check(composed: EmailComposed, *, mailbox_configured: bool) -> RuleViolation | None:
     """The first rule the email breaks, or None when it may be sent."""
     if not composed.recipients:
-        return Rejection(Reason.NO_RECIPIENTS, "the email has no To, Cc or Bcc recipient")
+        return RuleViolation(RejectReason.NO_RECIPIENTS, "the email has no To, Cc or Bcc recipient")
     try:
         parse_mailbox(composed.from_addr)
     except InvalidAddress as exc:
-        return Rejection(
-            Reason.INVALID_ADDRESS, f"the from address {composed.from_addr!r} is invalid: {exc}"
+        return RuleViolation(
+            RejectReason.INVALID_ADDRESS,
+            f"the from address {composed.from_addr!r} is invalid: {exc}",
         )
     for address in composed.recipients:
         try:
             parse_mailbox(address)
         except InvalidAddress as exc:
-            return Rejection(
-                Reason.INVALID_ADDRESS,
+            return RuleViolation(
+                RejectReason.INVALID_ADDRESS,
                 f"the recipient address {address!r} is invalid: {exc}",
                 recipient=address,
             )
     for attachment in composed.attachments:
         if attachment.from_template and attachment.size > MAX_TEMPLATE_ATTACHMENT:
-            return Rejection(
-                Reason.TEMPLATE_ATTACHMENT_TOO_LARGE,
+            return RuleViolation(
+                RejectReason.TEMPLATE_ATTACHMENT_TOO_LARGE,
                 f"the template attachment {attachment.name!r} is {_size(attachment.size)}; "
                 f"a template attachment may be at most {_size(MAX_TEMPLATE_ATTACHMENT)}",
             )
     total = sum(a.size for a in composed.attachments)
     if total > MAX_ATTACHMENTS_TOTAL:
-        return Rejection(
-            Reason.ATTACHMENTS_TOO_LARGE,
+        return RuleViolation(
+            RejectReason.ATTACHMENTS_TOO_LARGE,
             f"the attachments add up to {_size(total)} (template attachments included); "
             f"an email may carry at most {_size(MAX_ATTACHMENTS_TOTAL)}",
         )
     if composed.over_quota_record is not None:
-        return Rejection(
-            Reason.RECORD_ATTACHMENT_QUOTA,
+        return RuleViolation(
+            RejectReason.RECORD_ATTACHMENT_QUOTA,
             f"storing the attachments would take record {composed.over_quota_record!r} past "
             "its 100 MB attachment quota",
         )
     if composed.transport is Transport.INTEGRATED_MAILBOX and not mailbox_configured:
         who = composed.mailbox_user or "(no mailbox_user given)"
-        return Rejection(
-            Reason.MAILBOX_NOT_CONFIGURED,
+        return RuleViolation(
+            RejectReason.MAILBOX_NOT_CONFIGURED,
             f"the email goes through an integrated mailbox, but user {who} has none configured",
         )
     return None

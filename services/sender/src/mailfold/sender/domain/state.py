@@ -20,7 +20,7 @@ class MarkState(enum.StrEnum):
     DONE = "done"  # final: delivered, bounced, handed to the mailbox, or outcome unknown
 
 
-class Outcome(enum.StrEnum):
+class RecipientOutcome(enum.StrEnum):
     """How a recipient's delivery ended."""
 
     DELIVERED = "delivered"
@@ -36,7 +36,7 @@ class RecipientMark(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int  # attempts started so far (the one in progress included)
     first_attempt_at: datetime
     retry_at: datetime | None = None
-    outcome: Outcome | None = None
+    outcome: RecipientOutcome | None = None
 
 
 class Admission(msgspec.Struct, frozen=True, kw_only=True):

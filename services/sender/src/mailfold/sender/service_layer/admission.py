@@ -14,11 +14,11 @@ from mailfold.events import EmailComposed
 from mailfold.runtime.directory import OrgSettings
 from mailfold.sender.domain import rules
 from mailfold.sender.domain.addresses import Mailbox
-from mailfold.sender.domain.rules import Reason, Rejection
+from mailfold.sender.domain.rules import RejectReason, RuleViolation
 from mailfold.sender.domain.state import Admission
 from mailfold.sender.service_layer.ports import Ledger
 
-Reject = Callable[[Rejection], Awaitable[None]]
+Reject = Callable[[RuleViolation], Awaitable[None]]
 
 
 async def admit(
@@ -77,8 +77,8 @@ async def _decide(
             admitted = []
     for m in duplicates:
         await reject(
-            Rejection(
-                Reason.DUPLICATE_RECIPIENT,
+            RuleViolation(
+                RejectReason.DUPLICATE_RECIPIENT,
                 f"{m.address} already gets this mass email (campaign {campaign}); "
                 "a mass email never goes twice to the same address",
                 recipient=m.address,
@@ -87,8 +87,8 @@ async def _decide(
     if limit_reached:
         zone = settings.time_zone
         await reject(
-            Rejection(
-                Reason.DAILY_LIMIT_REACHED,
+            RuleViolation(
+                RejectReason.DAILY_LIMIT_REACHED,
                 f"the org's daily limit of {settings.mass_email_daily_limit} mass emails "
                 f"for {admission.day.isoformat()} ({zone}) is reached",
                 # One email per recipient: the refused recipient is this email's own.

@@ -39,7 +39,7 @@ from mailfold.events.policy import reports_delivery
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender.domain import rules, tracking
 from mailfold.sender.domain.addresses import Mailbox, parse_mailbox
-from mailfold.sender.domain.delivery import STATUS_EXPIRED, Attempt, AttemptVerdict, RetryPolicy
+from mailfold.sender.domain.delivery import STATUS_EXPIRED, AttemptVerdict, RetryPolicy, SmtpAttempt
 from mailfold.sender.domain.message import (
     Body,
     build,
@@ -47,10 +47,10 @@ from mailfold.sender.domain.message import (
     message_id,
     verp_return_path,
 )
-from mailfold.sender.domain.rules import Reason, Rejection
-from mailfold.sender.domain.state import MarkState, Outcome, RecipientMark
+from mailfold.sender.domain.rules import RejectReason, RuleViolation
+from mailfold.sender.domain.state import MarkState, RecipientMark, RecipientOutcome
 from mailfold.sender.service_layer.admission import admit
-from mailfold.sender.service_layer.marks import Plan, Slot, mark_attempting, plan_attempts
+from mailfold.sender.service_layer.marks import AttemptPlan, Slot, mark_attempting, plan_attempts
 from mailfold.sender.service_layer.ports import (
     Clock,
     ContentMissing,
@@ -140,7 +140,7 @@ class _Job:
             "producer": PRODUCER,
         }
 
-    async def _reject(self, rejection: Rejection) -> None:
+    async def _reject(self, rejection: RuleViolation) -> None:
         who = (rejection.recipient or "").lower()
         await self.p.publish(
             EmailRejected(
@@ -166,7 +166,7 @@ class _Job:
         try:
             body = await self._load_body()
         except ContentMissing as exc:
-            await self._reject(Rejection(Reason.CONTENT_MISSING, str(exc)))
+            await self._reject(RuleViolation(RejectReason.CONTENT_MISSING, str(exc)))
             return DONE
         recipients = rules.recipients(c)
         # Indexes in the VERP record follow every recipient of the email, admitted or not, so
@@ -206,7 +206,7 @@ class _Job:
             attachments=tuple(zip(c.attachments, attachments, strict=True)),
         )
 
-    async def _plan(self, recipients: Sequence[Mailbox]) -> Plan:
+    async def _plan(self, recipients: Sequence[Mailbox]) -> AttemptPlan:
         return await plan_attempts(
             self.c, recipients, ledger=self.p.ledger, now=self.now, redelivered=self.redelivered
         )
@@ -268,7 +268,7 @@ class _Job:
         body: Body,
         settings: OrgSettings,
         shared: bytes | None,
-        plan: Plan,
+        plan: AttemptPlan,
     ) -> None:
         by_key = {s.mailbox.key: s for s in slots}
         envelopes = [
@@ -294,7 +294,7 @@ class _Job:
                 self.c, [by_key[m.key] for m in mailboxes], ledger=self.p.ledger, now=self.now
             )
 
-        async def after(envelope: Envelope, attempt: Attempt) -> None:
+        async def after(envelope: Envelope, attempt: SmtpAttempt) -> None:
             # Settled at once, not when the whole domain is done: a crash loses less.
             wait = await self._settle_direct(by_key[envelope.recipient.key], attempt)
             if wait is not None:
@@ -302,7 +302,7 @@ class _Job:
 
         await self.p.direct.deliver(domain, envelopes, before_data, after)
 
-    async def _settle_direct(self, slot: Slot, attempt: Attempt) -> float | None:
+    async def _settle_direct(self, slot: Slot, attempt: SmtpAttempt) -> float | None:
         """Report one recipient's attempt and record it; the seconds until its retry, if any."""
         m = slot.mailbox
         verdict = attempt.verdict
@@ -319,24 +319,24 @@ class _Job:
                         remote_mta=attempt.remote_mta,
                     )
                 )
-            await self._finish(slot, Outcome.DELIVERED)
+            await self._finish(slot, RecipientOutcome.DELIVERED)
             return None
         if verdict is AttemptVerdict.BOUNCED:
             reason, kind = attempt.classify()
             await self._publish_bounce(slot, attempt, reason=reason, kind=kind)
-            await self._finish(slot, Outcome.BOUNCED)
+            await self._finish(slot, RecipientOutcome.BOUNCED)
             return None
         now = self.p.clock()
         retry_at = self.p.retry.next_retry(slot.attempt, slot.first_at, now)
         if retry_at is None:
             await self._publish_expired(slot, attempt, reason="expired")
-            await self._finish(slot, Outcome.BOUNCED)
+            await self._finish(slot, RecipientOutcome.BOUNCED)
             return None
         await self._publish_deferred(slot, attempt, retry_at)
         await self._defer(slot, retry_at)
         return max(0.0, (retry_at - now).total_seconds())
 
-    async def _publish_deferred(self, slot: Slot, attempt: Attempt, retry_at: datetime) -> None:
+    async def _publish_deferred(self, slot: Slot, attempt: SmtpAttempt, retry_at: datetime) -> None:
         """EmailDeferred, where the policy says the email's delivery is reported at all."""
         if not self.reports_delivery:
             return
@@ -354,7 +354,7 @@ class _Job:
         )
 
     async def _publish_bounce(
-        self, slot: Slot, attempt: Attempt, *, reason: str | None, kind: BounceKind
+        self, slot: Slot, attempt: SmtpAttempt, *, reason: str | None, kind: BounceKind
     ) -> None:
         await self.p.publish(
             EmailBounced(
@@ -369,7 +369,9 @@ class _Job:
             )
         )
 
-    async def _publish_expired(self, slot: Slot, attempt: Attempt, *, reason: str | None) -> None:
+    async def _publish_expired(
+        self, slot: Slot, attempt: SmtpAttempt, *, reason: str | None
+    ) -> None:
         age = (self.p.clock() - slot.first_at).total_seconds()
         await self.p.publish(
             EmailBounced(
@@ -385,7 +387,7 @@ class _Job:
             )
         )
 
-    async def _finish(self, slot: Slot, outcome: Outcome) -> None:
+    async def _finish(self, slot: Slot, outcome: RecipientOutcome) -> None:
         done = RecipientMark(
             state=MarkState.DONE,
             attempt=slot.attempt,
@@ -452,7 +454,7 @@ class _Job:
                 # The mailbox's server saw the failure, not ours: no reason class to claim.
                 _, kind = attempt.classify()
                 await self._publish_bounce(slot, attempt, reason=None, kind=kind)
-                await self._finish(slot, Outcome.BOUNCED)
+                await self._finish(slot, RecipientOutcome.BOUNCED)
             else:
                 wait = await self._retry_submission(slot, attempt)
                 if wait is not None:
@@ -462,15 +464,15 @@ class _Job:
                 [s.mailbox.address for s in submitted], Transport.INTEGRATED_MAILBOX
             )
             for slot in submitted:
-                await self._finish(slot, Outcome.SUBMITTED)
+                await self._finish(slot, RecipientOutcome.SUBMITTED)
         return Retry(min(plan.waits)) if plan.waits else DONE
 
-    async def _retry_submission(self, slot: Slot, attempt: Attempt) -> float | None:
+    async def _retry_submission(self, slot: Slot, attempt: SmtpAttempt) -> float | None:
         now = self.p.clock()
         retry_at = self.p.retry.next_retry(slot.attempt, slot.first_at, now)
         if retry_at is None:
             await self._publish_expired(slot, attempt, reason=None)
-            await self._finish(slot, Outcome.BOUNCED)
+            await self._finish(slot, RecipientOutcome.BOUNCED)
             return None
         log.info(
             "submission deferred",

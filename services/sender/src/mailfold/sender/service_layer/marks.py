@@ -16,7 +16,7 @@ import structlog
 from mailfold.events import EmailComposed
 from mailfold.sender import metrics
 from mailfold.sender.domain.addresses import Mailbox
-from mailfold.sender.domain.state import MarkState, Outcome, RecipientMark
+from mailfold.sender.domain.state import MarkState, RecipientMark, RecipientOutcome
 from mailfold.sender.service_layer.ports import Ledger
 
 log = structlog.get_logger("mailfold.sender")
@@ -33,7 +33,7 @@ class Slot:
 
 
 @dataclass(slots=True)
-class Plan:
+class AttemptPlan:
     """Which recipients to try now, and how long until the earliest of the others is due."""
 
     due: list[Slot] = field(default_factory=list)
@@ -47,9 +47,9 @@ async def plan_attempts(
     ledger: Ledger,
     now: datetime,
     redelivered: bool,
-) -> Plan:
+) -> AttemptPlan:
     """Sort recipients into due now, waiting, or finished (marks from earlier deliveries)."""
-    plan = Plan()
+    plan = AttemptPlan()
     if not redelivered:
         plan.due = [Slot(m, 1, now, None) for m in recipients]
         return plan
@@ -89,7 +89,7 @@ async def unknown_outcome(
         state=MarkState.DONE,
         attempt=mark.attempt,
         first_attempt_at=mark.first_attempt_at,
-        outcome=Outcome.UNKNOWN,
+        outcome=RecipientOutcome.UNKNOWN,
     )
     await ledger.put_mark(c.org_id, c.email_id, m.key, done, last=revision)
 

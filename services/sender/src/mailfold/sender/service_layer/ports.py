@@ -10,7 +10,7 @@ from typing import Protocol
 from mailfold.events import Event, VerpRecord
 from mailfold.runtime.directory import MailboxSettings, OrgSettings
 from mailfold.sender.domain.addresses import Mailbox
-from mailfold.sender.domain.delivery import Attempt
+from mailfold.sender.domain.delivery import SmtpAttempt
 from mailfold.sender.domain.state import Admission, RecipientMark
 
 Publish = Callable[[Event], Awaitable[None]]
@@ -90,7 +90,7 @@ class Ledger(Protocol):
 
 
 # Called with each envelope's attempt as soon as it is known, before the next transaction.
-AfterAttempt = Callable[["Envelope", Attempt], Awaitable[None]]
+AfterAttempt = Callable[["Envelope", SmtpAttempt], Awaitable[None]]
 
 
 class DirectTransport(Protocol):
@@ -117,6 +117,6 @@ class SubmissionTransport(Protocol):
         recipients: Sequence[Mailbox],
         message: bytes,
         before_data: BeforeData,
-    ) -> list[Attempt]:
+    ) -> list[SmtpAttempt]:
         """One attempt per recipient, in order."""
         ...

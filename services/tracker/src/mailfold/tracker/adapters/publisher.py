@@ -29,7 +29,7 @@ DROP_LOG_INTERVAL_S: Final = 1.0
 log = get_logger(__name__)
 
 
-class Publisher:
+class BufferedPublisher:
     """A bounded buffer of events and the task that publishes them."""
 
     def __init__(

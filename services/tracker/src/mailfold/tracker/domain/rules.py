@@ -37,7 +37,7 @@ CLICKS: Final = frozenset({Interaction.CLICK})
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
+class DetectionRule:
     """One detection rule: when `pattern` matches `field`, the interaction gets `verdict`/`label`."""
 
     label: str
@@ -61,8 +61,8 @@ HUMAN: Final = Classification(Verdict.HUMAN)
 
 def _machine(
     label: str, pattern: str, note: str, applies_to: frozenset[Interaction] = BOTH
-) -> Rule:
-    return Rule(label, Verdict.MACHINE, Field.USER_AGENT, pattern, applies_to, note)
+) -> DetectionRule:
+    return DetectionRule(label, Verdict.MACHINE, Field.USER_AGENT, pattern, applies_to, note)
 
 
 # Apple's own address block (AS714). Mail Privacy Protection fetches through Apple's relay, whose
@@ -70,7 +70,7 @@ def _machine(
 # egress list.
 APPLE_NETWORKS: Final = "17.0.0.0/8"
 
-RULES: Final[tuple[Rule, ...]] = (
+RULES: Final[tuple[DetectionRule, ...]] = (
     _machine(
         "no_user_agent",
         r"^\s*$",
@@ -82,7 +82,7 @@ RULES: Final[tuple[Rule, ...]] = (
         "Apple Mail Privacy Protection prefetches images with exactly this user agent",
         OPENS,
     ),
-    Rule(
+    DetectionRule(
         "apple_mpp",
         Verdict.MACHINE,
         Field.CLIENT_NETWORK,
@@ -142,7 +142,7 @@ RULES: Final[tuple[Rule, ...]] = (
 class Classifier:
     """Applies rules in order; the first that matches decides, and no match means a person."""
 
-    def __init__(self, rules: Iterable[Rule] = RULES, *, cache_size: int = 4096) -> None:
+    def __init__(self, rules: Iterable[DetectionRule] = RULES, *, cache_size: int = 4096) -> None:
         self.rules = tuple(rules)
         self._none = len(self.rules)
         agents: dict[Interaction, list[tuple[int, re.Pattern[str]]]] = {i: [] for i in Interaction}
@@ -188,7 +188,7 @@ class Classifier:
         return Classification(rule.verdict, rule.label)
 
 
-def apple_egress_rule(lines: Iterable[str]) -> Rule:
+def apple_egress_rule(lines: Iterable[str]) -> DetectionRule:
     """An `apple_mpp` network rule from Apple's egress list (CSV, the CIDR in the first column)."""
     cidrs = [
         line.split(",", 1)[0].strip()
@@ -196,7 +196,7 @@ def apple_egress_rule(lines: Iterable[str]) -> Rule:
         if line.strip() and not line.lstrip().startswith("#")
     ]
     parse_networks(cidrs)  # refuse a bad file at start, naming the entry
-    return Rule(
+    return DetectionRule(
         "apple_mpp",
         Verdict.MACHINE,
         Field.CLIENT_NETWORK,

@@ -16,7 +16,7 @@ from mailfold.runtime.logging import get_logger
 from mailfold.runtime.problems import FieldError, problem_body
 from mailfold.tracker.domain.network import IPAddress, NetworkSet, client_address
 from mailfold.tracker.metrics import INVALID_TOKENS, REQUEST_SECONDS
-from mailfold.tracker.service_layer.handlers import Refusal, Tracker
+from mailfold.tracker.service_layer.handlers import NotRecorded, Tracker
 
 # A 1x1 transparent GIF89a: a two-colour table, a graphic control extension marking colour 0
 # transparent, and one pixel of colour 0.
@@ -46,10 +46,10 @@ ALLOWED: Final = "GET, HEAD"
 log = get_logger(__name__)
 
 _MESSAGES: Final = {
-    Refusal.INVALID_TOKEN: "the link's token is not valid",
-    Refusal.WRONG_KIND: "the token is not a click token",
-    Refusal.BAD_CLAIMS: "the link's token is not valid",
-    Refusal.UNSAFE_URL: "the link does not lead to an http or https address",
+    NotRecorded.INVALID_TOKEN: "the link's token is not valid",
+    NotRecorded.WRONG_KIND: "the token is not a click token",
+    NotRecorded.BAD_CLAIMS: "the link's token is not valid",
+    NotRecorded.UNSAFE_URL: "the link does not lead to an http or https address",
 }
 
 
@@ -100,7 +100,7 @@ def tracker_app(tracker: Tracker, ops: ASGIApp, trusted: NetworkSet) -> ASGIApp:
     invalid = {
         (endpoint, reason): INVALID_TOKENS.labels(endpoint, reason.value)
         for endpoint in ("open", "click")
-        for reason in Refusal
+        for reason in NotRecorded
     }
 
     async def answer(
@@ -137,17 +137,17 @@ def tracker_app(tracker: Tracker, ops: ASGIApp, trusted: NetworkSet) -> ASGIApp:
     async def redirect(scope: Scope, send: Send) -> None:
         method: str = scope["method"]
         token = scope["path"][3:]
-        result: str | Refusal
+        result: str | NotRecorded
         if method == "GET":
             user_agent, client = _client_traits(scope, trusted)
             result = tracker.click(token, user_agent, client)
         elif method == "HEAD":
             resolved = tracker.link(token)
-            result = resolved if isinstance(resolved, Refusal) else resolved[1]
+            result = resolved if isinstance(resolved, NotRecorded) else resolved[1]
         else:
             await not_allowed(send)
             return
-        if isinstance(result, Refusal):
+        if isinstance(result, NotRecorded):
             if method == "GET":
                 invalid["click", result].inc()
             body = _NOT_FOUND[result]

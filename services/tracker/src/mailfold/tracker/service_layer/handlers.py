@@ -40,7 +40,7 @@ PRODUCER: Final = "tracker"
 MAX_USER_AGENT: Final = 512
 
 
-class Refusal(enum.StrEnum):
+class NotRecorded(enum.StrEnum):
     """Why a request records nothing (the value is the metric label)."""
 
     INVALID_TOKEN = "invalid_token"  # malformed, forged, tampered with, or an unknown key id
@@ -99,23 +99,23 @@ class Tracker:
         self._held: dict[int, tuple[Cancellable, Callable[[], None]]] = {}
         self._next_hold = 0
 
-    def _claims(self, token: str, kind: TokenKind) -> TrackingClaims | Refusal:
+    def _claims(self, token: str, kind: TokenKind) -> TrackingClaims | NotRecorded:
         try:
             claims = self._keyring.verify(token)
         except InvalidToken:
-            return Refusal.INVALID_TOKEN
+            return NotRecorded.INVALID_TOKEN
         if claims.kind is not kind:
-            return Refusal.WRONG_KIND
+            return NotRecorded.WRONG_KIND
         try:
             msgspec.convert((claims.org_id, claims.email_id, claims.recipient), _Ids)
         except msgspec.ValidationError:
-            return Refusal.BAD_CLAIMS
+            return NotRecorded.BAD_CLAIMS
         return claims
 
-    def open(self, token: str, user_agent: str, client: IPAddress | None) -> Refusal | None:
+    def open(self, token: str, user_agent: str, client: IPAddress | None) -> NotRecorded | None:
         """Record the pixel load of a valid open token; the refusal otherwise (nothing recorded)."""
         claims = self._claims(token, TokenKind.OPEN)
-        if isinstance(claims, Refusal):
+        if isinstance(claims, NotRecorded):
             return claims
         found = self._classifier.classify(Interaction.OPEN, user_agent, client)
         event = EmailOpened(
@@ -133,24 +133,24 @@ class Tracker:
         self._emit(event)
         return None
 
-    def link(self, token: str) -> tuple[TrackingClaims, str] | Refusal:
+    def link(self, token: str) -> tuple[TrackingClaims, str] | NotRecorded:
         """The claims and the Location of a valid click token, recording nothing (HEAD)."""
         claims = self._claims(token, TokenKind.CLICK)
-        if isinstance(claims, Refusal):
+        if isinstance(claims, NotRecorded):
             return claims
         target = redirect_target(claims.url)
         if target is None:
-            return Refusal.UNSAFE_URL
+            return NotRecorded.UNSAFE_URL
         return claims, target
 
-    def click(self, token: str, user_agent: str, client: IPAddress | None) -> str | Refusal:
+    def click(self, token: str, user_agent: str, client: IPAddress | None) -> str | NotRecorded:
         """Record a click on a valid click token and return where to send the browser.
 
         A click that rules out a person at once is emitted at once. Any other waits one burst
         span, so that every click of a scanner's burst is flagged, the first ones included.
         """
         resolved = self.link(token)
-        if isinstance(resolved, Refusal):
+        if isinstance(resolved, NotRecorded):
             return resolved
         claims, target = resolved
         now = self._clock()
