@@ -4,24 +4,13 @@ MAIL_DLQ with its reason, once, for one message or a whole batch."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from faststream import StreamMessage
-from faststream.nats import JStream, PullSub, TestNatsBroker
+from faststream.nats import PullSub, TestNatsBroker
 from prometheus_client import CollectorRegistry
+from tests.dead_letters import collect_dead_letters
 
-from mailfold.events import DLQ_STREAM, AnyEvent, EmailOpened, encode, new_id
-from mailfold.runtime.broker import EVENTS_STREAM, Poison, current_message, new_broker
-
-
-class Raw:
-    """Dead letters are read as the bytes that arrived."""
-
-    async def decode(self, msg: StreamMessage[Any]) -> Any:
-        return msg.body
-
-    async def encode(self, msg: Any, serializer: Any = None) -> tuple[bytes, str | None]:
-        return msg, None
+from mailfold.events import AnyEvent, EmailOpened, encode, new_id
+from mailfold.runtime.broker import EVENTS_STREAM, Poison, new_broker
 
 
 def _opened() -> EmailOpened:
@@ -44,11 +33,7 @@ async def test_a_poison_raised_by_a_handler_parks_its_message_with_the_reason() 
     async def handle(event: AnyEvent) -> None:
         raise Poison(f"no use for {event.event_type}")
 
-    parked: list[tuple[bytes, dict[str, str]]] = []
-
-    @broker.subscriber("mail.dlq.>", stream=JStream(DLQ_STREAM, declare=False), codec=Raw())
-    async def dlq(body: bytes) -> None:
-        parked.append((body, dict(current_message(broker).headers)))
+    parked = collect_dead_letters(broker)
 
     opened = _opened()
     async with TestNatsBroker(broker) as test:
@@ -71,11 +56,7 @@ async def test_a_poison_raised_for_a_whole_batch_parks_every_message_of_it() -> 
     async def handle(events: list[AnyEvent]) -> None:
         raise Poison("the batch is unusable")
 
-    parked: list[tuple[bytes, dict[str, str]]] = []
-
-    @broker.subscriber("mail.dlq.>", stream=JStream(DLQ_STREAM, declare=False), codec=Raw())
-    async def dlq(body: bytes) -> None:
-        parked.append((body, dict(current_message(broker).headers)))
+    parked = collect_dead_letters(broker)
 
     opened = _opened()
     async with TestNatsBroker(broker) as test:

@@ -8,24 +8,14 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from faststream import StreamMessage
-from faststream.nats import JStream, TestNatsBroker
+from faststream.nats import TestNatsBroker
 from prometheus_client import CollectorRegistry
+from tests.dead_letters import collect_dead_letters
 
-from mailfold.events import DLQ_STREAM, EmailComposed, EmailOpened, Source, encode, new_id
-from mailfold.runtime.broker import current_message, new_broker
+from mailfold.events import EmailComposed, EmailOpened, Source, encode, new_id
+from mailfold.runtime.broker import new_broker
 from mailfold.sender.entrypoints import consumer
 from mailfold.sender.service_layer.handlers import DONE, Disposition, Retry
-
-
-class Raw:
-    """Dead letters are kept as the bytes that arrived."""
-
-    async def decode(self, msg: StreamMessage[Any]) -> Any:
-        return msg.body
-
-    async def encode(self, msg: Any, serializer: Any = None) -> tuple[bytes, str | None]:
-        return msg, None
 
 
 def _composed() -> EmailComposed:
@@ -71,11 +61,7 @@ async def test_what_is_not_a_composed_email_is_dead_lettered_with_its_reason() -
     pool = consumer.subscribe(
         broker, handle, durable="sender", concurrency=4, ack_wait=30, max_pending=10
     )
-    parked: list[tuple[bytes, dict[str, str]]] = []
-
-    @broker.subscriber("mail.dlq.sender", stream=JStream(DLQ_STREAM, declare=False), codec=Raw())
-    async def dlq(body: bytes) -> None:
-        parked.append((body, dict(current_message(broker).headers)))
+    parked = collect_dead_letters(broker, "mail.dlq.sender")
 
     opened = EmailOpened(
         event_id=new_id(),
