@@ -15,9 +15,9 @@ from mailfold.events import STREAM, EmailComposed, Keyring
 from mailfold.runtime import bus
 from mailfold.runtime.broker import (
     asyncapi_document,
-    convert_fetch_timeouts,
     declare_publishers,
     new_broker,
+    tune_batch_fetch,
 )
 from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.directory import OrgCache
@@ -190,7 +190,7 @@ async def start(
         pool = declare(broker, handle, settings)
         await broker.start()
         for subscriber in broker.subscribers:
-            convert_fetch_timeouts(subscriber)
+            tune_batch_fetch(subscriber)
 
         async def health() -> dict[str, object]:
             running = all(sub.running for sub in broker.subscribers)

@@ -37,7 +37,7 @@ from mailfold.sender.service_layer.handlers import Disposition, Done
 Handle = Callable[[EmailComposed, bool], Awaitable[Disposition]]
 
 FILTER_SUBJECT: Final = subject_for("*", "email_composed")
-# A batch is fetched until full or this old: a lone email waits at most this long.
+# A batch is filled for at most this long once its first email arrived (runtime.broker.tune_batch_fetch).
 _BATCH_WAIT_S: Final = 0.05
 _MAX_BATCH: Final = 64
 _ERROR_DELAY_CAP: Final = 300.0
@@ -167,7 +167,7 @@ def subscribe(
 ) -> Pool:
     """Declare the `sender` subscriber on the broker; up to `concurrency` emails at once.
 
-    Once the broker started, call `runtime.broker.convert_fetch_timeouts` on its subscribers.
+    Once the broker started, call `runtime.broker.tune_batch_fetch` on its subscribers.
 
     A batch subscriber, not one message per call: FastStream's per-message path costs about as
     much CPU as the rest of an email's handling (docs/decisions.md). Each message of a batch is
