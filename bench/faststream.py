@@ -11,7 +11,11 @@ msgspec codec, Prometheus and dead-letter middlewares). Publishing is compared t
 after another, each waiting for its ack, through `bus.publish_event` and through a FastStream
 publisher, and with a batch of 512 in flight at once (the tracker's way). The projector's shape is
 timed too: batches of 2000 acknowledged once (AckPolicy.ALL), bare and on FastStream's batch
-subscriber. Rounds alternate; each figure is the median of the rounds, as a ratio to bare.
+subscriber. Replay's read is timed as well: the N events from sequence 1 without a durable
+consumer, through the projector's ReplaySource (its wire reader on an ack-less ephemeral
+consumer) and through a FastStream batch subscriber on an ack-less ephemeral consumer of its own
+(no acks, events left undecoded as replay takes them). Rounds alternate; each figure is the
+median of the rounds, as a ratio to bare.
 Usage: `uv run --frozen python bench/faststream.py`.
 """
 
@@ -55,6 +59,8 @@ from mailfold.events import (  # noqa: E402
     publish_headers,
     subject_for,
 )
+from mailfold.projector.adapters.jetstream import ReplaySource, stream_seq  # noqa: E402
+from mailfold.projector.entrypoints.consumer import Undecoded  # noqa: E402
 from mailfold.runtime import bus  # noqa: E402
 from mailfold.runtime.broker import Poison, current_message, new_broker  # noqa: E402
 
@@ -221,6 +227,57 @@ async def faststream_fold(url: str, durable: str) -> float:
     return N / elapsed
 
 
+async def raw_replay_read(url: str) -> float:
+    """Replay's reader: the first N events, as (seq, subject, data), without a durable consumer."""
+    nc = await bus.connect(url, "bench-replay-raw", reconnect=False)
+    source = ReplaySource(
+        nc, stream=STREAM, filter_subject=FILTER, from_seq=1, to_seq=N, batch=FOLD_BATCH
+    )
+    seen = 0
+    start = time.perf_counter()
+    async with source:
+        async for batch in source:
+            seen += len(batch)
+    elapsed = time.perf_counter() - start
+    await bus.close(nc)
+    if seen != N:
+        raise RuntimeError(f"replay read {seen} of {N}")
+    return N / elapsed
+
+
+async def faststream_replay_read(url: str) -> float:
+    """The same on a FastStream batch subscriber of an ack-less ephemeral consumer."""
+    broker = new_broker(url, service="bench-replay", registry=CollectorRegistry())
+    done = asyncio.Event()
+    read: list[tuple[int, str, bytes]] = []
+
+    @broker.subscriber(
+        FILTER,
+        stream=JStream(STREAM, declare=False),
+        config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            num_replicas=1,
+        ),
+        pull_sub=PullSub(batch_size=FOLD_BATCH, timeout=0.05, batch=True),
+        ack_policy=Ack.MANUAL,
+        codec=Undecoded(),
+    )
+    async def on_batch(messages: list[Msg]) -> None:
+        read.extend((stream_seq(m.reply), m.subject, m.data) for m in messages)
+        if len(read) >= N:
+            done.set()
+
+    start = time.perf_counter()
+    await broker.start()
+    await done.wait()
+    elapsed = time.perf_counter() - start
+    await broker.stop()
+    return N / elapsed
+
+
 async def bare_publish_batch(url: str) -> float:
     """The tracker's shape: a batch of events in flight at once, then their acks."""
     nc = await bus.connect(url, "bench-bare-pub-batch", reconnect=False)
@@ -297,6 +354,8 @@ async def run(url: str) -> dict[str, list[float]]:
         ("batch", lambda r: faststream_consume(url, f"fs-batch-{r}", batch=True)),
         ("bare_fold", lambda r: bare_fold(url, f"bare-fold-{r}")),
         ("fold", lambda r: faststream_fold(url, f"fs-fold-{r}")),
+        ("raw_replay", lambda r: raw_replay_read(url)),
+        ("replay", lambda r: faststream_replay_read(url)),
         ("bare_publish", lambda r: bare_publish(url)),
         ("publish", lambda r: faststream_publish(url)),
         ("bare_publish_batch", lambda r: bare_publish_batch(url)),
@@ -324,12 +383,19 @@ def main() -> int:
         f"batches of {FOLD_BATCH} with one ack: bare {med['bare_fold']:.0f}, FastStream "
         f"{med['fold']:.0f}; publish {N_PUBLISH} one by one: bare {med['bare_publish']:.0f}, "
         f"FastStream {med['publish']:.0f}; {PUBLISH_BATCH} in flight: bare "
-        f"{med['bare_publish_batch']:.0f}, FastStream {med['publish_batch']:.0f}",
+        f"{med['bare_publish_batch']:.0f}, FastStream {med['publish_batch']:.0f}; replay's "
+        f"read from sequence 1: wire reader {med['raw_replay']:.0f}, FastStream "
+        f"{med['replay']:.0f} (ratios: per message {med['message'] / med['bare']:.2f}, batch "
+        f"{med['batch'] / med['bare']:.2f}, fold batches {med['fold'] / med['bare_fold']:.2f}, "
+        f"replay read {med['replay'] / med['raw_replay']:.2f}, publish "
+        f"{med['publish'] / med['bare_publish']:.2f}, in flight "
+        f"{med['publish_batch'] / med['bare_publish_batch']:.2f})",
         flush=True,
     )
     record("faststream.consume_per_message", med["message"], "msgs/s", med["bare"])
     record("faststream.consume_batch", med["batch"], "msgs/s", med["bare"])
     record("faststream.consume_fold_batches", med["fold"], "msgs/s", med["bare_fold"])
+    record("faststream.replay_read", med["replay"], "msgs/s", med["raw_replay"])
     record("faststream.publish", med["publish"], "msgs/s", med["bare_publish"])
     record("faststream.publish_batch", med["publish_batch"], "msgs/s", med["bare_publish_batch"])
     return 0
