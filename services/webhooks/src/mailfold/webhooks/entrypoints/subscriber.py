@@ -21,7 +21,7 @@ from mailfold.webhooks.service_layer.fanout import Stored
 
 DURABLE: Final = "webhooks"
 
-Handle = Callable[[Sequence[Stored]], Awaitable[None]]
+Handle = Callable[[Sequence[Stored], Sequence[Msg]], Awaitable[None]]
 
 if TYPE_CHECKING:
     Events = list[AnyEvent | Poison]
@@ -39,10 +39,11 @@ def declare(
 ) -> BatchPullStreamSubscriber:
     """Declare the fan-out's subscriber and the jobs it publishes on the broker (before it starts).
 
-    Every copy of the service shares the durable consumer. A batch is acked after the fan-out
-    stored every job of it; an error naks it for redelivery (NACK_ON_ERROR), nothing is lost.
-    The jobs go out through JetStream's asynchronous publish (`JobQueue`); the publisher is
-    declared for the AsyncAPI document.
+    Every copy of the service shares the durable consumer. Its events are acknowledged one by
+    one by `handle` (MANUAL), each once its jobs are settled (`first.FirstAttempts`); an event
+    not acknowledged (an error, a crash) comes back after ack_wait, nothing is lost. Retries go
+    out through JetStream's asynchronous publish (`JobQueue`); the publisher is declared for the
+    AsyncAPI document.
     """
     subscriber = broker.subscriber(
         STREAM_SUBJECTS[0],
@@ -54,7 +55,7 @@ def declare(
             ack_wait=ack_wait_s,
             max_ack_pending=batch_size * 8,
         ),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,
         title=f"webhooks:{DURABLE}",
         description="Every event, folded per email, queued once per endpoint that wants it.",
     )
@@ -71,7 +72,7 @@ def declare(
             )
             for m, e in zip(raw, events, strict=True)
         ]
-        await handle(batch)
+        await handle(batch, raw)
 
     broker.publisher(
         job_subject("*", "*"),
