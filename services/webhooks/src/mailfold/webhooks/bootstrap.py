@@ -151,8 +151,11 @@ async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
     await bus.kv(js, kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S, replicas=replicas)
 
 
-async def start(settings: Settings) -> Service:
-    """Connect, create what is missing, subscribe, deliver, then serve HTTP (port 0: any)."""
+async def start(settings: Settings, *, loops: type[Workers] = Workers) -> Service:
+    """Connect, create what is missing, subscribe, deliver, then serve HTTP (port 0: any).
+
+    `loops` is the retry loops' class (`bench/webhooks.py` measures a variant of it).
+    """
     broker = new_broker(settings.nats_url, service="webhooks", auth=settings.nats_auth)
     poster = Poster(timeout_s=settings.timeout_s, allow_loopback=settings.allow_loopback)
     endpoints: kv.Endpoints | None = None
@@ -179,8 +182,14 @@ async def start(settings: Settings) -> Service:
         lanes = Lanes(settings.concurrency)
         first = FirstAttempts(fanout, endpoints, deliverer, settler, queue, lanes)
         declare(broker, first.on_batch, settings)
-        workers = Workers(
-            endpoints, queue, deliverer, settler, lanes, concurrency=settings.concurrency
+        workers = loops(
+            endpoints,
+            queue,
+            deliverer,
+            settler,
+            lanes,
+            concurrency=settings.concurrency,
+            broker=broker,
         )
         await broker.start()
         for declared in broker.subscribers:

@@ -12,14 +12,26 @@ import asyncio
 import contextlib
 import time
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
+from faststream import AckPolicy
+from faststream.message import StreamMessage
+from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
 
+from mailfold.runtime.broker import EventCodec
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks import metrics
-from mailfold.webhooks.adapters.jobs import JobQueue, attempt_number, decode_job, retry_delay
+from mailfold.webhooks.adapters.jobs import (
+    JOBS_STREAM,
+    JobQueue,
+    attempt_number,
+    consumer_name,
+    decode_job,
+    job_subject,
+    retry_delay,
+)
 from mailfold.webhooks.adapters.kv import Endpoints
 from mailfold.webhooks.domain.endpoints import Endpoint
 from mailfold.webhooks.domain.retries import Outcome
@@ -36,6 +48,17 @@ IN_PROGRESS_AFTER_S: Final = 1.0
 HOLD_S: Final = 60.0  # a disabled endpoint's job is looked at again after this
 
 
+class RawJobs(EventCodec):
+    """Hands a job's handler the nats-py message itself: it is decoded, attempted and settled
+    (acked, or nakked with its own delay) by the loop; publishing stays the runtime's."""
+
+    async def decode(self, msg: StreamMessage[Any]) -> Any:
+        return msg.raw_message
+
+
+RAW: Final = RawJobs()
+
+
 class Workers:
     """Starts and stops the endpoints' delivery loops as endpoints come, change and go."""
 
@@ -48,6 +71,7 @@ class Workers:
         lanes: Lanes,
         *,
         concurrency: int,
+        broker: NatsBroker,
     ) -> None:
         self._endpoints = endpoints
         self._queue = queue
@@ -57,6 +81,7 @@ class Workers:
         self._concurrency = concurrency
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._running = False
+        self._broker = broker
 
     def start(self) -> None:
         """Deliver to every enabled endpoint, and follow changes."""
@@ -110,60 +135,42 @@ class Workers:
                 await asyncio.sleep(RESTART_DELAY_S)
 
     async def _loop(self, org_id: str, endpoint_id: str) -> None:
-        """`concurrency` workers, fed by one fetcher that keeps up to as many jobs ready.
+        """A FastStream pull subscriber on the endpoint's durable consumer, made at run time.
 
-        The fetch for the next jobs overlaps the attempts in flight, so a pull request's round
-        trip is not on each delivery's path, and it asks for jobs once half the buffer is free,
-        not for each job. A job waits in the buffer at most one attempt.
+        Up to `concurrency` jobs are handled at once (`max_workers`), each in the endpoint's lane.
+        Acks are manual: the settler acks or naks with the retry delay once the record is stored.
         """
-        sub = await self._queue.subscribe(org_id, endpoint_id)
-        ready: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
-        room = asyncio.Semaphore(self._concurrency)
         lane = self._lanes[endpoint_id]
-        workers = [
-            asyncio.create_task(self._work(ready, room, lane)) for _ in range(self._concurrency)
-        ]
-        # Refill once half the buffer is free: one pull request brings several jobs.
-        refill = max(1, self._concurrency // 2)
-        try:
-            while True:
-                for _ in range(refill):
-                    await room.acquire()
-                free = refill
-                while free < self._concurrency and not room.locked():
-                    await room.acquire()
-                    free += 1
-                try:
-                    messages = await sub.fetch(free, timeout=FETCH_WAIT_S)
-                except TimeoutError:
-                    messages = []
-                now = time.monotonic()
-                for message in messages:
-                    ready.put_nowait((now, message))
-                for _ in range(free - len(messages)):
-                    room.release()
-        finally:
-            for task in workers:
-                task.cancel()
-            for task in workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        subscriber = self._broker.subscriber(
+            job_subject(org_id, endpoint_id),
+            stream=JStream(JOBS_STREAM, declare=False),
+            durable=consumer_name(endpoint_id),
+            config=self._queue.consumer_config(org_id, endpoint_id),
+            pull_sub=PullSub(batch_size=self._concurrency, timeout=FETCH_WAIT_S),
+            max_workers=self._concurrency,
+            ack_policy=AckPolicy.MANUAL,
+            codec=RAW,
+            persistent=False,  # made and dropped as endpoints come and go
+            include_in_schema=False,  # `webhooks:jobs` documents the channel
+        )
 
-    async def _work(
-        self, ready: asyncio.Queue[tuple[float, Msg]], room: asyncio.Semaphore, lane: Lane
-    ) -> None:
-        while True:
-            fetched_at, message = await ready.get()
-            room.release()
+        @subscriber
+        async def on_job(message: Msg) -> None:
+            waited = time.monotonic()
             # The endpoint's slots are shared with its first attempts.
             async with lane.slots:
-                if time.monotonic() - fetched_at > IN_PROGRESS_AFTER_S:
+                if time.monotonic() - waited > IN_PROGRESS_AFTER_S:
                     # It waited behind slow attempts: restart its ack_wait before this attempt.
                     with contextlib.suppress(Exception):
                         await message.in_progress()
                 await self._one(message, lane)
+
+        await subscriber.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await subscriber.stop()
+            self._broker._subscribers.discard(subscriber)
 
     async def _one(self, message: Msg, lane: Lane) -> None:
         try:
