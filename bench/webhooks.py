@@ -9,13 +9,19 @@ same receiver. Both rates are timed by the receiver, from the first request it g
 waits for the receiver's answer meanwhile: nothing but the measured client spends its CPU.
 Key `webhooks.deliver`.
 
-    uv run --frozen python bench/webhooks.py
+`--loops` measures instead the retry loops (WEBHOOK_JOBS): the service's, on FastStream
+subscribers made per endpoint at run time, next to the same loops on bare nats-py pull
+subscriptions (`BareLoops`), in the same sitting: the receiver fails every event's first
+attempt and the rate is that of the retries it then accepts. Printed, not recorded.
+
+    uv run --frozen python bench/webhooks.py [--loops]
 """
 
 # ruff: noqa: E402 - the faststream package is loaded before bench/ goes back on sys.path
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -37,6 +43,7 @@ import faststream  # noqa: F401
 if _HERE is not None:
     sys.path.insert(0, _HERE)
 import httpx
+from nats.aio.msg import Msg
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -53,6 +60,8 @@ from mailfold.runtime.orgs import create_org
 from mailfold.webhooks.bootstrap import Settings, start
 from mailfold.webhooks.domain import signing
 from mailfold.webhooks.domain.endpoints import new_secret, secret_key
+from mailfold.webhooks.entrypoints.first import Lane
+from mailfold.webhooks.entrypoints.workers import FETCH_WAIT_S, IN_PROGRESS_AFTER_S, Workers
 
 EVENTS: Final = 3000
 CONCURRENCY: Final = 8
@@ -65,6 +74,7 @@ class Counter:
     def __init__(self) -> None:
         self.arrivals: list[float] = []
         self.changed = asyncio.Event()
+        self.seen: set[str] = set()
 
     async def hook(self, request: Request) -> Response:
         await request.body()
@@ -72,8 +82,18 @@ class Counter:
         self.changed.set()
         return Response(status_code=204)
 
+    async def flaky(self, request: Request) -> Response:
+        """500 on an event's first attempt (not counted), 204 on the next (counted)."""
+        await request.body()
+        webhook_id = request.headers["webhook-id"]
+        if webhook_id not in self.seen:
+            self.seen.add(webhook_id)
+            return Response(status_code=500)
+        return await self.hook(request)
+
     async def reset(self, _: Request) -> Response:
         self.arrivals.clear()
+        self.seen.clear()
         return Response(status_code=204)
 
     async def span(self, request: Request) -> Response:
@@ -91,6 +111,7 @@ async def serve_receiver(port: int) -> None:
     app = Starlette(
         routes=[
             Route("/hook", counter.hook, methods=["POST"]),
+            Route("/flaky", counter.flaky, methods=["POST"]),
             Route("/reset", counter.reset, methods=["POST"]),
             Route("/span", counter.span, methods=["GET"]),
         ]
@@ -103,8 +124,8 @@ async def serve_receiver(port: int) -> None:
 class Receiver:
     """The receiver process, seen from here."""
 
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/hook"
+    def __init__(self, port: int, path: str = "/hook") -> None:
+        self.url = f"http://127.0.0.1:{port}{path}"
         self._base = f"http://127.0.0.1:{port}"
         self._http = httpx.AsyncClient(timeout=300.0)  # one client: making one loads the CA bundle
 
@@ -136,10 +157,85 @@ def composed(org_id: str) -> EmailComposed:
     )
 
 
-async def service_round(nats_url: str, receiver: Receiver, org_id: str, token: str) -> float:
+class BareLoops(Workers):
+    """The retry loops as they were before they moved onto FastStream: a nats-py pull
+    subscription per endpoint, and `concurrency` workers fed by one fetcher (the baseline of
+    `--loops`)."""
+
+    async def _loop(self, org_id: str, endpoint_id: str) -> None:
+        """`concurrency` workers, fed by one fetcher that keeps up to as many jobs ready.
+
+        The fetch for the next jobs overlaps the attempts in flight, so a pull request's round
+        trip is not on each delivery's path, and it asks for jobs once half the buffer is free,
+        not for each job. A job waits in the buffer at most one attempt.
+        """
+        sub = await self._queue.subscribe(org_id, endpoint_id)
+        ready: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
+        room = asyncio.Semaphore(self._concurrency)
+        lane = self._lanes[endpoint_id]
+        workers = [
+            asyncio.create_task(self._work(ready, room, lane)) for _ in range(self._concurrency)
+        ]
+        # Refill once half the buffer is free: one pull request brings several jobs.
+        refill = max(1, self._concurrency // 2)
+        try:
+            while True:
+                for _ in range(refill):
+                    await room.acquire()
+                free = refill
+                while free < self._concurrency and not room.locked():
+                    await room.acquire()
+                    free += 1
+                try:
+                    messages = await sub.fetch(free, timeout=FETCH_WAIT_S)
+                except TimeoutError:
+                    messages = []
+                now = time.monotonic()
+                for message in messages:
+                    ready.put_nowait((now, message))
+                for _ in range(free - len(messages)):
+                    room.release()
+        finally:
+            for task in workers:
+                task.cancel()
+            for task in workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _work(
+        self, ready: asyncio.Queue[tuple[float, Msg]], room: asyncio.Semaphore, lane: Lane
+    ) -> None:
+        while True:
+            fetched_at, message = await ready.get()
+            room.release()
+            # The endpoint's slots are shared with its first attempts.
+            async with lane.slots:
+                if time.monotonic() - fetched_at > IN_PROGRESS_AFTER_S:
+                    # It waited behind slow attempts: restart its ack_wait before this attempt.
+                    with contextlib.suppress(Exception):
+                        await message.in_progress()
+                await self._one(message, lane)
+
+
+async def service_round(
+    nats_url: str,
+    receiver: Receiver,
+    org_id: str,
+    token: str,
+    loops: type[Workers] = Workers,
+    schedule_s: tuple[float, ...] = (5.0,),
+) -> float:
     """Events/s through the webhooks service, from a backlog of EVENTS in the stream."""
-    settings = Settings(nats_url=nats_url, port=0, allow_loopback=True, concurrency=CONCURRENCY)
-    service = await start(settings)
+    settings = Settings(
+        nats_url=nats_url,
+        port=0,
+        allow_loopback=True,
+        concurrency=CONCURRENCY,
+        schedule_s=schedule_s,
+    )
+    service = await start(settings, loops=loops)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{service.port}", headers={"authorization": f"Bearer {token}"}
     ) as api:
@@ -153,7 +249,7 @@ async def service_round(nats_url: str, receiver: Receiver, org_id: str, token: s
     await asyncio.gather(*acks)
     await bus.close(nc)
     await receiver.reset()
-    service = await start(settings)
+    service = await start(settings, loops=loops)
     rate = await receiver.rate(EVENTS)
     async with httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{service.port}", headers={"authorization": f"Bearer {token}"}
@@ -184,7 +280,27 @@ async def bare_round(receiver: Receiver, org_id: str) -> float:
     return await receiver.rate(EVENTS)
 
 
-async def main() -> None:
+async def compare_loops(nats_url: str, port: int, token: str) -> None:
+    """`--loops`: retries/s through the FastStream loops and the bare ones, alternately."""
+    receiver = Receiver(port, "/flaky")
+    bare, on_faststream = 0.0, 0.0
+    for _ in range(ROUNDS):
+        bare = max(
+            bare, await service_round(nats_url, receiver, "bench", token, BareLoops, (0.05,))
+        )
+        on_faststream = max(
+            on_faststream,
+            await service_round(nats_url, receiver, "bench", token, Workers, (0.05,)),
+        )
+    await receiver.close()
+    print(
+        f"webhooks.retry_loops: FastStream {on_faststream:.4g} retries/s vs bare nats-py "
+        f"{bare:.4g} retries/s -> ratio {on_faststream / bare:.3f}",
+        flush=True,
+    )
+
+
+async def main(*, loops: bool = False) -> None:
     configure_logging("webhooks", level="info", json=True)  # as `mailfold serve webhooks` logs
     port = free_port()
     child = subprocess.Popen([sys.executable, __file__, "--receiver", str(port)])  # noqa: ASYNC220
@@ -203,6 +319,10 @@ async def main() -> None:
                         break
                     except httpx.HTTPError:
                         await asyncio.sleep(0.1)
+            if loops:
+                await receiver.close()
+                await compare_loops(nats_server.url, port, token)
+                return
             served, bare = 0.0, 0.0
             for _ in range(ROUNDS):
                 bare = max(bare, await bare_round(receiver, "bench"))
@@ -218,4 +338,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--receiver":
         asyncio.run(serve_receiver(int(sys.argv[2])))
     else:
-        asyncio.run(main())
+        asyncio.run(main(loops="--loops" in sys.argv[1:]))

@@ -36,7 +36,7 @@ def asyncapi_document() -> dict[str, Any]:
     async def never(event: Any, redelivered: bool) -> Disposition:  # pragma: no cover
         return DONE
 
-    async def nothing(batch: Any) -> None:  # pragma: no cover
+    async def nothing(batch: Any, raw: Any) -> None:  # pragma: no cover
         return None
 
     sender_broker = broker("sender")

@@ -15,6 +15,9 @@ from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoi
 from tests.nats_users import service_env
 
 from mailfold.cli.embedded import EmbeddedNats, free_port
+from mailfold.events.subjects import STREAM
+from mailfold.runtime import bus
+from mailfold.webhooks.entrypoints.subscriber import DURABLE
 
 EVENTS = 30
 
@@ -96,6 +99,59 @@ async def test_sigkill_mid_delivery_loses_no_event_and_repeats_share_their_webho
             assert set(by_id) == wanted
             for copies in by_id.values():
                 assert all(copy == copies[0] for copy in copies)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+async def test_sigkill_between_fan_out_and_first_attempts_loses_no_event(
+    fresh_nats: EmbeddedNats, start_receiver: StartReceiver, tmp_path: Path
+) -> None:
+    killed = asyncio.Event()
+
+    async def hang_until_killed(_: int) -> Reply:
+        await killed.wait()  # the first attempts are in flight, their events unacknowledged
+        return 200
+
+    org = await make_org(fresh_nats.url, "crashfirst")
+    port = free_port()
+    log = tmp_path / "webhooks.log"
+    proc = _serve(fresh_nats.url, port, log)
+    try:
+        await _healthy(port, proc)
+        async with start_receiver(hang_until_killed) as receiver:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}",
+                headers={"authorization": f"Bearer {org.token}"},
+            ) as api:
+                endpoint = await add_endpoint(api, org, receiver.url)
+            events = [org.composed(f"first-{i}") for i in range(8)]
+            await org.publish(*events)
+            await receiver.wait_for(2)  # both slots (MAILFOLD_WEBHOOKS_CONCURRENCY=2) taken
+            nc = await bus.connect(fresh_nats.url, "webhooks-test-inspect", reconnect=False)
+            try:
+                fanned = await nc.jetstream().consumer_info(STREAM, DURABLE)
+            finally:
+                await bus.close(nc)
+            assert fanned.num_ack_pending >= 2  # fanned out, not yet settled
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            killed.set()
+
+            proc = _serve(fresh_nats.url, port, log)
+            await _healthy(port, proc)
+            wanted = {e.event_id for e in events}
+            async with asyncio.timeout(90):  # the killed copy's events come back after ack_wait
+                while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
+                    await receiver.wait_for(len(receiver.requests) + 1, timeout=90)
+            bodies = receiver.verified(endpoint["secret"])
+            assert {b["event_id"] for b in bodies} == wanted
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -16,8 +16,11 @@ from tests.integration.webhooks.conftest import (
 )
 
 from mailfold.events import encode
+from mailfold.events.subjects import STREAM as EVENTS_STREAM
 from mailfold.runtime import bus
+from mailfold.webhooks.adapters.jobs import JOBS_STREAM, decode_job, job_subject
 from mailfold.webhooks.bootstrap import Service
+from mailfold.webhooks.entrypoints.subscriber import DURABLE
 
 
 async def _deliveries(
@@ -111,6 +114,51 @@ async def test_two_failures_then_success_make_three_attempts_with_one_webhook_id
         assert delivery["attempts"] == 3
         assert [a["status_code"] for a in delivery["history"]] == [500, 500, 200]
         assert [a["outcome"] for a in delivery["history"]] == ["retrying", "retrying", "delivered"]
+
+
+async def test_a_failed_first_attempt_is_queued_as_a_retry_and_its_event_acknowledged(
+    start_webhooks: StartWebhooks, start_receiver: StartReceiver, org: Org, nats_url: str
+) -> None:
+    release = asyncio.Event()
+
+    async def fail_then_wait(attempt: int) -> Reply:
+        if attempt > 1:
+            await release.wait()
+        return 500 if attempt == 1 else 200
+
+    async with (
+        start_receiver(fail_then_wait) as receiver,
+        start_webhooks(nats_url, schedule_s=(0.5,)) as service,
+    ):
+        try:
+            async with org.api(service) as api:
+                endpoint = await add_endpoint(api, org, receiver.url)
+            composed = org.composed("mail-r1")
+            await org.publish(composed)
+            await receiver.wait_for(2)  # the retry is in flight, held by the receiver
+            nc = await bus.connect(nats_url, "webhooks-test-inspect", reconnect=False)
+            try:
+                js = nc.jetstream()
+                subject = job_subject(org.org_id, endpoint["id"])
+                stored = decode_job((await js.get_last_msg(JOBS_STREAM, subject)).data or b"")
+                events = await js.consumer_info(EVENTS_STREAM, DURABLE)
+            finally:
+                await bus.close(nc)
+            # The first attempt was made from the fan-out; its retry waits in WEBHOOK_JOBS,
+            # counted on from it, and the event itself is settled in MAIL_EVENTS.
+            assert stored.event_id == composed.event_id
+            assert stored.attempts_made == 1
+            assert stored.not_before is not None
+            assert events.num_ack_pending == 0
+            assert events.num_pending == 0
+        finally:
+            release.set()
+        (delivery,) = await _settled(org, service, endpoint["id"], 1)
+        receiver.verified(endpoint["secret"])
+        assert [r.headers["webhook-id"] for r in receiver.requests] == [composed.event_id] * 2
+        assert [a["number"] for a in delivery["history"]] == [1, 2]
+        assert [a["status_code"] for a in delivery["history"]] == [500, 200]
+        assert delivery["outcome"] == "delivered"
 
 
 async def test_a_receiver_that_never_succeeds_is_recorded_failed_after_the_last_attempt(

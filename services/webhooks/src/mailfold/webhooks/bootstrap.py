@@ -11,7 +11,7 @@ from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
 from mailfold.runtime import bus
-from mailfold.runtime.broker import asyncapi_document, new_broker
+from mailfold.runtime.broker import asyncapi_document, new_broker, tune_batch_fetch
 from mailfold.runtime.broker import close as broker_close
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
@@ -32,8 +32,10 @@ from mailfold.webhooks.adapters.jobs import JobQueue
 from mailfold.webhooks.adapters.stream import StreamReader
 from mailfold.webhooks.domain.retries import DEFAULT_SCHEDULE_S, parse_schedule
 from mailfold.webhooks.entrypoints import subscriber
+from mailfold.webhooks.entrypoints.first import SLOT_WAIT_S, FirstAttempts, Lanes
 from mailfold.webhooks.entrypoints.http import Api, build_app
-from mailfold.webhooks.entrypoints.workers import Settler, Workers
+from mailfold.webhooks.entrypoints.settler import Settler
+from mailfold.webhooks.entrypoints.workers import Workers
 from mailfold.webhooks.service_layer.delivery import Deliverer
 from mailfold.webhooks.service_layer.endpoints import Manager
 from mailfold.webhooks.service_layer.fanout import Fanout
@@ -93,6 +95,7 @@ class Service:
     broker: NatsBroker
     endpoints: kv.Endpoints
     workers: Workers
+    first: FirstAttempts
     poster: Poster
     http: HttpServer
     tasks: list[asyncio.Task[None]]
@@ -109,6 +112,7 @@ class Service:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.first.stop()
         await self.workers.stop()
         await broker_close(self.broker)
         await self.endpoints.stop()
@@ -123,7 +127,8 @@ def declare(broker: NatsBroker, handle: subscriber.Handle, settings: Settings) -
         handle,
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_wait_s,
-        ack_wait_s=max(30.0, settings.ack_wait_s),
+        # An event waits for its first attempts: for room, for a slot, the attempt itself.
+        ack_wait_s=max(30.0, settings.ack_wait_s + 2 * SLOT_WAIT_S),
     )
     return broker
 
@@ -146,8 +151,11 @@ async def ensure_topology(js: JetStreamContext, *, replicas: int) -> None:
     await bus.kv(js, kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S, replicas=replicas)
 
 
-async def start(settings: Settings) -> Service:
-    """Connect, create what is missing, subscribe, deliver, then serve HTTP (port 0: any)."""
+async def start(settings: Settings, *, loops: type[Workers] = Workers) -> Service:
+    """Connect, create what is missing, subscribe, deliver, then serve HTTP (port 0: any).
+
+    `loops` is the retry loops' class (`bench/webhooks.py` measures a variant of it).
+    """
     broker = new_broker(settings.nats_url, service="webhooks", auth=settings.nats_auth)
     poster = Poster(timeout_s=settings.timeout_s, allow_loopback=settings.allow_loopback)
     endpoints: kv.Endpoints | None = None
@@ -162,14 +170,7 @@ async def start(settings: Settings) -> Service:
         deliveries = kv.Deliveries(await bus.kv(js, kv.BUCKET_DELIVERIES, ttl_s=kv.RECORD_TTL_S))
         folds = kv.Folds(await bus.kv(js, kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S))
         verifier = TokenVerifier(await bus.kv(js, bus.BUCKET_ORGS))
-        fanout = Fanout(
-            endpoints,
-            folds,
-            queue,
-            subscriber.dead_letters(broker),
-            on_enqueued=metrics.ENQUEUED.inc,
-        )
-        declare(broker, fanout.handle, settings)
+        fanout = Fanout(endpoints, folds, subscriber.dead_letters(broker))
         deliverer = Deliverer(
             endpoints,
             deliveries,
@@ -177,12 +178,22 @@ async def start(settings: Settings) -> Service:
             schedule=settings.schedule_s,
             on_disabled=metrics.DISABLED.inc,
         )
-        workers = Workers(
-            endpoints, queue, deliverer, Settler(deliveries), concurrency=settings.concurrency
+        settler = Settler(deliveries)
+        lanes = Lanes(settings.concurrency)
+        first = FirstAttempts(fanout, endpoints, deliverer, settler, queue, lanes)
+        declare(broker, first.on_batch, settings)
+        workers = loops(
+            endpoints,
+            queue,
+            deliverer,
+            settler,
+            lanes,
+            concurrency=settings.concurrency,
+            broker=broker,
         )
         await broker.start()
         for declared in broker.subscribers:
-            subscriber.convert_fetch_timeouts(declared)  # type: ignore[arg-type]
+            tune_batch_fetch(declared)
         workers.start()
 
         reader = StreamReader(js)
@@ -200,6 +211,7 @@ async def start(settings: Settings) -> Service:
             Replayer(reader, folds, deliveries, queue),
             reader,
             queue,
+            workers.first_attempts_pending,
         )
 
         async def health() -> dict[str, object]:
@@ -222,7 +234,7 @@ async def start(settings: Settings) -> Service:
         allow_loopback=settings.allow_loopback,
         schedule=list(settings.schedule_s),
     )
-    return Service(broker, endpoints, workers, poster, http, tasks)
+    return Service(broker, endpoints, workers, first, poster, http, tasks)
 
 
 def main() -> None:

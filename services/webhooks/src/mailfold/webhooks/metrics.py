@@ -25,7 +25,11 @@ DISABLED: Final = Counter(
     "mailfold_webhooks_endpoints_disabled_total", "Endpoints disabled by a 410 Gone answer"
 )
 ENQUEUED: Final = Counter(
-    "mailfold_webhooks_jobs_enqueued_total", "Delivery jobs queued by the fan-out (replays too)"
+    "mailfold_webhooks_jobs_enqueued_total",
+    "Delivery jobs queued by the fan-out: retries of first attempts, a congested endpoint's jobs",
+)
+FIRST_ATTEMPTS: Final = Counter(
+    "mailfold_webhooks_first_attempts_total", "First attempts made straight from the fan-out"
 )
 BACKLOG: Final = Gauge(
     "mailfold_webhooks_backlog",

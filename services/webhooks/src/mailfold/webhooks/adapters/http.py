@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -70,7 +71,7 @@ async def checked_address(
     Every address the name has must be allowed, so that a name cannot mix a public address
     with a private one and win on a later resolution.
     """
-    parsed = httpx.URL(url)
+    parsed = _parsed(url)
     host = parsed.host
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
@@ -85,6 +86,18 @@ async def checked_address(
     if parsed.scheme == "http" and not all(is_loopback(a) for a in addresses):
         raise Refused("plain http is allowed only to loopback (development)")
     return parsed, addresses[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> httpx.URL:
+    """The URL parsed (immutable; the same endpoints are posted to over and over)."""
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pinned(parsed: httpx.URL, address: str) -> tuple[httpx.URL, str]:
+    """The URL aimed at the checked address, and the Host header keeping the name."""
+    return parsed.copy_with(host=address), parsed.netloc.decode()
 
 
 class Poster:
@@ -115,8 +128,8 @@ class Poster:
             return Answer(status=None, latency_s=time.perf_counter() - started, error=str(exc))
         # Connect to the checked address, not to a second resolution of the name (DNS
         # rebinding); the Host header and TLS (SNI and certificate check) keep the name.
-        target = parsed.copy_with(host=address)
-        request_headers = {**headers, "host": parsed.netloc.decode()}
+        target, host = _pinned(parsed, address)
+        request_headers = {**headers, "host": host}
         extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
         try:
             async with asyncio.timeout(self._timeout_s):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from typing import Final
 
 import msgspec
@@ -118,6 +119,22 @@ class JobQueue:
         await self._js.purge_stream(JOBS_STREAM, subject=job_subject(org_id, endpoint_id))
 
 
-def attempt_number(msg: Msg) -> int:
-    """How many times this job has been handed out, this time included (1 on the first)."""
-    return int(msg.metadata.num_delivered)
+def attempt_number(msg: Msg, job: Job) -> int:
+    """The attempt this delivery of the job makes (1 on the first).
+
+    JetStream counts the deliveries. A retry queued after attempts made elsewhere starts from
+    those, less its first delivery, which only holds it back until it is due (`retry_delay`).
+    """
+    delivered = int(msg.metadata.num_delivered)
+    if job.attempts_made:
+        return job.attempts_made + delivered - 1
+    return delivered
+
+
+def retry_delay(msg: Msg, job: Job, now: datetime) -> float | None:
+    """Seconds to hold a queued retry back on its first delivery (None: attempt it now)."""
+    if not job.attempts_made or int(msg.metadata.num_delivered) > 1:
+        return None
+    if job.not_before is None:
+        return 0.0
+    return max(0.0, (job.not_before - now).total_seconds())

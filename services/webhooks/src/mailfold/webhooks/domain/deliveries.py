@@ -24,6 +24,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     stream_seq: int
     body: bytes
     replay: bool = False
+    # A retry of an attempt made straight from the fan-out: the attempts already made, and when
+    # the next one is due (the queue holds the job back until then).
+    attempts_made: int = 0
+    not_before: datetime | None = None
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):

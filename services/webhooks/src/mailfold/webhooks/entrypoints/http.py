@@ -121,7 +121,9 @@ class Api:
         replayer: Replayer,
         reader: StreamReader,
         queue: JobQueue,
+        in_flight: Callable[[str], int] = lambda endpoint_id: 0,
     ) -> None:
+        self._in_flight = in_flight  # first attempts in flight or waiting on this copy
         self._verifier = verifier
         self._endpoints = endpoints
         self._deliveries = deliveries
@@ -181,6 +183,7 @@ class Api:
         if isinstance(endpoint, Response):
             return endpoint
         backlog = await self._queue.backlog(endpoint.endpoint_id)
+        backlog += self._in_flight(endpoint.endpoint_id)
         return json_response(endpoint_view(endpoint, backlog=backlog))
 
     async def patch(self, request: Request, org_id: str) -> Response:

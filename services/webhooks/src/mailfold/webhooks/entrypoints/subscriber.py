@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
-import nats.errors
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
@@ -21,7 +20,7 @@ from mailfold.webhooks.service_layer.fanout import Stored
 
 DURABLE: Final = "webhooks"
 
-Handle = Callable[[Sequence[Stored]], Awaitable[None]]
+Handle = Callable[[Sequence[Stored], Sequence[Msg]], Awaitable[None]]
 
 if TYPE_CHECKING:
     Events = list[AnyEvent | Poison]
@@ -39,10 +38,11 @@ def declare(
 ) -> BatchPullStreamSubscriber:
     """Declare the fan-out's subscriber and the jobs it publishes on the broker (before it starts).
 
-    Every copy of the service shares the durable consumer. A batch is acked after the fan-out
-    stored every job of it; an error naks it for redelivery (NACK_ON_ERROR), nothing is lost.
-    The jobs go out through JetStream's asynchronous publish (`JobQueue`); the publisher is
-    declared for the AsyncAPI document.
+    Every copy of the service shares the durable consumer. Its events are acknowledged one by
+    one by `handle` (MANUAL), each once its jobs are settled (`first.FirstAttempts`); an event
+    not acknowledged (an error, a crash) comes back after ack_wait, nothing is lost. Retries go
+    out through JetStream's asynchronous publish (`JobQueue`); the publisher is declared for the
+    AsyncAPI document.
     """
     subscriber = broker.subscriber(
         STREAM_SUBJECTS[0],
@@ -54,7 +54,7 @@ def declare(
             ack_wait=ack_wait_s,
             max_ack_pending=batch_size * 8,
         ),
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,
         title=f"webhooks:{DURABLE}",
         description="Every event, folded per email, queued once per endpoint that wants it.",
     )
@@ -71,7 +71,7 @@ def declare(
             )
             for m, e in zip(raw, events, strict=True)
         ]
-        await handle(batch)
+        await handle(batch, raw)
 
     broker.publisher(
         job_subject("*", "*"),
@@ -93,27 +93,3 @@ def dead_letters(broker: NatsBroker) -> Callable[[Stored, str], Awaitable[None]]
         await dead_letter(broker, found, reason, consumer=DURABLE)
 
     return park
-
-
-def convert_fetch_timeouts(subscriber: BatchPullStreamSubscriber) -> None:
-    """Work around FastStream 0.7.8's batch loop stopping on a timeout that nats-py raises.
-
-    The loop catches `nats.errors.TimeoutError`, but nats-py's fetch raises the plain
-    `asyncio.TimeoutError` when a partial batch's deadline runs out between its two requests.
-    FastStream then restarts the task and the messages it had collected wait for `ack_wait`.
-    The subscription's fetch is wrapped to raise the error the loop expects.
-    """
-    subscription = subscriber.subscription
-    if subscription is None:
-        return
-    fetch = subscription.fetch
-
-    async def converted(*args: Any, **kwargs: Any) -> list[Msg]:
-        try:
-            return await fetch(*args, **kwargs)
-        except nats.errors.TimeoutError:
-            raise
-        except TimeoutError as exc:
-            raise nats.errors.TimeoutError from exc
-
-    subscription.fetch = converted  # type: ignore[method-assign]

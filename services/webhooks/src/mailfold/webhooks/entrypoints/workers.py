@@ -1,7 +1,9 @@
-"""One delivery loop per enabled endpoint, each on the endpoint's own durable consumer.
+"""One retry loop per enabled endpoint, each on the endpoint's own durable consumer.
 
-A slow or dead endpoint only ever holds its own loop's slots: every other endpoint (of any org)
-has its own consumer, fetches and in-flight attempts.
+First attempts are made by the fan-out (`first.py`); these loops deliver what WEBHOOK_JOBS
+holds: retries, jobs of a congested endpoint, replays. A slow or dead endpoint only ever holds
+its own slots (its lane, shared with its first attempts): every other endpoint (of any org) has
+its own consumer, fetches and in-flight attempts.
 """
 
 from __future__ import annotations
@@ -9,103 +11,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Final
+from datetime import UTC, datetime
+from typing import Any, Final
 
 import msgspec
+from faststream import AckPolicy
+from faststream.message import StreamMessage
+from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
 
+from mailfold.runtime.broker import EventCodec
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks import metrics
-from mailfold.webhooks.adapters.jobs import JobQueue, attempt_number, decode_job
+from mailfold.webhooks.adapters.jobs import (
+    JOBS_STREAM,
+    JobQueue,
+    attempt_number,
+    consumer_name,
+    decode_job,
+    job_subject,
+    retry_delay,
+)
 from mailfold.webhooks.adapters.kv import Endpoints
 from mailfold.webhooks.domain.endpoints import Endpoint
 from mailfold.webhooks.domain.retries import Outcome
 from mailfold.webhooks.service_layer.delivery import Action, Deliverer, Settlement
-from mailfold.webhooks.service_layer.ports import DeliveryStore
+
+from .first import Lane, Lanes
+from .settler import Settler
 
 log = get_logger(__name__)
 
 FETCH_WAIT_S: Final = 1.0
 RESTART_DELAY_S: Final = 1.0
 IN_PROGRESS_AFTER_S: Final = 1.0
-SETTLE_LINGER_S: Final = 0.005
 HOLD_S: Final = 60.0  # a disabled endpoint's job is looked at again after this
 
 
-class Settler:
-    """Stores delivery records a batch at a time (one NATS round trip), then settles their jobs.
+class RawJobs(EventCodec):
+    """Hands a job's handler the nats-py message itself: it is decoded, attempted and settled
+    (acked, or nakked with its own delay) by the loop; publishing stays the runtime's."""
 
-    A job is never acked without its record: one whose record was not stored stays unacked and
-    comes back after ack_wait. Workers hand attempts over and go on with the next job.
-    """
+    async def decode(self, msg: StreamMessage[Any]) -> Any:
+        return msg.raw_message
 
-    def __init__(self, deliveries: DeliveryStore) -> None:
-        self._deliveries = deliveries
-        self._pending: list[tuple[Msg, Settlement]] = []
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start settling on the running loop."""
-        self._task = asyncio.create_task(self._run(), name="webhook-settler")
-
-    def settle(self, message: Msg, settlement: Settlement) -> None:
-        """Settle this attempt's job with the next batch."""
-        self._pending.append((message, settlement))
-        self._wake.set()
-
-    async def stop(self, timeout_s: float = 5.0) -> None:
-        """Settle what is pending (bounded), then stop; what is left comes back after ack_wait."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, timeout_s)
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            if not self._closing:
-                # Attempts ending meanwhile join this batch.
-                await asyncio.sleep(SETTLE_LINGER_S)
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                try:
-                    await self._settle(batch)
-                except Exception:  # never ends the task: the jobs come back after ack_wait
-                    log.exception("settling failed", jobs=len(batch))
-            if self._closing and not self._pending:
-                return
-
-    async def _settle(self, batch: list[tuple[Msg, Settlement]]) -> None:
-        records = [s.delivery for _, s in batch if s.delivery is not None]
-        stored = await asyncio.gather(*map(self._deliveries.put, records), return_exceptions=True)
-        lost = {id(d) for d, error in zip(records, stored, strict=True) if error is not None}
-        for message, settlement in batch:
-            delivery = settlement.delivery
-            if delivery is not None and id(delivery) in lost:
-                log.error(
-                    "record not stored", event_id=delivery.event_id, email_id=delivery.email_id
-                )
-                continue
-            try:
-                if settlement.action is Action.RETRY:
-                    await message.nak(delay=settlement.delay_s)
-                elif settlement.action is Action.HOLD:
-                    await message.nak(delay=HOLD_S)
-                else:
-                    await message.ack()
-            except Exception as exc:
-                log.error("job not settled; it comes back", error=str(exc))
-                continue
-            if delivery is not None:
-                last = delivery.history[-1]
-                metrics.ATTEMPTS.labels(str(last.outcome)).inc()
-                metrics.LATENCY.observe(last.latency_ms / 1000)
-                if last.outcome is not Outcome.RETRYING:
-                    metrics.DELIVERIES.labels(str(last.outcome)).inc()
+RAW: Final = RawJobs()
 
 
 class Workers:
@@ -117,16 +68,20 @@ class Workers:
         queue: JobQueue,
         deliverer: Deliverer,
         settler: Settler,
+        lanes: Lanes,
         *,
         concurrency: int,
+        broker: NatsBroker,
     ) -> None:
         self._endpoints = endpoints
         self._queue = queue
         self._deliverer = deliverer
         self._settler = settler
+        self._lanes = lanes
         self._concurrency = concurrency
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._running = False
+        self._broker = broker
 
     def start(self) -> None:
         """Deliver to every enabled endpoint, and follow changes."""
@@ -149,6 +104,8 @@ class Workers:
         elif not wanted and task is not None:
             task.cancel()
             del self._loops[endpoint_id]
+        if endpoint is None:
+            self._lanes.drop(endpoint_id)
         metrics.WORKERS.set(len(self._loops))
 
     def endpoint_ids(self) -> list[str]:
@@ -178,55 +135,44 @@ class Workers:
                 await asyncio.sleep(RESTART_DELAY_S)
 
     async def _loop(self, org_id: str, endpoint_id: str) -> None:
-        """`concurrency` workers, fed by one fetcher that keeps up to as many jobs ready.
+        """A FastStream pull subscriber on the endpoint's durable consumer, made at run time.
 
-        The fetch for the next jobs overlaps the attempts in flight, so a pull request's round
-        trip is not on each delivery's path, and it asks for jobs once half the buffer is free,
-        not for each job. A job waits in the buffer at most one attempt.
+        Up to `concurrency` jobs are handled at once (`max_workers`), each in the endpoint's lane.
+        Acks are manual: the settler acks or naks with the retry delay once the record is stored.
         """
-        sub = await self._queue.subscribe(org_id, endpoint_id)
-        ready: asyncio.Queue[tuple[float, Msg]] = asyncio.Queue()
-        room = asyncio.Semaphore(self._concurrency)
-        workers = [asyncio.create_task(self._work(ready, room)) for _ in range(self._concurrency)]
-        # Refill once half the buffer is free: one pull request brings several jobs.
-        refill = max(1, self._concurrency // 2)
+        lane = self._lanes[endpoint_id]
+        subscriber = self._broker.subscriber(
+            job_subject(org_id, endpoint_id),
+            stream=JStream(JOBS_STREAM, declare=False),
+            durable=consumer_name(endpoint_id),
+            config=self._queue.consumer_config(org_id, endpoint_id),
+            pull_sub=PullSub(batch_size=self._concurrency, timeout=FETCH_WAIT_S),
+            max_workers=self._concurrency,
+            ack_policy=AckPolicy.MANUAL,
+            codec=RAW,
+            persistent=False,  # made and dropped as endpoints come and go
+            include_in_schema=False,  # `webhooks:jobs` documents the channel
+        )
+
+        @subscriber
+        async def on_job(message: Msg) -> None:
+            waited = time.monotonic()
+            # The endpoint's slots are shared with its first attempts.
+            async with lane.slots:
+                if time.monotonic() - waited > IN_PROGRESS_AFTER_S:
+                    # It waited behind slow attempts: restart its ack_wait before this attempt.
+                    with contextlib.suppress(Exception):
+                        await message.in_progress()
+                await self._one(message, lane)
+
+        await subscriber.start()
         try:
-            while True:
-                for _ in range(refill):
-                    await room.acquire()
-                free = refill
-                while free < self._concurrency and not room.locked():
-                    await room.acquire()
-                    free += 1
-                try:
-                    messages = await sub.fetch(free, timeout=FETCH_WAIT_S)
-                except TimeoutError:
-                    messages = []
-                now = time.monotonic()
-                for message in messages:
-                    ready.put_nowait((now, message))
-                for _ in range(free - len(messages)):
-                    room.release()
+            await asyncio.Event().wait()
         finally:
-            for task in workers:
-                task.cancel()
-            for task in workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await subscriber.stop()
+            self._broker._subscribers.discard(subscriber)
 
-    async def _work(self, ready: asyncio.Queue[tuple[float, Msg]], room: asyncio.Semaphore) -> None:
-        while True:
-            fetched_at, message = await ready.get()
-            room.release()
-            if time.monotonic() - fetched_at > IN_PROGRESS_AFTER_S:
-                # It waited behind slow attempts: restart its ack_wait before this attempt.
-                with contextlib.suppress(Exception):
-                    await message.in_progress()
-            await self._one(message)
-
-    async def _one(self, message: Msg) -> None:
+    async def _one(self, message: Msg, lane: Lane) -> None:
         try:
             try:
                 job = decode_job(message.data)
@@ -234,19 +180,51 @@ class Workers:
                 log.error("unreadable delivery job dropped", subject=message.subject)
                 await message.term()
                 return
-            settlement = await self._deliverer.attempt(job, attempt_number(message))
+            delay = retry_delay(message, job, datetime.now(UTC))
+            if delay is not None:
+                # A retry of a first attempt, handed out as soon as it was queued: due later.
+                await message.nak(delay=delay)
+                return
+            settlement = await self._deliverer.attempt(job, attempt_number(message, job))
+            delivery = settlement.delivery
+            if delivery is not None and delivery.outcome is Outcome.DELIVERED:
+                lane.congested = False  # it answers again: first attempts go to it again
+
+            async def finish(settled: Settlement) -> None:
+                await _settle_job(message, settled)
+
+            async def failed() -> None:
+                pass  # the job stays unacked: JetStream hands it out again after ack_wait
+
             # Settled off this worker's path (a 410 that disables the endpoint stops this very
             # loop; the attempt that did it is still recorded and settled).
-            self._settler.settle(message, settlement)
+            self._settler.settle(settlement, finish, failed)
         except asyncio.CancelledError:
             raise
         except Exception:
             # The job stays unacked: JetStream hands it out again after ack_wait.
             log.exception("delivery attempt failed", subject=message.subject)
 
+    def first_attempts_pending(self, endpoint_id: str) -> int:
+        """First attempts of the endpoint in flight or waiting on this copy (not yet queued)."""
+        return self._lanes[endpoint_id].pending()
+
     async def measure_backlog(self) -> None:
         """Set the backlog gauges from the consumers of every known endpoint."""
-        sizes = [await self._queue.backlog(e.endpoint_id) for e in self._endpoints.all()]
+        sizes = [
+            await self._queue.backlog(e.endpoint_id) + self._lanes[e.endpoint_id].pending()
+            for e in self._endpoints.all()
+        ]
         metrics.BACKLOG.set(sum(sizes))
         metrics.BACKLOG_MAX.set(max(sizes, default=0))
         metrics.BACKLOG_ENDPOINTS.set(sum(1 for s in sizes if s))
+
+
+async def _settle_job(message: Msg, settlement: Settlement) -> None:
+    """Ack the job (settled), or nak it with the retry delay, or hold it while disabled."""
+    if settlement.action is Action.RETRY:
+        await message.nak(delay=settlement.delay_s)
+    elif settlement.action is Action.HOLD:
+        await message.nak(delay=HOLD_S)
+    else:
+        await message.ack()

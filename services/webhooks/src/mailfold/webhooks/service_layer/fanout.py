@@ -1,10 +1,9 @@
-"""From MAIL_EVENTS to the delivery queue: one job per (event, endpoint that wants it)."""
+"""From MAIL_EVENTS to delivery jobs: one per (event, endpoint that wants it)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
 
 import msgspec
 
@@ -12,11 +11,9 @@ from mailfold.events import AnyEvent
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks.domain.deliveries import Job
 from mailfold.webhooks.domain.payload import body
-from mailfold.webhooks.service_layer.ports import EndpointStore, FoldStore, Queue
+from mailfold.webhooks.service_layer.ports import EndpointStore, FoldStore
 
 log = get_logger(__name__)
-
-ENQUEUE_TIMEOUT_S: Final = 10.0
 
 
 class Stored(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,29 +37,20 @@ def job_msg_id(endpoint_id: str, event_id: str) -> str:
 
 
 class Fanout:
-    """Folds each event into its email, then enqueues a signed-body job for every endpoint.
+    """Folds each event into its email and builds a signed-body job for every endpoint wanting it.
 
-    The subscriber acks the batch only after this returns: every job is then stored in
-    WEBHOOK_JOBS, so a crash before that redelivers the batch, and the jobs' message ids
-    keep the second enqueue from doubling them.
+    What happens to the jobs is the caller's: the first attempts are made straight away, and
+    the event is acknowledged once each of its jobs is settled or stored in WEBHOOK_JOBS.
     """
 
-    def __init__(
-        self,
-        endpoints: EndpointStore,
-        folds: FoldStore,
-        queue: Queue,
-        dead_letter: DeadLetter,
-        on_enqueued: Callable[[int], None] = lambda n: None,
-    ) -> None:
+    def __init__(self, endpoints: EndpointStore, folds: FoldStore, dead_letter: DeadLetter) -> None:
         self._endpoints = endpoints
         self._folds = folds
-        self._queue = queue
         self._dead_letter = dead_letter
-        self._on_enqueued = on_enqueued
 
-    async def handle(self, messages: Sequence[Stored]) -> None:
-        """Handle one batch; returns when every job is stored (raises to have it redelivered)."""
+    async def handle(self, messages: Sequence[Stored]) -> list[tuple[Stored, list[Job]]]:
+        """Each event of the batch with its jobs (none: nothing to deliver, or dead-lettered)."""
+        out: list[tuple[Stored, list[Job]]] = []
         by_email: dict[tuple[str, str], list[tuple[Stored, AnyEvent]]] = {}
         for message in messages:
             event = message.event
@@ -70,18 +58,16 @@ class Fanout:
                 await self._dead_letter(message, message.problem or "not a valid event")
                 continue
             if not self._endpoints.of_org(event.org_id):
-                continue  # no endpoint: nothing to deliver, nothing to fold
+                out.append((message, []))  # no endpoint: nothing to deliver, nothing to fold
+                continue
             by_email.setdefault((event.org_id, event.email_id), []).append((message, event))
         # Emails fold concurrently; one email's events fold in stream order.
         results = await asyncio.gather(*(self._email(items) for items in by_email.values()))
-        futures = [future for batch in results for future in batch]
-        if futures:
-            async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
-                await asyncio.gather(*futures)
-            self._on_enqueued(len(futures))
+        out.extend(item for batch in results for item in batch)
+        return out
 
-    async def _email(self, items: list[tuple[Stored, AnyEvent]]) -> list[asyncio.Future[object]]:
-        futures: list[asyncio.Future[object]] = []
+    async def _email(self, items: list[tuple[Stored, AnyEvent]]) -> list[tuple[Stored, list[Job]]]:
+        out: list[tuple[Stored, list[Job]]] = []
         for message, event in items:
             fold, number = await self._folds.apply(event)
             source = None if fold.state.source is None else str(fold.state.source)
@@ -91,10 +77,11 @@ class Fanout:
                 if e.matches(event.event_type, source)
             ]
             if not wanted:
+                out.append((message, []))
                 continue
             payload = body(message.data, event, fold.state, number, message.seq)
-            for endpoint in wanted:
-                job = Job(
+            jobs = [
+                Job(
                     org_id=event.org_id,
                     endpoint_id=endpoint.endpoint_id,
                     event_id=event.event_id,
@@ -104,14 +91,13 @@ class Fanout:
                     stream_seq=message.seq,
                     body=payload,
                 )
-                future = await self._queue.start_enqueue(
-                    job, job_msg_id(endpoint.endpoint_id, event.event_id)
-                )
-                futures.append(future)  # type: ignore[arg-type]
+                for endpoint in wanted
+            ]
+            out.append((message, jobs))
             log.debug(
                 "event fanned out",
                 event_id=event.event_id,
                 email_id=event.email_id,
                 endpoints=len(wanted),
             )
-        return futures
+        return out
