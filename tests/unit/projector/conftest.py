@@ -30,7 +30,7 @@ from mailfold.events import (
     event_subject,
 )
 from mailfold.events.fold import decode_state
-from mailfold.projector.domain.messages import Accepted
+from mailfold.projector.domain.messages import ValidEvent
 from mailfold.projector.domain.rows import EMAIL_COLUMNS
 from mailfold.projector.service_layer.ports import DuplicateEventIds, PositionConflict, WriteSet
 
@@ -135,10 +135,10 @@ class Events:
         return EmailDeleted(**self.env(email_id, minutes))
 
     @staticmethod
-    def accepted(events: Sequence[AnyEvent], first_seq: int = 1) -> list[Accepted]:
+    def accepted(events: Sequence[AnyEvent], first_seq: int = 1) -> list[ValidEvent]:
         """Events as the projector accepts them from the stream, numbered from `first_seq`."""
         return [
-            Accepted(first_seq + i, event_subject(e), encode(e).decode(), e)
+            ValidEvent(first_seq + i, event_subject(e), encode(e).decode(), e)
             for i, e in enumerate(events)
         ]
 

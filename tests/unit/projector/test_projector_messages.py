@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 
 from mailfold.events import encode
 from mailfold.projector.adapters.jetstream import consumer_seq, delivery, stream_seq
-from mailfold.projector.domain.messages import Accepted, Poison, classify
+from mailfold.projector.domain.messages import Unusable, ValidEvent, classify
 from mailfold.projector.entrypoints.consumer import check_deliveries
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def test_an_event_on_its_own_subject_is_accepted_with_its_wire_form(events: Even
     event = events.composed("e1")
     item = classify(7, "mail.events.acme.email_composed", encode(event))
 
-    assert isinstance(item, Accepted)
+    assert isinstance(item, ValidEvent)
     assert item.event == event
     assert item.seq == 7
     assert msgspec.json.decode(item.payload) == msgspec.json.decode(encode(event))
@@ -39,7 +39,7 @@ def test_an_event_on_its_own_subject_is_accepted_with_its_wire_form(events: Even
 def test_garbage_invalid_events_and_unknown_types_are_poison(data: bytes, error: str) -> None:
     item = classify(3, "mail.events.acme.email_sent", data)
 
-    assert isinstance(item, Poison)
+    assert isinstance(item, Unusable)
     assert item.error.startswith(error)
     assert item.data == data
     assert item.seq == 3
@@ -51,11 +51,11 @@ def test_an_event_on_another_type_or_org_subject_is_poison(events: Events) -> No
     wrong_type = classify(1, "mail.events.acme.email_opened", data)
     wrong_org = classify(2, "mail.events.other.email_sent", data)
 
-    assert isinstance(wrong_type, Poison)
+    assert isinstance(wrong_type, Unusable)
     assert wrong_type.error == (
         "subject mismatch: email_sent of org acme belongs on mail.events.acme.email_sent"
     )
-    assert isinstance(wrong_org, Poison)
+    assert isinstance(wrong_org, Unusable)
     assert wrong_org.error.startswith("subject mismatch")
 
 
@@ -69,9 +69,9 @@ def test_a_nul_character_postgresql_cannot_store_is_poison_but_an_escaped_backsl
     refused = classify(1, "mail.events.acme.email_composed", msgspec.json.encode(with_nul))
     kept = classify(2, "mail.events.acme.email_composed", encode(backslash))
 
-    assert isinstance(refused, Poison)
+    assert isinstance(refused, Unusable)
     assert "NUL" in refused.error
-    assert isinstance(kept, Accepted)
+    assert isinstance(kept, ValidEvent)
 
 
 def test_the_stream_position_is_read_from_both_ack_subject_formats() -> None:

@@ -10,10 +10,10 @@ from standardwebhooks import Webhook
 
 from mailfold.events import EmailComposed, EmailSent, RecordRef, new_id
 from mailfold.events.model import Module, Source
-from mailfold.webhooks.adapters.http import Refused, checked_address
+from mailfold.webhooks.adapters.http import UnreachableAddress, checked_address
 from mailfold.webhooks.domain import signing
 from mailfold.webhooks.domain.addresses import first_refusal
-from mailfold.webhooks.domain.endpoints import FieldError, check_url_shape, new_secret, secret_key
+from mailfold.webhooks.domain.endpoints import InvalidField, check_url_shape, new_secret, secret_key
 from mailfold.webhooks.domain.payload import fold_in
 from mailfold.webhooks.domain.retries import (
     DEFAULT_SCHEDULE_S,
@@ -125,7 +125,7 @@ def test_public_addresses_pass_and_loopback_only_in_development() -> None:
 def test_url_shape_requires_https_without_credentials() -> None:
     assert check_url_shape("https://hooks.example.org/x", allow_http=False)
     for url in ("http://hooks.example.org", "https://u:p@hooks.example.org", "ftp://x", "https://"):
-        with pytest.raises(FieldError) as info:
+        with pytest.raises(InvalidField) as info:
             check_url_shape(url, allow_http=False)
         assert info.value.field == "url"
 
@@ -170,7 +170,7 @@ async def test_plain_http_goes_only_to_loopback_even_in_development() -> None:
     async def local(host: str, port: int) -> list[str]:
         return ["127.0.0.1"]
 
-    with pytest.raises(Refused, match="loopback"):
+    with pytest.raises(UnreachableAddress, match="loopback"):
         await checked_address("http://hooks.example.org/x", allow_loopback=True, resolver=public)
     _, address = await checked_address("http://localhost:9/x", allow_loopback=True, resolver=local)
     assert address == "127.0.0.1"
@@ -184,5 +184,5 @@ async def test_a_name_resolving_to_any_private_address_is_refused() -> None:
     async def mixed(host: str, port: int) -> list[str]:
         return ["93.184.216.34", "10.0.0.5"]
 
-    with pytest.raises(Refused, match="private"):
+    with pytest.raises(UnreachableAddress, match="private"):
         await checked_address("https://rebind.example.org/", allow_loopback=False, resolver=mixed)

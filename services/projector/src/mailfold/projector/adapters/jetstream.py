@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 
 from mailfold.events import dlq_subject
 from mailfold.projector.adapters.raw_replay import RawPullReader, RawUnavailable
-from mailfold.projector.domain.messages import Poison, RawMessage
+from mailfold.projector.domain.messages import RawMessage, Unusable
 
 ACK_PREFIX: Final = "$JS.ACK."
 _TERMINAL_STATUSES: Final = frozenset({"404", "408", "409"})
@@ -233,7 +233,7 @@ class JetStreamDeadLetters:
         self._stream = stream
         self._subject = dlq_subject(consumer)
 
-    async def send(self, poison: Poison) -> None:
+    async def send(self, poison: Unusable) -> None:
         digest = hashlib.sha256(poison.data).hexdigest()[:16]
         headers = {
             # A repeat after a crash (before the batch committed) is dropped by JetStream.

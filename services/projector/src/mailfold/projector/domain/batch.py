@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mailfold.events import Decision, EmailState, Origin, Ruling, apply, decide, decisions
 from mailfold.events.fold import empty
-from mailfold.projector.domain.messages import Accepted
+from mailfold.projector.domain.messages import ValidEvent
 from mailfold.projector.domain.rows import (
     APPLIED,
     WAITING,
@@ -57,11 +57,11 @@ def _ruling_after(prior: EmailState, state: EmailState, event_id: str) -> Ruling
 
 
 def group_by_email(
-    accepted: Sequence[Accepted], known: frozenset[str] = frozenset()
-) -> tuple[dict[str, list[Accepted]], int]:
+    accepted: Sequence[ValidEvent], known: frozenset[str] = frozenset()
+) -> tuple[dict[str, list[ValidEvent]], int]:
     """The batch's events per email, in stream order, with how many were repeats of an id
     seen earlier in the batch or in `known` (already stored, possibly under another email)."""
-    by_email: dict[str, list[Accepted]] = {}
+    by_email: dict[str, list[ValidEvent]] = {}
     seen: set[str] = set(known)
     duplicates = 0
     for item in accepted:
@@ -75,12 +75,12 @@ def group_by_email(
 
 
 def fold_email(
-    out: FoldedBatch, email_id: str, old: EmailState | None, items: Sequence[Accepted]
+    out: FoldedBatch, email_id: str, old: EmailState | None, items: Sequence[ValidEvent]
 ) -> None:
     """Fold one email's events of the batch onto its stored state `old`; record what changed."""
     state = empty(email_id) if old is None else old
     # Each new event with its ruling against the origin it was folded under.
-    fresh: list[tuple[Accepted, Origin | None, Ruling]] = []
+    fresh: list[tuple[ValidEvent, Origin | None, Ruling]] = []
     for item in items:
         event = item.event
         if event.event_id in state.seen:
@@ -132,7 +132,7 @@ def fold_email(
 
 def fold_batch(
     before: Mapping[str, EmailState],
-    accepted: Sequence[Accepted],
+    accepted: Sequence[ValidEvent],
     *,
     known: frozenset[str] = frozenset(),
 ) -> FoldedBatch:

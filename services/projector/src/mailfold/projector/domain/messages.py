@@ -15,7 +15,7 @@ _NUL_ESCAPE: Final = b"\\u0000"
 _ANY_JSON: Final = msgspec.json.Decoder()
 
 
-class Accepted(msgspec.Struct, frozen=True, gc=False):
+class ValidEvent(msgspec.Struct, frozen=True, gc=False):
     """A valid event, with where it sits in the stream and its wire form (kept for audit).
 
     A Struct rather than a frozen dataclass: one is built per event, at a tenth of the cost, and
@@ -29,7 +29,7 @@ class Accepted(msgspec.Struct, frozen=True, gc=False):
 
 
 @dataclass(frozen=True, slots=True)
-class Poison:
+class Unusable:
     """A message the projector cannot use: it goes to the dead-letter stream with the error."""
 
     seq: int
@@ -48,17 +48,17 @@ def _holds_nul(value: object) -> bool:
     return False
 
 
-def classify(seq: int, subject: str, data: bytes) -> Accepted | Poison:
+def classify(seq: int, subject: str, data: bytes) -> ValidEvent | Unusable:
     """Decode and check one message; never raises."""
     try:
         event = decode(data)
     except msgspec.ValidationError as exc:
-        return Poison(seq, subject, data, f"invalid event: {exc}")
+        return Unusable(seq, subject, data, f"invalid event: {exc}")
     except msgspec.DecodeError as exc:
-        return Poison(seq, subject, data, f"undecodable: {exc}")
+        return Unusable(seq, subject, data, f"undecodable: {exc}")
     expected = event_subject(event)
     if subject != expected:
-        return Poison(
+        return Unusable(
             seq,
             subject,
             data,
@@ -66,5 +66,5 @@ def classify(seq: int, subject: str, data: bytes) -> Accepted | Poison:
         )
     # PostgreSQL text and jsonb cannot hold NUL; such an event would fail every batch it is in.
     if _NUL_ESCAPE in data and _holds_nul(_ANY_JSON.decode(data)):
-        return Poison(seq, subject, data, "invalid event: a string holds a NUL character")
-    return Accepted(seq, subject, data.decode(), event)
+        return Unusable(seq, subject, data, "invalid event: a string holds a NUL character")
+    return ValidEvent(seq, subject, data.decode(), event)

@@ -9,7 +9,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from mailfold.events import SOURCES, Decision, EmailComposed, EmailState, Ruling
-from mailfold.projector.domain.messages import Accepted
+from mailfold.projector.domain.messages import ValidEvent
 
 EVENT_COLUMNS: Final = (
     "event_id",
@@ -33,7 +33,7 @@ RecordRow = tuple[str, str, str, str]
 DecisionRow = tuple[str, str, str | None, str]
 
 
-def event_row(item: Accepted, ruling: Ruling) -> EventRow:
+def event_row(item: ValidEvent, ruling: Ruling) -> EventRow:
     """One `events` row, in EVENT_COLUMNS order."""
     event = item.event
     subject = item.subject

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailfold.events import EmailState
-from mailfold.projector.domain.messages import Poison
+from mailfold.projector.domain.messages import Unusable
 from mailfold.projector.domain.rows import DecisionRow, EmailRow, EventRow, RecordRow
 
 
@@ -20,7 +20,7 @@ class WriteSet:
     email_rows: list[EmailRow] = field(default_factory=list)
     unlinked: list[str] = field(default_factory=list)  # emails whose old links are deleted first
     record_rows: list[RecordRow] = field(default_factory=list)
-    poison: list[Poison] = field(default_factory=list)
+    poison: list[Unusable] = field(default_factory=list)
     expected_seq: int = 0  # the position this batch starts from
     last_seq: int = 0  # the position after this batch
     # None of `email_rows` is stored yet (a rebuild's final flush): plain inserts, no upsert.
@@ -66,6 +66,6 @@ class BatchWriter(Protocol):
 class DeadLetters(Protocol):
     """Where poison messages go."""
 
-    async def send(self, poison: Poison) -> None:
+    async def send(self, poison: Unusable) -> None:
         """Publish one poison message with its error; idempotent per stream position."""
         ...

@@ -17,7 +17,7 @@ from itertools import islice
 from mailfold.events import EmailState, Ruling
 from mailfold.events.fold import encode_state
 from mailfold.projector.domain.batch import FoldedBatch, fold_email, group_by_email
-from mailfold.projector.domain.messages import Accepted, Poison, RawMessage, classify
+from mailfold.projector.domain.messages import RawMessage, Unusable, ValidEvent, classify
 from mailfold.projector.domain.rows import email_row, record_rows
 from mailfold.projector.service_layer.ports import StateReader, WriteSet
 
@@ -94,7 +94,7 @@ class Projection:
         self._number += 1
         prepared = Prepared(number=self._number, writes=WriteSet(expected_seq=self._position))
         prepared.size = len(messages)
-        accepted: list[Accepted] = []
+        accepted: list[ValidEvent] = []
         last = self._position
         for n, (seq, subject, data) in enumerate(messages, 1):
             if n % _YIELD_EVERY == 0:
@@ -107,7 +107,7 @@ class Projection:
                 prepared.unowned += 1
                 continue
             item = classify(seq, subject, data)
-            if isinstance(item, Poison):
+            if isinstance(item, Unusable):
                 prepared.writes.poison.append(item)
             else:
                 accepted.append(item)
@@ -135,7 +135,7 @@ class Projection:
                 writes.unlinked.append(email_id)
             writes.record_rows.extend(record_rows(state))
 
-    async def _known_ids(self, accepted: list[Accepted]) -> frozenset[str]:
+    async def _known_ids(self, accepted: list[ValidEvent]) -> frozenset[str]:
         """Ids of `accepted` already stored or in a batch not committed yet."""
         ids = [a.event.event_id for a in accepted]
         known = set(await self._reader.existing_event_ids(ids))
@@ -144,7 +144,7 @@ class Projection:
             known.update(wanted.intersection(pending))
         return frozenset(known)
 
-    async def _fold(self, prepared: Prepared, accepted: list[Accepted]) -> None:
+    async def _fold(self, prepared: Prepared, accepted: list[ValidEvent]) -> None:
         look_up = accepted[0].seq <= self._look_up_until
         known = await self._known_ids(accepted) if look_up else frozenset()
         by_email, duplicates = group_by_email(accepted, known)

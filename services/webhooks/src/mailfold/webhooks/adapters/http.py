@@ -31,7 +31,7 @@ class Answer(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
 
 
-class Refused(ValueError):
+class UnreachableAddress(ValueError):
     """The URL's host resolves to an address deliveries may not reach."""
 
 
@@ -66,7 +66,7 @@ async def resolve(host: str, port: int) -> list[str]:
 async def checked_address(
     url: str, *, allow_loopback: bool, resolver: Resolve = resolve
 ) -> tuple[httpx.URL, str]:
-    """The URL and the one address to connect to; raises Refused when any address is off limits.
+    """The URL and the one address to connect to; raises UnreachableAddress when any address is off limits.
 
     Every address the name has must be allowed, so that a name cannot mix a public address
     with a private one and win on a later resolution.
@@ -77,14 +77,14 @@ async def checked_address(
     try:
         addresses = await resolver(host, port)
     except OSError as exc:
-        raise Refused(f"{host} does not resolve: {exc}") from exc
+        raise UnreachableAddress(f"{host} does not resolve: {exc}") from exc
     if not addresses:
-        raise Refused(f"{host} does not resolve")
+        raise UnreachableAddress(f"{host} does not resolve")
     reason = first_refusal(addresses, allow_loopback=allow_loopback)
     if reason is not None:
-        raise Refused(reason)
+        raise UnreachableAddress(reason)
     if parsed.scheme == "http" and not all(is_loopback(a) for a in addresses):
-        raise Refused("plain http is allowed only to loopback (development)")
+        raise UnreachableAddress("plain http is allowed only to loopback (development)")
     return parsed, addresses[0]
 
 
@@ -124,7 +124,7 @@ class Poster:
             parsed, address = await checked_address(
                 url, allow_loopback=self._allow_loopback, resolver=self._resolver
             )
-        except Refused as exc:
+        except UnreachableAddress as exc:
             return Answer(status=None, latency_s=time.perf_counter() - started, error=str(exc))
         # Connect to the checked address, not to a second resolution of the name (DNS
         # rebinding); the Host header and TLS (SNI and certificate check) keep the name.

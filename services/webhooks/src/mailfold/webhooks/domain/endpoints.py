@@ -57,7 +57,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True):
         return [secret_key(s.value) for s in self.secrets]
 
 
-class FieldError(ValueError):
+class InvalidField(ValueError):
     """A request field that cannot be used; `field` names it for the problem document."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -111,13 +111,13 @@ def secret_key(value: str) -> bytes:
 def check_secret(value: str) -> str:
     """A caller-chosen secret: `whsec_` and base64 of 24 to 64 bytes."""
     if not value.startswith(SECRET_PREFIX):
-        raise FieldError("secret", "must start with whsec_")
+        raise InvalidField("secret", "must start with whsec_")
     try:
         key = secret_key(value)
     except ValueError as exc:
-        raise FieldError("secret", "must be whsec_ followed by base64") from exc
+        raise InvalidField("secret", "must be whsec_ followed by base64") from exc
     if not 24 <= len(key) <= 64:
-        raise FieldError("secret", "must hold 24 to 64 bytes of key")
+        raise InvalidField("secret", "must hold 24 to 64 bytes of key")
     return value
 
 
@@ -125,7 +125,7 @@ def check_event_types(values: tuple[str, ...]) -> tuple[str, ...]:
     """Known event wire names, without repeats."""
     for value in values:
         if value not in EVENT_TYPES:
-            raise FieldError("event_types", f"unknown event type {value!r}")
+            raise InvalidField("event_types", f"unknown event type {value!r}")
     return tuple(dict.fromkeys(values))
 
 
@@ -134,7 +134,7 @@ def check_sources(values: tuple[str, ...]) -> tuple[str, ...]:
     known = {str(s) for s in SOURCES}
     for value in values:
         if value not in known:
-            raise FieldError("sources", f"unknown source {value!r}")
+            raise InvalidField("sources", f"unknown source {value!r}")
     return tuple(dict.fromkeys(values))
 
 
@@ -144,14 +144,14 @@ def check_url_shape(url: str, *, allow_http: bool) -> str:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
-        raise FieldError("url", "is not a valid URL") from exc
+        raise InvalidField("url", "is not a valid URL") from exc
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme not in schemes:
-        raise FieldError("url", "must be an https URL" if not allow_http else "must be http(s)")
+        raise InvalidField("url", "must be an https URL" if not allow_http else "must be http(s)")
     if not parts.hostname:
-        raise FieldError("url", "must name a host")
+        raise InvalidField("url", "must name a host")
     if parts.username or parts.password:
-        raise FieldError("url", "must not carry credentials")
+        raise InvalidField("url", "must not carry credentials")
     if parts.fragment:
-        raise FieldError("url", "must not carry a fragment")
+        raise InvalidField("url", "must not carry a fragment")
     return url

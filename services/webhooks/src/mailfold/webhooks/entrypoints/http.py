@@ -28,7 +28,7 @@ from mailfold.webhooks.domain.endpoints import (
     Endpoint,
     EndpointInput,
     EndpointPatch,
-    FieldError,
+    InvalidField,
     TooManyEndpoints,
 )
 from mailfold.webhooks.domain.retries import Outcome
@@ -169,7 +169,7 @@ class Api:
             return data
         try:
             endpoint, secret = await self._manager.create(org_id, data)
-        except FieldError as exc:
+        except InvalidField as exc:
             return invalid(exc.field, exc.message)
         except TooManyEndpoints as exc:
             return problem(409, "Conflict", str(exc))
@@ -195,7 +195,7 @@ class Api:
             return data
         try:
             updated, secret = await self._manager.patch(endpoint, data)
-        except FieldError as exc:
+        except InvalidField as exc:
             return invalid(exc.field, exc.message)
         extra = {} if secret is None else {"secret": secret}
         return json_response(endpoint_view(updated, **extra))

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from mailfold.webhooks.adapters.http import Refused, Resolve, checked_address, resolve
+from mailfold.webhooks.adapters.http import Resolve, UnreachableAddress, checked_address, resolve
 from mailfold.webhooks.domain.endpoints import (
     MAX_ENDPOINTS_PER_ORG,
     MAX_SECRETS,
     Endpoint,
     EndpointInput,
     EndpointPatch,
-    FieldError,
+    InvalidField,
     Secret,
     TooManyEndpoints,
     check_event_types,
@@ -55,8 +55,8 @@ class Manager:
         check_url_shape(url, allow_http=self._allow_loopback)
         try:
             await checked_address(url, allow_loopback=self._allow_loopback, resolver=self._resolver)
-        except Refused as exc:
-            raise FieldError("url", f"refused: {exc}") from exc
+        except UnreachableAddress as exc:
+            raise InvalidField("url", f"refused: {exc}") from exc
         return url
 
     async def create(self, org_id: str, data: EndpointInput) -> tuple[Endpoint, str]:

@@ -21,7 +21,7 @@ MAX_REPLAY: Final = 10_000  # events per request; the answer says where to conti
 ID_SEARCH_BEFORE: Final = timedelta(minutes=10)
 
 
-class Reader(Protocol):
+class StreamEvents(Protocol):
     """Reads MAIL_EVENTS."""
 
     async def read(
@@ -56,7 +56,7 @@ class Replayer:
     """Finds events in the stream and queues them again for one endpoint."""
 
     def __init__(
-        self, reader: Reader, folds: FoldStore, deliveries: DeliveryStore, queue: Queue
+        self, reader: StreamEvents, folds: FoldStore, deliveries: DeliveryStore, queue: Queue
     ) -> None:
         self._reader = reader
         self._folds = folds
