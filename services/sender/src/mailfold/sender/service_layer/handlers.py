@@ -229,10 +229,14 @@ class _Job:
         c = self.c
         plan = await self._plan(recipients)
         if plan.due:
-            # Before any return path names it: a bounce may come back within seconds.
-            await self.p.ledger.remember_verp(self._verp)
+            # The VERP record before any return path names it (a bounce may come back within
+            # seconds), side by side with EmailSent: two round trips in the time of one.
+            remembered = self.p.ledger.remember_verp(self._verp)
             if any(s.attempt == 1 for s in plan.due):
-                await self._publish_sent([m.address for m in recipients], Transport.CRM_SERVERS)
+                sent = self._publish_sent([m.address for m in recipients], Transport.CRM_SERVERS)
+                await asyncio.gather(remembered, sent)
+            else:
+                await remembered
             tracked = trackable(c.source, c.transport, len(c.recipients))
             shared = None if tracked else self._message(body, settings)
             by_domain: dict[str, list[Slot]] = defaultdict(list)
