@@ -9,9 +9,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 # Each script runs as __main__ with bench/ at the END of sys.path: its shared `_results` module is
 # found there, while bench/faststream.py (the benchmark) never shadows the faststream package.
+# The script sees only its own name in sys.argv, as when run directly (some parse arguments).
 RUNNER = (
-    "import runpy, sys; sys.path.append(sys.argv[1]); "
-    "runpy.run_path(sys.argv[2], run_name='__main__')"
+    "import runpy, sys; sys.path.append(sys.argv[1]); script = sys.argv[2]; "
+    "sys.argv = [script]; runpy.run_path(script, run_name='__main__')"
 )
 
 

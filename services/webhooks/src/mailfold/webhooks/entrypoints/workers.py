@@ -20,7 +20,7 @@ from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
 
-from mailfold.runtime.broker import EventCodec
+from mailfold.runtime.broker import EventCodec, tune_batch_fetch
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks import metrics
 from mailfold.webhooks.adapters.jobs import (
@@ -166,6 +166,7 @@ class Workers:
                 await self._one(message, lane)
 
         await subscriber.start()
+        tune_batch_fetch(subscriber)  # as for the subscribers declared at start (bootstrap)
         try:
             await asyncio.Event().wait()
         finally:
