@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from tests.nats_users import service_auth, service_env
+from tests.processes import ServiceProcess
 
 from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events import (
@@ -258,62 +256,25 @@ def start_projector(fresh_nats: EmbeddedNats, database_url: str) -> StartProject
     return run
 
 
-class ProjectorProcess:
-    """`python -m mailfold.cli serve projector` as a child process, to be killed and restarted."""
+class ProjectorProcess(ServiceProcess):
+    """`mailfold serve projector` as a child process, to be killed and restarted."""
 
     def __init__(self, nats_url: str, database_url: str, log: Path, **env: str) -> None:
         self.port = free_port()
-        self.env = dict(
-            os.environ,
-            MAILFOLD_NATS_URL=nats_url,
-            **service_env("projector"),
-            MAILFOLD_DATABASE_URL=database_url,
-            MAILFOLD_PROJECTOR_PORT=str(self.port),
-            MAILFOLD_LOG_JSON="true",
-            **env,
+        super().__init__(
+            "projector",
+            dict(
+                os.environ,
+                MAILFOLD_NATS_URL=nats_url,
+                **service_env("projector"),
+                MAILFOLD_DATABASE_URL=database_url,
+                MAILFOLD_PROJECTOR_PORT=str(self.port),
+                MAILFOLD_LOG_JSON="true",
+                **env,
+            ),
+            self.port,
+            log,
         )
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailfold.cli", "serve", "projector"],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    async def wait_healthy(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient() as client:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                assert self.proc.poll() is None, self.log.read_text()
-                with contextlib.suppress(httpx.TransportError):
-                    response = await client.get(f"http://127.0.0.1:{self.port}/healthz")
-                    if response.status_code == 200:
-                        return
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"projector not healthy; log:\n{self.log.read_text()}")
 
 
 @pytest.fixture

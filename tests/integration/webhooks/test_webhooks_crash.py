@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from tests.integration.webhooks.conftest import Reply, StartReceiver, add_endpoint, make_org
+from tests.integration.webhooks.conftest import (
+    Org,
+    Reply,
+    StartReceiver,
+    add_endpoint,
+    make_org,
+)
 from tests.nats_users import service_env
+from tests.processes import ServiceProcess
 
 from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events.subjects import STREAM
@@ -22,7 +27,8 @@ from mailfold.webhooks.entrypoints.subscriber import DURABLE
 EVENTS = 30
 
 
-def _serve(nats_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _service(nats_url: str, log: Path) -> ServiceProcess:
+    port = free_port()
     env = {
         **os.environ,
         "MAILFOLD_NATS_URL": nats_url,
@@ -35,25 +41,20 @@ def _serve(nats_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
         "MAILFOLD_WEBHOOKS_CONCURRENCY": "2",
         "MAILFOLD_LOG_JSON": "true",
     }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "mailfold.cli", "serve", "webhooks"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    return ServiceProcess("webhooks", env, port, log)
 
 
-async def _healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    async with asyncio.timeout(60), httpx.AsyncClient() as http:
-        while True:
-            assert proc.poll() is None, "the webhooks service exited"
-            try:
-                if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            await asyncio.sleep(0.1)
+async def _restart(service: ServiceProcess) -> None:
+    service.start()
+    await service.wait_healthy()
+
+
+async def _endpoint(service: ServiceProcess, org: Org, url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{service.health_port}",
+        headers={"authorization": f"Bearer {org.token}"},
+    ) as api:
+        return await add_endpoint(api, org, url)
 
 
 @pytest.mark.slow
@@ -65,27 +66,19 @@ async def test_sigkill_mid_delivery_loses_no_event_and_repeats_share_their_webho
         return 200
 
     org = await make_org(fresh_nats.url, "crashorg")
-    port = free_port()
-    log = tmp_path / "webhooks.log"
-    proc = _serve(fresh_nats.url, port, log)
+    service = _service(fresh_nats.url, tmp_path / "webhooks.log")
     try:
-        await _healthy(port, proc)
+        await _restart(service)
         async with start_receiver(slow) as receiver:
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                headers={"authorization": f"Bearer {org.token}"},
-            ) as api:
-                endpoint = await add_endpoint(api, org, receiver.url)
+            endpoint = await _endpoint(service, org, receiver.url)
             events = [org.composed(f"crash-{i}") for i in range(EVENTS)]
             await org.publish(*events)
             await receiver.wait_for(4)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            service.kill()
             killed_at = len(receiver.requests)
             assert killed_at < EVENTS  # the kill came mid-delivery
 
-            proc = _serve(fresh_nats.url, port, log)
-            await _healthy(port, proc)
+            await _restart(service)
             wanted = {e.event_id for e in events}
             async with asyncio.timeout(60):
                 while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
@@ -100,13 +93,7 @@ async def test_sigkill_mid_delivery_loses_no_event_and_repeats_share_their_webho
             for copies in by_id.values():
                 assert all(copy == copies[0] for copy in copies)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        service.stop()
 
 
 @pytest.mark.slow
@@ -120,17 +107,11 @@ async def test_sigkill_between_fan_out_and_first_attempts_loses_no_event(
         return 200
 
     org = await make_org(fresh_nats.url, "crashfirst")
-    port = free_port()
-    log = tmp_path / "webhooks.log"
-    proc = _serve(fresh_nats.url, port, log)
+    service = _service(fresh_nats.url, tmp_path / "webhooks.log")
     try:
-        await _healthy(port, proc)
+        await _restart(service)
         async with start_receiver(hang_until_killed) as receiver:
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                headers={"authorization": f"Bearer {org.token}"},
-            ) as api:
-                endpoint = await add_endpoint(api, org, receiver.url)
+            endpoint = await _endpoint(service, org, receiver.url)
             events = [org.composed(f"first-{i}") for i in range(8)]
             await org.publish(*events)
             await receiver.wait_for(2)  # both slots (MAILFOLD_WEBHOOKS_CONCURRENCY=2) taken
@@ -140,12 +121,10 @@ async def test_sigkill_between_fan_out_and_first_attempts_loses_no_event(
             finally:
                 await bus.close(nc)
             assert fanned.num_ack_pending >= 2  # fanned out, not yet settled
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
+            service.kill()
             killed.set()
 
-            proc = _serve(fresh_nats.url, port, log)
-            await _healthy(port, proc)
+            await _restart(service)
             wanted = {e.event_id for e in events}
             async with asyncio.timeout(90):  # the killed copy's events come back after ack_wait
                 while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
@@ -153,10 +132,4 @@ async def test_sigkill_between_fan_out_and_first_attempts_loses_no_event(
             bodies = receiver.verified(endpoint["secret"])
             assert {b["event_id"] for b in bodies} == wanted
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        service.stop()
