@@ -148,7 +148,7 @@ class Deliveries:
     async def put(self, delivery: Delivery) -> None:
         """Store the record."""
         key = self._key(delivery.org_id, delivery.endpoint_id, delivery.event_id)
-        await self._kv.put(key, _JSON.encode(delivery))
+        await bus.kv_put(self._kv, key, _JSON.encode(delivery))
 
     async def of_endpoint(self, org_id: str, endpoint_id: str) -> list[Delivery]:
         """Every record of the endpoint, in stream order (one watch, not a read per key)."""

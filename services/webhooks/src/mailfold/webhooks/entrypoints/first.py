@@ -199,12 +199,14 @@ class FirstAttempts:
                 self._spawn(self._queued(job, done))
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.room.wait(), left)
+                async with asyncio.timeout(left):
+                    await lane.room.wait()
 
     async def _first(self, lane: Lane, job: Job, done: Done) -> None:
         try:
             try:
-                await asyncio.wait_for(lane.acquire(), self._wait_s)
+                async with asyncio.timeout(self._wait_s):  # a timer, not a task (wait_for)
+                    await lane.acquire()
             except TimeoutError:
                 lane.congested = True
                 await self._queued(job, done)
