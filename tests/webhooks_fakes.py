@@ -81,16 +81,20 @@ class FakeEndpoints:
 
 
 class FakeDeliveries:
-    """Delivery records by event id."""
+    """Delivery records by (endpoint id, event id)."""
 
     def __init__(self) -> None:
-        self.records: dict[str, Delivery] = {}
+        self.records: dict[tuple[str, str], Delivery] = {}
+
+    def of(self, event_id: str, endpoint_id: str = "ep_1") -> Delivery:
+        """The record of one event's delivery to one endpoint (KeyError: none)."""
+        return self.records[endpoint_id, event_id]
 
     async def get(self, org_id: str, endpoint_id: str, event_id: str) -> Delivery | None:
-        return self.records.get(event_id)
+        return self.records.get((endpoint_id, event_id))
 
     async def put(self, delivery: Delivery) -> None:
-        self.records[delivery.event_id] = delivery
+        self.records[delivery.endpoint_id, delivery.event_id] = delivery
 
 
 class MemoryFolds:

@@ -51,7 +51,7 @@ async def test_a_failure_is_retried_then_recorded_failed_after_the_last_attempt(
     assert (first.action, second.action, last.action) == (Action.RETRY, Action.RETRY, Action.ACK)
     assert 4.5 <= first.delay_s <= 5.5
     assert 54 <= second.delay_s <= 66
-    record = deliveries.records["ev_1"]
+    record = deliveries.of("ev_1")
     assert record.outcome is Outcome.FAILED
     assert record.attempts == 3
     assert {h["webhook-id"] for h in poster.sent} == {"ev_1"}
@@ -63,7 +63,7 @@ async def test_a_timeout_is_a_failure_with_its_error_recorded() -> None:
     )
     settled = await attempt(deliverer, deliveries, JOB, 1)
     assert settled.action is Action.RETRY
-    assert deliveries.records["ev_1"].history[0].error == "timeout: x"
+    assert deliveries.of("ev_1").history[0].error == "timeout: x"
 
 
 async def test_503_retry_after_sets_the_delay() -> None:
@@ -79,7 +79,7 @@ async def test_410_disables_the_endpoint_and_settles_the_job() -> None:
     settled = await attempt(deliverer, deliveries, JOB, 1)
     assert settled.action is Action.ACK
     assert endpoints.endpoint.enabled is False
-    assert deliveries.records["ev_1"].outcome is Outcome.DISABLED
+    assert deliveries.of("ev_1").outcome is Outcome.DISABLED
     # A disabled endpoint's next job is held, not attempted.
     assert (await deliverer.attempt(JOB, 1)).action is Action.HOLD
 

@@ -103,7 +103,7 @@ async def test_a_delivered_first_attempt_acks_its_event_and_queues_nothing() -> 
     await settled(messages)
     assert queue.jobs == []
     assert {d.outcome for d in deliveries.records.values()} == {Outcome.DELIVERED}
-    assert sorted(deliveries.records) == ["ev_1", "ev_2"]
+    assert sorted(deliveries.records) == [("ep_1", "ev_1"), ("ep_1", "ev_2")]
     await settler.stop()
     await first.stop()
 
@@ -125,7 +125,7 @@ async def test_a_failed_first_attempt_lands_in_the_retry_queue_before_its_event_
     # The schedule's first delay (5 s, +-10 % jitter) counts from the attempt.
     assert before + timedelta(seconds=4.4) <= retry.not_before
     assert retry.not_before <= datetime.now(UTC) + timedelta(seconds=5.6)
-    record = deliveries.records["ev_7"]
+    record = deliveries.of("ev_7")
     assert record.outcome is Outcome.RETRYING
     assert record.attempts == 1
     await settler.stop()
@@ -138,7 +138,7 @@ async def test_an_event_whose_retry_could_not_be_queued_stays_unacked() -> None:
     messages, deliveries, first, settler = await run_batch(
         {3: [job(3)], 4: []}, poster, queue, FakeEndpoints(endpoint)
     )
-    await until(lambda: "ev_3" in deliveries.records)  # recorded: now being settled
+    await until(lambda: ("ep_1", "ev_3") in deliveries.records)  # recorded: now being settled
     await settler.stop()  # settles what is pending, then stops
     by_seq = {m.seq: m for m in messages}
     assert by_seq[4].acked  # nothing to deliver: acked at once
