@@ -3,43 +3,13 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime
+
+from tests.webhooks_fakes import JOB, NOW, FakeDeliveries, FakeEndpoints, make_endpoint
 
 from mailfold.webhooks.adapters.http import Answer
-from mailfold.webhooks.domain.deliveries import Delivery, Job
-from mailfold.webhooks.domain.endpoints import Endpoint, Secret, new_secret
+from mailfold.webhooks.domain.deliveries import Job
 from mailfold.webhooks.domain.retries import Outcome
 from mailfold.webhooks.service_layer.delivery import Action, Deliverer, Settlement
-
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
-
-
-class FakeEndpoints:
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    def of_org(self, org_id: str) -> list[Endpoint]:
-        return [self.endpoint]
-
-    def get(self, org_id: str, endpoint_id: str) -> Endpoint | None:
-        return self.endpoint if endpoint_id == self.endpoint.endpoint_id else None
-
-    async def put(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-
-    async def delete(self, org_id: str, endpoint_id: str) -> None:
-        raise AssertionError("the delivery handler never deletes endpoints")
-
-
-class FakeDeliveries:
-    def __init__(self) -> None:
-        self.records: dict[str, Delivery] = {}
-
-    async def get(self, org_id: str, endpoint_id: str, event_id: str) -> Delivery | None:
-        return self.records.get(event_id)
-
-    async def put(self, delivery: Delivery) -> None:
-        self.records[delivery.event_id] = delivery
 
 
 class FakePoster:
@@ -52,33 +22,10 @@ class FakePoster:
         return self.answers.pop(0)
 
 
-def _endpoint() -> Endpoint:
-    return Endpoint(
-        endpoint_id="ep_1",
-        org_id="acme",
-        url="https://hooks.example.org/",
-        secrets=(Secret(value=new_secret(), created_at=NOW),),
-        created_at=NOW,
-        updated_at=NOW,
-    )
-
-
-JOB = Job(
-    org_id="acme",
-    endpoint_id="ep_1",
-    event_id="ev_1",
-    event_type="email_sent",
-    email_id="m1",
-    occurred_at=NOW,
-    stream_seq=9,
-    body=b"{}",
-)
-
-
 def _deliverer(
     poster: FakePoster, schedule: tuple[float, ...] = (5.0, 60.0)
 ) -> tuple[Deliverer, FakeEndpoints, FakeDeliveries]:
-    endpoints, deliveries = FakeEndpoints(_endpoint()), FakeDeliveries()
+    endpoints, deliveries = FakeEndpoints(make_endpoint()), FakeDeliveries()
     deliverer = Deliverer(
         endpoints, deliveries, poster, schedule=schedule, clock=lambda: NOW, rng=random.Random(3)
     )
@@ -104,7 +51,7 @@ async def test_a_failure_is_retried_then_recorded_failed_after_the_last_attempt(
     assert (first.action, second.action, last.action) == (Action.RETRY, Action.RETRY, Action.ACK)
     assert 4.5 <= first.delay_s <= 5.5
     assert 54 <= second.delay_s <= 66
-    record = deliveries.records["ev_1"]
+    record = deliveries.of("ev_1")
     assert record.outcome is Outcome.FAILED
     assert record.attempts == 3
     assert {h["webhook-id"] for h in poster.sent} == {"ev_1"}
@@ -116,7 +63,7 @@ async def test_a_timeout_is_a_failure_with_its_error_recorded() -> None:
     )
     settled = await attempt(deliverer, deliveries, JOB, 1)
     assert settled.action is Action.RETRY
-    assert deliveries.records["ev_1"].history[0].error == "timeout: x"
+    assert deliveries.of("ev_1").history[0].error == "timeout: x"
 
 
 async def test_503_retry_after_sets_the_delay() -> None:
@@ -132,7 +79,7 @@ async def test_410_disables_the_endpoint_and_settles_the_job() -> None:
     settled = await attempt(deliverer, deliveries, JOB, 1)
     assert settled.action is Action.ACK
     assert endpoints.endpoint.enabled is False
-    assert deliveries.records["ev_1"].outcome is Outcome.DISABLED
+    assert deliveries.of("ev_1").outcome is Outcome.DISABLED
     # A disabled endpoint's next job is held, not attempted.
     assert (await deliverer.attempt(JOB, 1)).action is Action.HOLD
 

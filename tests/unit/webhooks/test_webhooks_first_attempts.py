@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import PubAck
-from tests.unit.webhooks.test_webhooks_delivery_handler import (
+from tests.webhooks_fakes import (
     JOB,
     FakeDeliveries,
     FakeEndpoints,
-    _endpoint,
+    FakeQueue,
+    ScriptedPoster,
+    make_endpoint,
+    until,
 )
 
-from mailfold.webhooks.adapters.http import Answer
 from mailfold.webhooks.adapters.jobs import attempt_number, retry_delay
 from mailfold.webhooks.domain.deliveries import Job
-from mailfold.webhooks.domain.endpoints import Endpoint
 from mailfold.webhooks.domain.retries import Outcome
 from mailfold.webhooks.entrypoints.first import FirstAttempts, Lanes
 from mailfold.webhooks.entrypoints.settler import Settler
@@ -55,46 +54,6 @@ class FakeFanout:
 
     async def handle(self, messages: Sequence[Stored]) -> list[tuple[Stored, list[Job]]]:
         return [(m, self.jobs.get(m.seq, [])) for m in messages]
-
-
-class FakeQueue:
-    def __init__(self, *, fail: bool = False) -> None:
-        self.jobs: list[tuple[Job, str]] = []
-        self.fail = fail
-
-    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]:
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        if self.fail:
-            future.set_exception(TimeoutError("no answer from JetStream"))
-        else:
-            self.jobs.append((job, msg_id))
-            future.set_result(PubAck(stream="WEBHOOK_JOBS", seq=len(self.jobs)))
-        return future
-
-
-class ScriptedPoster:
-    """Answers by endpoint URL; a URL in `hang` waits until released."""
-
-    def __init__(self, status: dict[str, int], hang: set[str] | None = None) -> None:
-        self.status = status
-        self.hang = hang or set()
-        self.release = asyncio.Event()
-        self.sent: list[str] = []
-
-    async def post(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
-        self.sent.append(url)
-        if url in self.hang:
-            await self.release.wait()
-        return Answer(status=self.status.get(url, 204), latency_s=0.001)
-
-
-class TwoEndpoints(FakeEndpoints):
-    def __init__(self, *endpoints: Endpoint) -> None:
-        super().__init__(endpoints[0])
-        self.by_id = {e.endpoint_id: e for e in endpoints}
-
-    def get(self, org_id: str, endpoint_id: str) -> Endpoint | None:
-        return self.by_id.get(endpoint_id)
 
 
 def job(seq: int, endpoint_id: str = "ep_1") -> Job:
@@ -131,21 +90,12 @@ async def run_batch(
     return messages, deliveries, first, settler
 
 
-async def until(done: Callable[[], bool]) -> None:
-    """Wait (bounded) until `done()` holds."""
-    async with asyncio.timeout(5):
-        while True:
-            if done():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def settled(messages: list[EventMessage]) -> None:
     await until(lambda: all(m.acked for m in messages))
 
 
 async def test_a_delivered_first_attempt_acks_its_event_and_queues_nothing() -> None:
-    endpoint = _endpoint()
+    endpoint = make_endpoint()
     poster, queue = ScriptedPoster({}), FakeQueue()
     messages, deliveries, first, settler = await run_batch(
         {1: [job(1)], 2: [job(2)]}, poster, queue, FakeEndpoints(endpoint)
@@ -153,13 +103,13 @@ async def test_a_delivered_first_attempt_acks_its_event_and_queues_nothing() -> 
     await settled(messages)
     assert queue.jobs == []
     assert {d.outcome for d in deliveries.records.values()} == {Outcome.DELIVERED}
-    assert sorted(deliveries.records) == ["ev_1", "ev_2"]
+    assert sorted(deliveries.records) == [("ep_1", "ev_1"), ("ep_1", "ev_2")]
     await settler.stop()
     await first.stop()
 
 
 async def test_a_failed_first_attempt_lands_in_the_retry_queue_before_its_event_is_acked() -> None:
-    endpoint = _endpoint()
+    endpoint = make_endpoint()
     poster, queue = ScriptedPoster({endpoint.url: 500}), FakeQueue()
     before = datetime.now(UTC)
     messages, deliveries, first, settler = await run_batch(
@@ -175,7 +125,7 @@ async def test_a_failed_first_attempt_lands_in_the_retry_queue_before_its_event_
     # The schedule's first delay (5 s, +-10 % jitter) counts from the attempt.
     assert before + timedelta(seconds=4.4) <= retry.not_before
     assert retry.not_before <= datetime.now(UTC) + timedelta(seconds=5.6)
-    record = deliveries.records["ev_7"]
+    record = deliveries.of("ev_7")
     assert record.outcome is Outcome.RETRYING
     assert record.attempts == 1
     await settler.stop()
@@ -183,12 +133,12 @@ async def test_a_failed_first_attempt_lands_in_the_retry_queue_before_its_event_
 
 
 async def test_an_event_whose_retry_could_not_be_queued_stays_unacked() -> None:
-    endpoint = _endpoint()
+    endpoint = make_endpoint()
     poster, queue = ScriptedPoster({endpoint.url: 503}), FakeQueue(fail=True)
     messages, deliveries, first, settler = await run_batch(
         {3: [job(3)], 4: []}, poster, queue, FakeEndpoints(endpoint)
     )
-    await until(lambda: "ev_3" in deliveries.records)  # recorded: now being settled
+    await until(lambda: ("ep_1", "ev_3") in deliveries.records)  # recorded: now being settled
     await settler.stop()  # settles what is pending, then stops
     by_seq = {m.seq: m for m in messages}
     assert by_seq[4].acked  # nothing to deliver: acked at once
@@ -198,14 +148,16 @@ async def test_an_event_whose_retry_could_not_be_queued_stays_unacked() -> None:
 
 
 async def test_a_hanging_endpoint_congests_its_own_lane_only() -> None:
-    slow = _endpoint()
-    fast = msgspec.structs.replace(_endpoint(), endpoint_id="ep_2", url="https://b.example.org/")
+    slow = make_endpoint()
+    fast = msgspec.structs.replace(
+        make_endpoint(), endpoint_id="ep_2", url="https://b.example.org/"
+    )
     poster = ScriptedPoster({}, hang={slow.url})
     queue = FakeQueue()
     # Concurrency 1: one attempt in flight and one waiting for it, per endpoint.
     jobs = {seq: [job(seq, "ep_1"), job(seq, "ep_2")] for seq in range(1, 6)}
     messages, deliveries, first, settler = await run_batch(
-        jobs, poster, queue, TwoEndpoints(slow, fast), concurrency=1, wait_s=0.2
+        jobs, poster, queue, FakeEndpoints(slow, fast), concurrency=1, wait_s=0.2
     )
     # Every event reached the healthy endpoint; the hanging one holds one attempt, and every
     # job of it that could not start went to the queue for its own loop.

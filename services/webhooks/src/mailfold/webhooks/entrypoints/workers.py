@@ -20,7 +20,7 @@ from faststream.message import StreamMessage
 from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
 
-from mailfold.runtime.broker import EventCodec, tune_batch_fetch
+from mailfold.runtime.broker import EventCodec, dead_letter, tune_batch_fetch
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks import metrics
 from mailfold.webhooks.adapters.jobs import (
@@ -39,6 +39,7 @@ from mailfold.webhooks.service_layer.delivery import Action, Deliverer, Settleme
 
 from .first import Lane, Lanes
 from .settler import Settler
+from .subscriber import DURABLE
 
 log = get_logger(__name__)
 
@@ -177,9 +178,10 @@ class Workers:
         try:
             try:
                 job = decode_job(message.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                log.error("unreadable delivery job dropped", subject=message.subject)
-                await message.term()
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                # Parked with its reason (and then acked), on the service's own DLQ subject.
+                reason = f"not a valid delivery job: {exc}"
+                await dead_letter(self._broker, message, reason, consumer=DURABLE)
                 return
             delay = retry_delay(message, job, datetime.now(UTC))
             if delay is not None:
