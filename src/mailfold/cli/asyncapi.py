@@ -41,12 +41,14 @@ def asyncapi_document() -> dict[str, Any]:
 
     sender_broker = broker("sender")
     sender.declare(sender_broker, never, sender.Settings.from_env())
+    webhooks_broker = broker("webhooks")
+    webhooks.declare(webhooks_broker, nothing, webhooks.Settings(nats_url=_NOWHERE))
     brokers = [
         ingest.declare(broker("ingest")),
         sender_broker,
         tracker.declare(broker("tracker")),
         projector.declare(broker("projector")),
-        webhooks.declare(broker("webhooks"), nothing, webhooks.Settings(nats_url=_NOWHERE)),
+        webhooks_broker,
         mailbox.declare(broker("mailbox")),
     ]
     spec = AsyncAPI(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,59 @@ async def test_sigkill_between_fan_out_and_first_attempts_loses_no_event(
             async with asyncio.timeout(90):  # the killed copy's events come back after ack_wait
                 while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
                     await receiver.wait_for(len(receiver.requests) + 1, timeout=90)
+            bodies = receiver.verified(endpoint["secret"])
+            assert {b["event_id"] for b in bodies} == wanted
+    finally:
+        service.stop()
+
+
+@pytest.mark.slow
+async def test_a_graceful_stop_finishes_attempts_in_flight_and_hands_back_the_rest(
+    fresh_nats: EmbeddedNats, start_receiver: StartReceiver, tmp_path: Path
+) -> None:
+    async def slow(_: int) -> Reply:
+        await asyncio.sleep(1.0)  # both slots are busy when SIGTERM comes
+        return 204
+
+    org = await make_org(fresh_nats.url, "stoporg")
+    service = _service(fresh_nats.url, tmp_path / "webhooks.log")
+    try:
+        await _restart(service)
+        async with start_receiver(slow) as receiver:
+            endpoint = await _endpoint(service, org, receiver.url)
+            events = [org.composed(f"stop-{i}") for i in range(8)]
+            await org.publish(*events)
+            await receiver.wait_for(2)  # MAILFOLD_WEBHOOKS_CONCURRENCY=2: two in flight
+            assert await asyncio.to_thread(service.stop) == 0
+            in_flight = [r.headers["webhook-id"] for r in receiver.requests]
+            # The events not attempted were handed back at once: another consumer of the
+            # durable gets them now (held ones would wait for ack_wait); the attempts in flight
+            # were answered, recorded and their events acked.
+            nc = await bus.connect(fresh_nats.url, "webhooks-test-inspect", reconnect=False)
+            try:
+                pull = await nc.jetstream().pull_subscribe_bind(DURABLE, STREAM)
+                back = await pull.fetch(len(events), timeout=5)
+                while len(back) < len(events) - len(in_flight):
+                    try:
+                        back += await pull.fetch(len(events), timeout=2)
+                    except TimeoutError:
+                        break
+                handed_back = {json.loads(m.data)["event_id"] for m in back}
+                for message in back:
+                    await message.nak()  # for the restarted service
+                await nc.flush()
+            finally:
+                await bus.close(nc)
+            assert len(in_flight) == 2
+            assert handed_back == {e.event_id for e in events} - set(in_flight)
+
+            await _restart(service)
+            wanted = {e.event_id for e in events}
+            async with asyncio.timeout(60):
+                while not wanted <= {r.headers["webhook-id"] for r in receiver.requests}:
+                    await receiver.wait_for(len(receiver.requests) + 1)
+            ids = [r.headers["webhook-id"] for r in receiver.requests]
+            assert all(ids.count(done) == 1 for done in in_flight)  # not sent again
             bodies = receiver.verified(endpoint["secret"])
             assert {b["event_id"] for b in bodies} == wanted
     finally:

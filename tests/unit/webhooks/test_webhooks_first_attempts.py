@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -41,9 +42,13 @@ class EventMessage:
         self.seq = seq
         self.metadata = _Meta(seq)
         self.acked = False
+        self.nakked = False
 
     async def ack(self) -> None:
         self.acked = True
+
+    async def nak(self) -> None:
+        self.nakked = True
 
 
 class FakeFanout:
@@ -189,3 +194,67 @@ def test_a_queued_retry_waits_for_its_due_time_then_counts_on_from_the_first_att
     # A job queued without an attempt (a congested endpoint's, a replay) starts at 1.
     assert retry_delay(_job_message(1), JOB, now) is None
     assert attempt_number(_job_message(1), JOB) == 1
+
+
+async def test_a_graceful_stop_finishes_the_attempts_in_flight_and_hands_back_the_rest() -> None:
+    endpoint = make_endpoint()
+    poster, queue = ScriptedPoster({}, hang={endpoint.url}), FakeQueue()
+    # One slot: event 1's attempt is in flight, event 2's job waits for the slot.
+    messages, deliveries, first, settler = await run_batch(
+        {1: [job(1)], 2: [job(2)]}, poster, queue, FakeEndpoints(endpoint), concurrency=1
+    )
+    await until(lambda: poster.sent == [endpoint.url])
+    stopping = asyncio.ensure_future(first.stop(grace_s=5.0))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the attempt in flight is waited for
+    poster.release.set()
+    await stopping
+    assert messages[1].nakked  # never attempted: back to the stream at once
+    await settled(messages[:1])
+    await settler.stop()
+    assert sorted(deliveries.records) == [("ep_1", "ev_1")]
+    assert poster.sent == [endpoint.url]  # the handed-back job was not attempted
+    assert not messages[1].acked
+    assert not messages[0].nakked
+    assert queue.jobs == []
+
+
+async def test_attempts_still_running_when_the_grace_ends_are_abandoned_unacked() -> None:
+    endpoint = make_endpoint()
+    poster, queue = ScriptedPoster({}, hang={endpoint.url}), FakeQueue()
+    messages, deliveries, first, settler = await run_batch(
+        {1: [job(1)]}, poster, queue, FakeEndpoints(endpoint), concurrency=1
+    )
+    await until(lambda: poster.sent == [endpoint.url])
+    await first.stop(grace_s=0.05)
+    await settler.stop()
+    # Neither acked nor handed back: JetStream hands it out again after ack_wait.
+    assert not messages[0].acked
+    assert not messages[0].nakked
+    assert deliveries.records == {}
+
+
+async def test_events_arriving_while_stopping_are_handed_back_unattempted() -> None:
+    endpoint = make_endpoint()
+    poster, queue = ScriptedPoster({}), FakeQueue()
+    deliveries = FakeDeliveries()
+    deliverer = Deliverer(FakeEndpoints(endpoint), deliveries, poster, schedule=(5.0,))
+    settler = Settler(deliveries)
+    settler.start()
+    first = FirstAttempts(
+        cast(Fanout, FakeFanout({3: [job(3)]})),
+        FakeEndpoints(endpoint),
+        deliverer,
+        settler,
+        queue,
+        Lanes(2),
+    )
+    first.close()
+    message = EventMessage(3)
+    await first.on_batch([Stored(seq=3, data=b"{}")], cast(list[Msg], [message]))
+    await first.stop()
+    assert message.nakked
+    await settler.stop()
+    assert poster.sent == []
+    assert not message.acked
+    assert queue.jobs == []

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from faststream.nats import NatsBroker
+from faststream.nats.subscriber.usecases.stream_pull_subscriber import BatchPullStreamSubscriber
 from nats.js import JetStreamContext
 
 from mailfold.runtime import bus
@@ -60,6 +61,7 @@ class Settings:
     batch_size: int = setting("MAILFOLD_WEBHOOKS_BATCH", 100, minimum=1)
     batch_wait_s: float = setting("MAILFOLD_WEBHOOKS_BATCH_WAIT_S", 0.05, positive=True)
     ack_grace_s: float = setting("MAILFOLD_WEBHOOKS_ACK_GRACE_S", 15.0, positive=True)
+    stop_grace_s: float = setting("MAILFOLD_WEBHOOKS_STOP_GRACE_S", 10.0, minimum=0)
     backlog_interval_s: float = setting("MAILFOLD_WEBHOOKS_BACKLOG_INTERVAL_S", 15.0, positive=True)
     nats_auth: NatsAuth = field(default_factory=NatsAuth)
 
@@ -93,6 +95,8 @@ class Service:
     """A running webhooks service."""
 
     broker: NatsBroker
+    fanout: BatchPullStreamSubscriber
+    settings: Settings
     endpoints: kv.Endpoints
     workers: Workers
     first: FirstAttempts
@@ -106,13 +110,17 @@ class Service:
         return self.http.port
 
     async def stop(self) -> None:
-        """Stop answering, stop delivering (unsettled jobs are redelivered later), disconnect."""
+        """Stop answering and fetching events, finish the first attempts in flight (bounded by
+        MAILFOLD_WEBHOOKS_STOP_GRACE_S; events not yet attempted are handed back at once), stop
+        the retry loops (their jobs in flight come back after ack_wait), disconnect."""
         await self.http.stop()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.first.stop()
+        self.first.close()
+        await self.fanout.stop()  # no more events fetched
+        await self.first.stop(self.settings.stop_grace_s)
         await self.workers.stop()
         await broker_close(self.broker)
         await self.endpoints.stop()
@@ -120,9 +128,12 @@ class Service:
         log.info("webhooks stopped")
 
 
-def declare(broker: NatsBroker, handle: subscriber.Handle, settings: Settings) -> NatsBroker:
-    """What the webhooks service consumes and publishes, on `broker` (the AsyncAPI document)."""
-    subscriber.declare(
+def declare(
+    broker: NatsBroker, handle: subscriber.Handle, settings: Settings
+) -> BatchPullStreamSubscriber:
+    """What the webhooks service consumes and publishes, on `broker` (the AsyncAPI document);
+    the fan-out's subscriber."""
+    return subscriber.declare(
         broker,
         handle,
         batch_size=settings.batch_size,
@@ -130,7 +141,6 @@ def declare(broker: NatsBroker, handle: subscriber.Handle, settings: Settings) -
         # An event waits for its first attempts: for room, for a slot, the attempt itself.
         ack_wait_s=max(30.0, settings.ack_wait_s + 2 * SLOT_WAIT_S),
     )
-    return broker
 
 
 async def _every(interval_s: float, job: Workers) -> None:
@@ -181,7 +191,7 @@ async def start(settings: Settings, *, loops: type[Workers] = Workers) -> Servic
         settler = Settler(deliveries)
         lanes = Lanes(settings.concurrency)
         first = FirstAttempts(fanout, endpoints, deliverer, settler, queue, lanes)
-        declare(broker, first.on_batch, settings)
+        fanout_subscriber = declare(broker, first.on_batch, settings)
         workers = loops(
             endpoints,
             queue,
@@ -234,7 +244,9 @@ async def start(settings: Settings, *, loops: type[Workers] = Workers) -> Servic
         allow_loopback=settings.allow_loopback,
         schedule=list(settings.schedule_s),
     )
-    return Service(broker, endpoints, workers, first, poster, http, tasks)
+    return Service(
+        broker, fanout_subscriber, settings, endpoints, workers, first, poster, http, tasks
+    )
 
 
 def main() -> None:

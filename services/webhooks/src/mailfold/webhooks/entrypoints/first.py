@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -37,8 +37,6 @@ log = get_logger(__name__)
 
 SLOT_WAIT_S: Final = 1.0
 ENQUEUE_TIMEOUT_S: Final = 10.0
-
-Done = Callable[[bool], Awaitable[None]]
 
 
 class Lane:
@@ -80,31 +78,51 @@ class Lanes:
             lane = self._lanes[endpoint_id] = Lane(self._concurrency)
         return lane
 
+    def wake(self) -> None:
+        """Wake every job waiting for room (to be offered again)."""
+        for lane in self._lanes.values():
+            lane.room.set()
+
     def drop(self, endpoint_id: str) -> None:
         """Forget a deleted endpoint's lane (attempts in flight keep theirs)."""
         self._lanes.pop(endpoint_id, None)
 
 
 class _Event:
-    """One event of MAIL_EVENTS waiting for its jobs: acknowledged when the last one settles."""
+    """One event of MAIL_EVENTS waiting for its jobs: acknowledged when the last one settles.
 
-    __slots__ = ("_left", "_message", "_ok")
+    A job given back (the service is stopping before its attempt started) puts the event in
+    `handed_back` once the others settle, to be sent back at once (nak) when the fan-out no
+    longer fetches; a job that failed leaves it to come back after ack_wait.
+    """
 
-    def __init__(self, message: Msg, jobs: int) -> None:
+    __slots__ = ("_back", "_handed_back", "_left", "_message", "_ok")
+
+    def __init__(self, message: Msg, jobs: int, handed_back: list[Msg]) -> None:
         self._message = message
         self._left = jobs
         self._ok = True
+        self._back = False
+        self._handed_back = handed_back
 
     async def done(self, ok: bool) -> None:
         self._ok = self._ok and ok
         self._left -= 1
-        if self._left == 0:
-            if self._ok:
-                await self._message.ack()
-            else:
-                log.warning(
-                    "event not settled; it comes back after ack_wait", subject=self._message.subject
-                )
+        if self._left > 0:
+            return
+        if self._ok:
+            await self._message.ack()
+        elif self._back:
+            self._handed_back.append(self._message)
+        else:
+            log.warning(
+                "event not settled; it comes back after ack_wait", subject=self._message.subject
+            )
+
+    async def back(self) -> None:
+        """The job was not attempted: hand the event back (its delivered jobs repeat, same id)."""
+        self._back = True
+        await self.done(False)
 
 
 class FirstAttempts:
@@ -129,89 +147,132 @@ class FirstAttempts:
         self._lanes = lanes
         self._wait_s = wait_s
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: set[asyncio.Task[None]] = set()  # first attempts not holding a slot yet
+        self._handed_back: list[Msg] = []  # events to send back once nothing is fetched
         self._closing = False
 
     async def on_batch(self, batch: Sequence[Stored], raw: Sequence[Msg]) -> None:
         """Handle one batch of MAIL_EVENTS; each event is acknowledged when its jobs settle."""
         by_seq = {int(m.metadata.sequence.stream): m for m in raw}
         handled = await self._fanout.handle(batch)  # raises: the batch comes back (not acked)
-        jobs: list[tuple[Job, Done]] = []
+        jobs: list[tuple[Job, _Event]] = []
         for stored, wanted in handled:
             message = by_seq[stored.seq]
             if not wanted:
                 await message.ack()
                 continue
-            event = _Event(message, len(wanted))
-            jobs.extend((job, event.done) for job in wanted)
+            event = _Event(message, len(wanted), self._handed_back)
+            jobs.extend((job, event) for job in wanted)
         # Jobs whose lane has room start now; the others wait for room, after every other
         # endpoint's jobs of the batch started, and an endpoint's later jobs wait behind them.
-        later: list[tuple[Job, Done]] = []
+        later: list[tuple[Job, _Event]] = []
         full: set[str] = set()
-        for job, done in jobs:
-            if job.endpoint_id in full or not self._offer(job, done):
+        for job, event in jobs:
+            if job.endpoint_id in full or not self._offer(job, event):
                 full.add(job.endpoint_id)
-                later.append((job, done))
-        for job, done in later:
-            await self._place(job, done)
+                later.append((job, event))
+        placed = 0
+        try:
+            for job, event in later:
+                await self._place(job, event)
+                placed += 1
+        except asyncio.CancelledError:
+            for _, event in later[placed:]:  # the subscriber stopped: hand back what is left
+                await event.back()
+            raise
 
-    async def stop(self) -> None:
-        """Abandon the attempts in flight: their events come back after ack_wait."""
+    def close(self) -> None:
+        """Start no attempt from now on: the jobs of events still arriving are given back.
+
+        Call `stop` once the fan-out fetches no more: a nak while it still fetches would hand
+        the event to this very copy's pull request.
+        """
         self._closing = True
-        tasks = list(self._tasks)
-        for task in tasks:
+        self._lanes.wake()  # jobs waiting for room are offered again, and given back
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Give back the jobs waiting for a slot, let the attempts in flight finish for up to
+        `grace_s` (their records go to the settler), abandon the rest (their events come back
+        after ack_wait), and send every event given back to the stream at once (nak)."""
+        self.close()
+        await asyncio.sleep(0)  # every attempt spawned so far has started (and can be cancelled)
+        for task in list(self._waiting):
             task.cancel()
-        for task in tasks:
+        pending = list(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=grace_s)
+        left = [task for task in pending if not task.done()]
+        for task in left:
+            task.cancel()
+        for task in left:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if left:
+            log.warning("attempts abandoned at stop; their events come back", attempts=len(left))
+        back, self._handed_back[:] = list(self._handed_back), []
+        for message in back:
+            with contextlib.suppress(Exception):  # not sent back: it comes after ack_wait
+                await message.nak()
+        if back:
+            log.info("events handed back at stop", events=len(back))
 
-    def _spawn(self, coroutine: Awaitable[None]) -> None:
+    def _spawn(self, coroutine: Awaitable[None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
-    def _offer(self, job: Job, done: Done) -> bool:
+    def _offer(self, job: Job, event: _Event) -> bool:
         """Start the job's first attempt, or queue it; False when its lane has no room now."""
         if self._closing:
-            return True  # its event stays unacknowledged and comes back
+            self._spawn(event.back())
+            return True
         endpoint = self._endpoints.get(job.org_id, job.endpoint_id)
         lane = self._lanes[job.endpoint_id]
         if endpoint is None or not endpoint.enabled or lane.congested:
-            self._spawn(self._queued(job, done))
+            self._spawn(self._queued(job, event))
             return True
         if lane.waiting >= lane.bound:
             return False
         lane.waiting += 1
-        self._spawn(self._first(lane, job, done))
+        task = self._spawn(self._first(lane, job, event))
+        self._waiting.add(task)
         return True
 
-    async def _place(self, job: Job, done: Done) -> None:
+    async def _place(self, job: Job, event: _Event) -> None:
         """Offer the job until its lane has room, for at most wait_s; then its lane is congested."""
         lane = self._lanes[job.endpoint_id]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s
         while True:
             lane.room.clear()
-            if self._offer(job, done):
+            if self._offer(job, event):
                 return
             left = deadline - loop.time()
             if left <= 0:
                 lane.congested = True
-                self._spawn(self._queued(job, done))
+                self._spawn(self._queued(job, event))
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await lane.room.wait()
 
-    async def _first(self, lane: Lane, job: Job, done: Done) -> None:
+    async def _first(self, lane: Lane, job: Job, event: _Event) -> None:
         try:
             try:
                 async with asyncio.timeout(self._wait_s):  # a timer, not a task (wait_for)
                     await lane.acquire()
             except TimeoutError:
                 lane.congested = True
-                await self._queued(job, done)
+                await self._queued(job, event)
                 return
+            except asyncio.CancelledError:
+                await event.back()  # stopping: not attempted, the event comes back at once
+                raise
         finally:
+            current = asyncio.current_task()
+            if current is not None:
+                self._waiting.discard(current)
             lane.waiting -= 1
             lane.room.set()
         try:
@@ -220,7 +281,7 @@ class FirstAttempts:
             raise
         except Exception:
             log.exception("delivery attempt failed", event_id=job.event_id, email_id=job.email_id)
-            await done(False)
+            await event.done(False)
             return
         finally:
             lane.release()
@@ -230,10 +291,10 @@ class FirstAttempts:
 
         async def finish(settled: Settlement) -> None:
             await self._finish(job, settled)
-            await done(True)
+            await event.done(True)
 
         async def failed() -> None:
-            await done(False)
+            await event.done(False)
 
         self._settler.settle(settlement, finish, failed)
 
@@ -245,16 +306,16 @@ class FirstAttempts:
         elif settlement.action is Action.HOLD:
             await self._enqueue(job)
 
-    async def _queued(self, job: Job, done: Done) -> None:
+    async def _queued(self, job: Job, event: _Event) -> None:
         try:
             await self._enqueue(job)
         except Exception as exc:
             log.error(
                 "job not queued", event_id=job.event_id, email_id=job.email_id, error=str(exc)
             )
-            await done(False)
+            await event.done(False)
             return
-        await done(True)
+        await event.done(True)
 
     async def _enqueue(self, job: Job) -> None:
         future = await self._queue.start_enqueue(job, job_msg_id(job.endpoint_id, job.event_id))
