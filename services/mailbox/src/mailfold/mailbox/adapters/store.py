@@ -70,11 +70,19 @@ class MailboxStore:
         future = await self._js.publish_async(f"$KV.{BUCKET}.{key}", value)
         self._pending.append(future)
 
-    async def flush(self) -> None:
-        """Wait until every write sent so far is stored."""
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every write sent so far is stored; TimeoutError when one is not in time.
+
+        Bounded: nats-py leaves a refused asynchronous publish unanswered (docs/decisions.md).
+        """
         pending, self._pending = self._pending, []
         if pending:
-            await asyncio.gather(*pending)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.gather(*pending)
+            finally:
+                for future in pending:
+                    future.cancel()
 
     async def load_folder(
         self, org_id: str, user: str, folder: str, *, hashed: bool = False

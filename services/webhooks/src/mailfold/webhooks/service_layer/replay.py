@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Protocol
@@ -15,6 +16,8 @@ from mailfold.webhooks.domain.deliveries import Job
 from mailfold.webhooks.domain.endpoints import Endpoint
 from mailfold.webhooks.domain.payload import body, fold_in
 from mailfold.webhooks.service_layer.ports import DeliveryStore, FoldStore, Queue
+
+ENQUEUE_TIMEOUT_S: Final = 30.0  # for every job of one replay to be stored
 
 MAX_REPLAY: Final = 10_000  # events per request; the answer says where to continue
 # An event's id carries the time it was made; it reaches the stream soon after.
@@ -140,8 +143,14 @@ class Replayer:
             msg_id = f"{endpoint.endpoint_id}.{event.event_id}.replay.{nonce}"
             futures.append(await self._queue.start_enqueue(job, msg_id))
             ids.append(event.event_id)
-        for future in futures:
-            await future
+        try:
+            # Bounded: nats-py leaves a refused asynchronous publish unanswered (decisions.md).
+            async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
+                for future in futures:
+                    await future
+        finally:
+            for future in futures:
+                future.cancel()
         return ids
 
 
