@@ -97,11 +97,6 @@ class Coordinator:
             if org == org_id:
                 held.sync.request_rescan()
 
-    def sync_for(self, org_id: str, user: str) -> MailboxSync | None:
-        """The running sync of a mailbox, when this copy holds it."""
-        held = self._held.get((org_id, user))
-        return None if held is None else held.sync
-
     async def _stop(self, key: tuple[str, str], *, release: bool) -> None:
         held = self._held.pop(key)
         held.task.cancel()
