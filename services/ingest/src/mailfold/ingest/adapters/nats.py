@@ -230,16 +230,7 @@ class KvDirectory:
         """Every record that has one of these addresses, each once, in a stable order."""
         if self._addresses is None:
             return await directory.records_for_addresses(self._records, org_id, tuple(addresses))
-        cache, bucket = self._addresses, self._records
-        if len(addresses) == 1:  # inbound mail: one sender, most often known already
-            lists = [await cache.records(bucket, org_id, addresses[0])]
-        else:
-            lists = await asyncio.gather(*(cache.records(bucket, org_id, a) for a in addresses))
-        found: dict[tuple[str, str], RecordRef] = {}
-        for refs in lists:
-            for ref in refs:
-                found.setdefault((ref.module.value, ref.record_id), ref)
-        return tuple(found[k] for k in sorted(found))
+        return await self._addresses.records_of_all(self._records, org_id, addresses)
 
     async def load_template(self, org_id: str, template_id: str) -> Template | None:
         """A template, if it exists."""
