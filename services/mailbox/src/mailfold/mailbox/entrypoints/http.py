@@ -49,7 +49,6 @@ def mailbox_app(
     health: HealthCheck,
     asyncapi: Callable[[], str] | None = None,
 ) -> Starlette:
-    """The service's HTTP app."""
 
     async def delete_email(request: Request) -> Response:
         org_id = request.path_params["org"]

@@ -56,7 +56,6 @@ class Coordinator:
         return sorted(self._held)
 
     def start(self) -> None:
-        """Begin ticking in the background."""
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:

@@ -98,7 +98,6 @@ async def open_pop3(incoming: IncomingSettings, options: Options) -> Pop3Session
 
 
 async def publish(ports: Ports, events: Sequence[Event]) -> None:
-    """Publish and count."""
     if not events:
         return
     await ports.publish(events)
