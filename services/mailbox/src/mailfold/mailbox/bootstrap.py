@@ -10,6 +10,7 @@ import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -24,7 +25,6 @@ from mailfold.events import (
     EmailReceived,
     EmailSent,
     Event,
-    RecordRef,
 )
 from mailfold.mailbox import metrics
 from mailfold.mailbox.adapters import store as store_adapter
@@ -40,8 +40,6 @@ from mailfold.runtime.directory import (
     AddressCache,
     IncomingSettings,
     MailboxSettings,
-    MailboxStatus,
-    OrgSettings,
 )
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
@@ -185,24 +183,13 @@ async def build_ports(
             if error is not None:
                 raise error
 
-    cache = addresses
-
-    async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
-        return await cache.records_of_all(dir_kv, org_id, addresses)
-
-    async def org_settings(org_id: str) -> OrgSettings:
-        # Read once per batch of messages: a changed setting applies from the next batch.
-        return await directory.load_settings(orgs, org_id)
-
-    async def save_status(org_id: str, user: str, status: MailboxStatus) -> None:
-        await directory.save_mailbox_status(orgs, org_id, user, status)
-
     return Ports(
         store=store,
         publish=publish,
-        records_for=records_for,
-        org_settings=org_settings,
-        save_status=save_status,
+        records_for=partial(addresses.records_of_all, dir_kv),
+        # Read once per batch of messages: a changed setting applies from the next batch.
+        org_settings=partial(directory.load_settings, orgs),
+        save_status=partial(directory.save_mailbox_status, orgs),
         parse_bounce=failed_recipients,
     )
 
