@@ -229,14 +229,14 @@ async def start(settings: Settings) -> Service:
             mailbox = await directory.load_mailbox(orgs, org_id, user)
             return None if mailbox is None else mailbox.incoming
 
-        async def delete(org_id: str, email_id: str) -> str:
-            return await delete_email(ports, load_incoming, options, org_id, email_id)
-
         async def health() -> dict[str, object]:
             return {"nats": "ok" if nc.is_connected else "disconnected"}
 
         app = mailbox_app(
-            delete, TokenVerifier(orgs), health, asyncapi=asyncapi_document(broker, "mailbox")
+            partial(delete_email, ports, load_incoming, options),
+            TokenVerifier(orgs),
+            health,
+            asyncapi=asyncapi_document(broker, "mailbox"),
         )
         http = HttpServer(app, settings.host, settings.port)
         await http.start()
