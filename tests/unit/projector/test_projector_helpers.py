@@ -17,8 +17,8 @@ from mailfold.projector.cli import attachment_name, database_url, nats_url, scra
 from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
 from mailfold.projector.domain.rows import EMAIL_COLUMNS
 from mailfold.projector.domain.verify import Difference, diff_row
-from mailfold.projector.entrypoints.http import _token_orgs
 from mailfold.projector.entrypoints.render import render_audit
+from mailfold.runtime.orgs import token_orgs
 from mailfold.runtime.settings import DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, ConfigError
 
 
@@ -83,10 +83,10 @@ def test_migrations_are_numbered_sql_files_in_order_and_create_the_email_columns
 
 
 def test_a_token_names_the_orgs_it_could_belong_to() -> None:
-    assert _token_orgs("mf_acme_abc_def") == ["acme", "acme_abc"]
-    assert _token_orgs("mf_my-org_xyz") == ["my-org"]
-    assert _token_orgs("Bearer nothing") == []
-    assert _token_orgs("mf_") == []
+    assert token_orgs("mf_acme_abc_def") == ["acme", "acme_abc"]
+    assert token_orgs("mf_my-org_xyz") == ["my-org"]
+    assert token_orgs("Bearer nothing") == []
+    assert token_orgs("mf_") == []
 
 
 def test_attachment_names_stay_inside_their_folder_and_unique() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Final
 
 import msgspec
@@ -231,10 +231,15 @@ async def records_for_addresses(
     directory: KeyValue, org_id: str, addresses: list[str] | tuple[str, ...]
 ) -> tuple[RecordRef, ...]:
     """Every record that has any of these addresses, each once, in a stable order."""
+    return merge_refs(
+        await asyncio.gather(*(records_for_address(directory, org_id, a) for a in addresses))
+    )
+
+
+def merge_refs(lists: Iterable[Sequence[RecordRef]]) -> tuple[RecordRef, ...]:
+    """Every record of these lists once, ordered by module and id."""
     found: dict[tuple[str, str], RecordRef] = {}
-    for refs in await asyncio.gather(
-        *(records_for_address(directory, org_id, a) for a in addresses)
-    ):
+    for refs in lists:
         for ref in refs:
             found.setdefault((ref.module.value, ref.record_id), ref)
     return tuple(found[k] for k in sorted(found))
@@ -328,7 +333,6 @@ class OrgCache:
             self._tasks.append(asyncio.create_task(self._follow(pattern, watcher)))
 
     async def stop(self) -> None:
-        """Stop both watches."""
         for watcher in self._watchers:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
@@ -509,8 +513,8 @@ class AddressCache:
     ) -> tuple[RecordRef, ...]:
         """Every record that has any of these addresses, each once, in a stable order (as
         `records_for_addresses`), each address from memory when the cache can say."""
-        found: dict[tuple[str, str], RecordRef] = {}
-        for refs in await asyncio.gather(*(self.records(records, org_id, a) for a in addresses)):
-            for ref in refs:
-                found.setdefault((ref.module.value, ref.record_id), ref)
-        return tuple(found[k] for k in sorted(found))
+        if len(addresses) == 1:  # inbound mail: one sender, most often known already
+            return merge_refs([await self.records(records, org_id, addresses[0])])
+        return merge_refs(
+            await asyncio.gather(*(self.records(records, org_id, a) for a in addresses))
+        )

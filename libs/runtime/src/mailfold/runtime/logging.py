@@ -164,5 +164,4 @@ def configure_logging(service: str, *, level: str = "info", json: bool | None = 
 
 
 def get_logger(name: str | None = None) -> Any:
-    """A bound structlog logger."""
     return structlog.get_logger(name)

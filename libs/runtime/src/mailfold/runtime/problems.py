@@ -41,9 +41,11 @@ _TITLES: Final = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    409: "Conflict",
     413: "Content Too Large",
     422: "Unprocessable Content",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
 }
 
@@ -110,13 +112,11 @@ def problem(
     type_: str = "about:blank",
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """A problem+json response."""
     body = problem_body(status, detail, errors, title=title, type_=type_)
     return Response(body, status, dict(headers or {}), media_type=PROBLEM_JSON)
 
 
 def problem_for(exc: HttpProblem) -> Response:
-    """The response for a raised HttpProblem."""
     return problem(
         exc.status, exc.detail, exc.errors, title=exc.title, type_=exc.type, headers=exc.headers
     )

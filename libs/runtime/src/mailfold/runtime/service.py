@@ -42,12 +42,11 @@ def run_until_signalled(start: Callable[[], Awaitable[Stoppable]]) -> None:
                 watch.cancel()
             await service.stop()
 
-    # uvloop where available: the HTTP services spend much of each request in the event loop.
+    # uvloop where available (it is a dependency; the fallback keeps other platforms working):
+    # the HTTP services spend much of each request in the event loop.
     try:
         import uvloop
-    except (
-        ImportError
-    ):  # pragma: no cover - uvloop is a dependency; this keeps other platforms working
+    except ImportError:  # pragma: no cover
         asyncio.run(runner())
     else:
         uvloop.run(runner())

@@ -136,7 +136,7 @@ class CommonSettings:
         )
 
 
-def setting(env: str, default: Any, *, minimum: int | None = None, positive: bool = False) -> Any:
+def setting(env: str, default: Any, *, minimum: float | None = None, positive: bool = False) -> Any:
     """A field of a settings dataclass, read from `env`: its default is written here only.
 
     Durations are seconds, in fields and variables ending in `_s` / `_S`.
@@ -158,7 +158,7 @@ def from_env(cls: type[S], **given: Any) -> S:
         if kind is int:
             value: Any = env_int(env, default, minimum=f.metadata["minimum"])
         elif kind is float:
-            value = env_float(env, default)
+            value = env_float(env, default, minimum=f.metadata["minimum"])
             if f.metadata["positive"] and value <= 0:
                 raise ConfigError(f"{env} must be a positive number of seconds, got {value}")
         elif kind is bool:
@@ -173,31 +173,19 @@ def from_env(cls: type[S], **given: Any) -> S:
 class HttpLimits:
     """Timeouts and limits of an HTTP listener (MAILFOLD_HTTP_*; see docs/operations.md)."""
 
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keepalive_timeout_s: int = 5
-    backlog: int = 2048
-    max_connections: int = 1000
-    reuse_port: bool = False
+    header_timeout_s: float = setting("MAILFOLD_HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1)
+    body_timeout_s: float = setting("MAILFOLD_HTTP_BODY_TIMEOUT_S", 30.0, minimum=0.1)
+    keepalive_timeout_s: int = setting("MAILFOLD_HTTP_KEEPALIVE_TIMEOUT_S", 5, minimum=1)
+    backlog: int = setting("MAILFOLD_HTTP_BACKLOG", 2048, minimum=1)
+    max_connections: int = setting("MAILFOLD_HTTP_MAX_CONNECTIONS", 1000, minimum=1)
+    # Listeners bind with SO_REUSEPORT, so that several processes of one service (`mailfold
+    # serve --workers N`, or copies started side by side) share its ports.
+    reuse_port: bool = setting("MAILFOLD_REUSE_PORT", False)
 
     @classmethod
     def from_env(cls) -> HttpLimits:
-        """Read MAILFOLD_HTTP_HEADER_TIMEOUT_S, _BODY_TIMEOUT_S, _KEEPALIVE_TIMEOUT_S, _BACKLOG,
-        _MAX_CONNECTIONS, and MAILFOLD_REUSE_PORT."""
-        return cls(
-            header_timeout_s=env_float("MAILFOLD_HTTP_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
-            body_timeout_s=env_float("MAILFOLD_HTTP_BODY_TIMEOUT_S", 30.0, minimum=0.1),
-            keepalive_timeout_s=env_int("MAILFOLD_HTTP_KEEPALIVE_TIMEOUT_S", 5, minimum=1),
-            backlog=env_int("MAILFOLD_HTTP_BACKLOG", 2048, minimum=1),
-            max_connections=env_int("MAILFOLD_HTTP_MAX_CONNECTIONS", 1000, minimum=1),
-            reuse_port=reuse_port(),
-        )
-
-
-def reuse_port() -> bool:
-    """MAILFOLD_REUSE_PORT: listeners bind with SO_REUSEPORT, so that several processes of one
-    service (`mailfold serve --workers N`, or copies started side by side) share its ports."""
-    return env_bool("MAILFOLD_REUSE_PORT", False)
+        """Read the MAILFOLD_HTTP_* variables and MAILFOLD_REUSE_PORT."""
+        return from_env(cls)
 
 
 def shared_listener(host: str, port: int, *, backlog: int) -> socket.socket:

@@ -70,41 +70,33 @@ class Settings:
         return dataclasses.replace(settings, smtp_host=smtp_host)
 
 
+@dataclass
 class IngestService:
     """A running ingest service: the HTTP API and the SMTP server, on one NATS connection."""
 
-    def __init__(
-        self,
-        broker: NatsBroker,
-        http: HttpServer,
-        smtp: SmtpServer,
-        cache: OrgCache,
-        addresses: AddressCache,
-    ) -> None:
-        self.broker = broker
-        self._http = http
-        self._smtp = smtp
-        self._cache = cache
-        self._addresses = addresses
+    broker: NatsBroker
+    http: HttpServer
+    smtp: SmtpServer
+    cache: OrgCache
+    addresses: AddressCache
 
     @property
     def http_port(self) -> int:
         """The port of the API, /healthz and /metrics."""
-        return self._http.port
+        return self.http.port
 
     @property
     def smtp_port(self) -> int:
-        """The port of the SMTP server."""
-        return self._smtp.port
+        return self.smtp.port
 
     async def stop(self) -> None:
         """Stop taking mail and requests, finish what is in flight, close the NATS connection."""
         with contextlib.suppress(Exception):
-            await self._smtp.stop()
+            await self.smtp.stop()
         with contextlib.suppress(Exception):
-            await self._http.stop()
-        await self._cache.stop()
-        await self._addresses.stop()
+            await self.http.stop()
+        await self.cache.stop()
+        await self.addresses.stop()
         await broker_close(self.broker)
         log.info("stopped")
 

@@ -10,6 +10,7 @@ import ssl
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import msgspec
@@ -24,7 +25,6 @@ from mailfold.events import (
     EmailReceived,
     EmailSent,
     Event,
-    RecordRef,
 )
 from mailfold.mailbox import metrics
 from mailfold.mailbox.adapters import store as store_adapter
@@ -40,8 +40,6 @@ from mailfold.runtime.directory import (
     AddressCache,
     IncomingSettings,
     MailboxSettings,
-    MailboxStatus,
-    OrgSettings,
 )
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
@@ -147,7 +145,6 @@ class Service:
 
     @property
     def port(self) -> int:
-        """The HTTP port it listens on."""
         return self.http.port
 
     async def stop(self) -> None:
@@ -186,24 +183,13 @@ async def build_ports(
             if error is not None:
                 raise error
 
-    cache = addresses
-
-    async def records_for(org_id: str, addresses: Sequence[str]) -> tuple[RecordRef, ...]:
-        return await cache.records_of_all(dir_kv, org_id, addresses)
-
-    async def org_settings(org_id: str) -> OrgSettings:
-        # Read once per batch of messages: a changed setting applies from the next batch.
-        return await directory.load_settings(orgs, org_id)
-
-    async def save_status(org_id: str, user: str, status: MailboxStatus) -> None:
-        await directory.save_mailbox_status(orgs, org_id, user, status)
-
     return Ports(
         store=store,
         publish=publish,
-        records_for=records_for,
-        org_settings=org_settings,
-        save_status=save_status,
+        records_for=partial(addresses.records_of_all, dir_kv),
+        # Read once per batch of messages: a changed setting applies from the next batch.
+        org_settings=partial(directory.load_settings, orgs),
+        save_status=partial(directory.save_mailbox_status, orgs),
         parse_bounce=failed_recipients,
     )
 
@@ -243,14 +229,14 @@ async def start(settings: Settings) -> Service:
             mailbox = await directory.load_mailbox(orgs, org_id, user)
             return None if mailbox is None else mailbox.incoming
 
-        async def delete(org_id: str, email_id: str) -> str:
-            return await delete_email(ports, load_incoming, options, org_id, email_id)
-
         async def health() -> dict[str, object]:
             return {"nats": "ok" if nc.is_connected else "disconnected"}
 
         app = mailbox_app(
-            delete, TokenVerifier(orgs), health, asyncapi=asyncapi_document(broker, "mailbox")
+            partial(delete_email, ports, load_incoming, options),
+            TokenVerifier(orgs),
+            health,
+            asyncapi=asyncapi_document(broker, "mailbox"),
         )
         http = HttpServer(app, settings.host, settings.port)
         await http.start()

@@ -99,7 +99,6 @@ class Service:
 
     @property
     def port(self) -> int:
-        """The HTTP port it listens on."""
         return self.http.port
 
     async def stop(self) -> None:

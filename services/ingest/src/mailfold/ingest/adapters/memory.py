@@ -71,27 +71,21 @@ class MemoryDirectory:
         return org_id in self.orgs
 
     async def load_settings(self, org_id: str) -> OrgSettings:
-        """The org's settings, defaults where none were set."""
         return self.settings.get(org_id, OrgSettings())
 
     async def save_settings(self, org_id: str, settings: OrgSettings) -> None:
-        """Replace the org's settings."""
         self.settings[org_id] = settings
 
     async def load_mailbox(self, org_id: str, user: str) -> MailboxSettings | None:
-        """A user's integrated mailbox, if configured."""
         return self.mailboxes.get((org_id, user))
 
     async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
-        """Replace a user's integrated mailbox."""
         self.mailboxes[(org_id, user)] = mailbox
 
     async def load_mailbox_status(self, org_id: str, user: str) -> MailboxStatus | None:
-        """The sync status the mailbox service wrote for a user's mailbox, if any."""
         return self.mailbox_statuses.get((org_id, user))
 
     async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
-        """One record, if it exists."""
         return self.records.get((org_id, record_id))
 
     async def put_record(self, org_id: str, record: RecordEntry) -> None:
@@ -102,7 +96,6 @@ class MemoryDirectory:
         )
 
     async def delete_record(self, org_id: str, record_id: str) -> bool:
-        """Delete a record; False when it did not exist."""
         return self.records.pop((org_id, record_id), None) is not None
 
     async def records_for_addresses(
@@ -118,11 +111,9 @@ class MemoryDirectory:
         return tuple(found[k] for k in sorted(found))
 
     async def load_template(self, org_id: str, template_id: str) -> Template | None:
-        """A template, if it exists."""
         return self.templates.get((org_id, template_id))
 
     async def save_template(self, org_id: str, template: Template) -> None:
-        """Create or replace a template."""
         self.templates[(org_id, template.template_id)] = template
 
 
@@ -133,15 +124,12 @@ class MemoryIdempotency:
         self.claims: dict[tuple[str, str], IdempotencyClaim] = {}
 
     async def get(self, org_id: str, key: str) -> IdempotencyClaim | None:
-        """The claim on a key, if any."""
         return self.claims.get((org_id, key))
 
     async def claim(self, org_id: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim:
-        """Claim a key; returns `claim` when it was free, else the claim already there."""
         return self.claims.setdefault((org_id, key), claim)
 
     async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
-        """Mark the key's email as published."""
         self.claims[(org_id, key)] = claim
 
 

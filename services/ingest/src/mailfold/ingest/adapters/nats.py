@@ -177,7 +177,6 @@ class KvDirectory:
         return await get_value(self._orgs, f"{org_id}.token") is not None
 
     async def load_settings(self, org_id: str) -> OrgSettings:
-        """The org's settings, defaults where none were set."""
         cached = self._cache.settings(org_id) if self._cache is not None else None
         if cached is not None:
             return cached
@@ -190,30 +189,24 @@ class KvDirectory:
             self._cache.remember(org_id, revision, settings)
 
     async def load_mailbox(self, org_id: str, user: str) -> MailboxSettings | None:
-        """A user's integrated mailbox, if configured."""
         return await directory.load_mailbox(self._orgs, org_id, user)
 
     async def save_mailbox(self, org_id: str, user: str, mailbox: MailboxSettings) -> None:
-        """Replace a user's integrated mailbox."""
         await directory.save_mailbox(self._orgs, org_id, user, mailbox)
 
     async def load_mailbox_status(self, org_id: str, user: str) -> MailboxStatus | None:
-        """The sync status the mailbox service wrote for a user's mailbox, if any."""
         return await directory.load_mailbox_status(self._orgs, org_id, user)
 
     async def load_record(self, org_id: str, record_id: str) -> RecordEntry | None:
-        """One record, if it exists."""
         return await directory.load_record(self._records, org_id, record_id)
 
     async def put_record(self, org_id: str, record: RecordEntry) -> None:
-        """Create or replace a record and its entries in the address index."""
         try:
             await directory.put_record(self._records, org_id, record)
         finally:
             self._forget_addresses()
 
     async def delete_record(self, org_id: str, record_id: str) -> bool:
-        """Delete a record; False when it did not exist."""
         try:
             return await directory.delete_record(self._records, org_id, record_id)
         finally:
@@ -230,24 +223,13 @@ class KvDirectory:
         """Every record that has one of these addresses, each once, in a stable order."""
         if self._addresses is None:
             return await directory.records_for_addresses(self._records, org_id, tuple(addresses))
-        cache, bucket = self._addresses, self._records
-        if len(addresses) == 1:  # inbound mail: one sender, most often known already
-            lists = [await cache.records(bucket, org_id, addresses[0])]
-        else:
-            lists = await asyncio.gather(*(cache.records(bucket, org_id, a) for a in addresses))
-        found: dict[tuple[str, str], RecordRef] = {}
-        for refs in lists:
-            for ref in refs:
-                found.setdefault((ref.module.value, ref.record_id), ref)
-        return tuple(found[k] for k in sorted(found))
+        return await self._addresses.records_of_all(self._records, org_id, addresses)
 
     async def load_template(self, org_id: str, template_id: str) -> Template | None:
-        """A template, if it exists."""
         raw = await get_value(self._records, template_key(org_id, template_id))
         return None if raw is None else _template_dec.decode(raw)
 
     async def save_template(self, org_id: str, template: Template) -> None:
-        """Create or replace a template."""
         await self._records.put(template_key(org_id, template.template_id), _enc.encode(template))
 
 
@@ -264,7 +246,6 @@ class KvIdempotency:
         return None if raw is None else _claim_dec.decode(raw)
 
     async def claim(self, org_id: str, key: str, claim: IdempotencyClaim) -> IdempotencyClaim:
-        """Claim a key; returns `claim` when it was free, else the claim already there."""
         kv_key = idempotency_key(org_id, key)
         for attempt in range(10):
             try:
@@ -283,7 +264,6 @@ class KvIdempotency:
         raise RuntimeError(f"idempotency key {key!r} kept changing")
 
     async def complete(self, org_id: str, key: str, claim: IdempotencyClaim) -> None:
-        """Mark the key's email as published."""
         kv_key, value = idempotency_key(org_id, key), _enc.encode(claim)
         await bus.through_elections(lambda: self._bucket.put(kv_key, value))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from mailfold.bounces import ParsedRecipient, ParsedReport
 from mailfold.events import (
@@ -97,15 +97,17 @@ def _event_for(
     claims: TrackingClaims,
     occurred_at: datetime,
 ) -> Event | None:
-    org_id, email_id = claims.org_id, claims.email_id
+    envelope: dict[str, Any] = {
+        "event_id": event_id,
+        "org_id": claims.org_id,
+        "email_id": claims.email_id,
+        "occurred_at": occurred_at,
+        "producer": PRODUCER,
+        "recipient": recipient,
+    }
     if entry.action == "failed":
         return EmailBounced(
-            event_id=event_id,
-            org_id=org_id,
-            email_id=email_id,
-            occurred_at=occurred_at,
-            producer=PRODUCER,
-            recipient=recipient,
+            **envelope,
             kind=BounceKind(entry.kind),
             status=_opt(entry.status),
             reply_code=_reply_code(entry.reply_code),
@@ -116,12 +118,7 @@ def _event_for(
         )
     if entry.action == "delayed":
         return EmailDeferred(
-            event_id=event_id,
-            org_id=org_id,
-            email_id=email_id,
-            occurred_at=occurred_at,
-            producer=PRODUCER,
-            recipient=recipient,
+            **envelope,
             reply_code=_reply_code(entry.reply_code),
             status=_opt(entry.status),
             diagnostic=_opt(entry.diagnostic, MAX_DIAGNOSTIC),
@@ -129,24 +126,14 @@ def _event_for(
         )
     if entry.action in _SUCCESS:
         return EmailDelivered(
-            event_id=event_id,
-            org_id=org_id,
-            email_id=email_id,
-            occurred_at=occurred_at,
-            producer=PRODUCER,
-            recipient=recipient,
+            **envelope,
             reply_code=_reply_code(entry.reply_code),
             reply=entry.diagnostic[:MAX_DIAGNOSTIC],
             remote_mta=_opt(entry.reporting_mta),
         )
     if entry.action == "complained":
         return EmailComplained(
-            event_id=event_id,
-            org_id=org_id,
-            email_id=email_id,
-            occurred_at=occurred_at,
-            producer=PRODUCER,
-            recipient=recipient,
+            **envelope,
             feedback_type=entry.feedback_type[:64] or "abuse",
             reporting_mta=_opt(entry.reporting_mta),
             report=raw,

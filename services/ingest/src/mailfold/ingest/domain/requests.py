@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import zoneinfo
@@ -46,44 +47,14 @@ _CONTENT_TYPE: Final = re.compile(
 _HOST: Final = re.compile(r"^[A-Za-z0-9.:\[\]_-]{1,253}$")
 SECURITY_MODES: Final = ("starttls", "tls", "none")
 
-_EMAIL_FIELDS: Final = frozenset(
-    {
-        "source",
-        "transport",
-        "from",
-        "to",
-        "cc",
-        "bcc",
-        "subject",
-        "html",
-        "text",
-        "attachments",
-        "template_id",
-        "record_ids",
-        "mailbox_user",
-    }
-)
-_ATTACHMENT_FIELDS: Final = frozenset({"name", "content_type", "content_base64"})
-_TEMPLATE_FIELDS: Final = frozenset({"subject", "html", "text", "attachments"})
-_RECORD_FIELDS: Final = frozenset({"module", "addresses"})
-_SETTINGS_FIELDS: Final = frozenset(
-    {
-        "time_zone",
-        "mass_email_daily_limit",
-        "blacklisted_domains",
-        "dropbox_senders",
-        "mail_domain",
-        "pop3_vanished_is_deleted",
-    }
-)
-_MAILBOX_FIELDS: Final = frozenset(
-    {"smtp_host", "smtp_port", "username", "secret", "security", "email", "incoming"}
-)
-_INCOMING_FIELDS: Final = frozenset(
-    {"protocol", "host", "port", "security", "username", "secret", "folders"}
-)
 INCOMING_PROTOCOLS: Final = {"imap": 993, "pop3": 995}
 MAX_WATCHED_FOLDERS: Final = 20
+
+
+@functools.cache
+def _names(body: type[msgspec.Struct]) -> frozenset[str]:
+    """The JSON field names of a body type: the only ones a request may give."""
+    return frozenset(f.encode_name for f in msgspec.structs.fields(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +187,9 @@ def _attachments(fields: Fields, *, per_item_limit: int | None) -> tuple[Attachm
         return ()
     uploads: list[AttachmentUpload] = []
     for i, item in enumerate(items):
-        sub = Fields(item, allowed=_ATTACHMENT_FIELDS, prefix=fields.path(f"attachments[{i}]."))
+        sub = Fields(
+            item, allowed=_names(payloads.Attachment), prefix=fields.path(f"attachments[{i}].")
+        )
         name = sub.string("name", required=True, max_length=255, single_line=True)
         if name is not None and ("/" in name or "\\" in name or name in (".", "..")):
             sub.fail("name", "must be a file name, without '/' or '\\'")
@@ -244,7 +217,7 @@ def _attachments(fields: Fields, *, per_item_limit: int | None) -> tuple[Attachm
 
 def compose_from_json(document: object) -> ComposeEmail:
     """Read a compose request; raises Invalid (422) naming each field at fault."""
-    fields = Fields(document, allowed=_EMAIL_FIELDS)
+    fields = Fields(document, allowed=_names(payloads.ComposeEmailBody))
     source: Source | None = None
     source_text = fields.string("source", required=True, max_length=64)
     if source_text is not None:
@@ -344,7 +317,7 @@ def compose_from_json(document: object) -> ComposeEmail:
 
 def template_from_json(template_id: str, document: object) -> PutTemplate:
     """Read a template; 413 names an attachment over 3 MiB, 422 any other fault."""
-    fields = Fields(document, allowed=_TEMPLATE_FIELDS)
+    fields = Fields(document, allowed=_names(payloads.TemplateBody))
     subject = fields.string("subject", max_length=MAX_SUBJECT, single_line=True)
     html = fields.string("html", max_length=MAX_BODY_CHARS) or None
     text = fields.string("text", max_length=MAX_BODY_CHARS) or None
@@ -363,7 +336,7 @@ def template_from_json(template_id: str, document: object) -> PutTemplate:
 
 def record_from_json(record_id: str, document: object) -> RecordEntry:
     """Read a record: its module and up to five addresses."""
-    fields = Fields(document, allowed=_RECORD_FIELDS)
+    fields = Fields(document, allowed=_names(payloads.RecordBody))
     module: Module | None = None
     module_text = fields.string("module", required=True, max_length=32)
     if module_text is not None:
@@ -398,7 +371,7 @@ def _time_zone(fields: Fields) -> str:
 
 def settings_from_json(document: object) -> OrgSettings:
     """Read an org's settings; a field left out takes its default (PUT replaces them all)."""
-    fields = Fields(document, allowed=_SETTINGS_FIELDS)
+    fields = Fields(document, allowed=_names(payloads.SettingsBody))
     time_zone = _time_zone(fields)
     limit = fields.integer("mass_email_daily_limit", minimum=0, maximum=10_000_000)
     blacklisted: list[str] = []
@@ -438,7 +411,9 @@ def settings_from_json(document: object) -> OrgSettings:
 
 def _incoming(parent: Fields) -> IncomingSettings | None:
     """The receiving side of a mailbox (IMAP or POP3); errors are named `incoming.<field>`."""
-    fields = Fields(parent.raw("incoming"), allowed=_INCOMING_FIELDS, prefix="incoming.")
+    fields = Fields(
+        parent.raw("incoming"), allowed=_names(payloads.IncomingBody), prefix="incoming."
+    )
     protocol = fields.string("protocol", required=True, max_length=8)
     if protocol is not None and protocol not in INCOMING_PROTOCOLS:
         fields.fail("protocol", f"must be one of {', '.join(INCOMING_PROTOCOLS)}")
@@ -473,7 +448,7 @@ def _incoming(parent: Fields) -> IncomingSettings | None:
 
 def mailbox_from_json(document: object) -> MailboxSettings:
     """Read a user's integrated mailbox (its SMTP submission server and credentials)."""
-    fields = Fields(document, allowed=_MAILBOX_FIELDS)
+    fields = Fields(document, allowed=_names(payloads.MailboxBody))
     host = fields.string("smtp_host", required=True, max_length=253, single_line=True)
     if host is not None and not _HOST.match(host):
         fields.fail("smtp_host", "is not a host name or IP address")

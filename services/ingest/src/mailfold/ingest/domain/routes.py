@@ -11,12 +11,10 @@ Any domain is accepted; the local part decides (see docs/ingest.md):
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
-from typing import Final
 
-_ORG: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_USER: Final = re.compile(r"^[A-Za-z0-9_.:@=+-]{1,128}$")
+from mailfold.ingest.domain.requests import USER
+from mailfold.runtime.orgs import ORG_RE
 
 
 class RouteKind(enum.StrEnum):
@@ -57,11 +55,11 @@ def route_for(address: str) -> Route | None:
         return Route(RouteKind.BOUNCE, address, token=rest)
     if prefix == "dropbox":
         org = rest.lower()
-        return Route(RouteKind.DROPBOX, address, org_id=org) if _ORG.match(org) else None
+        return Route(RouteKind.DROPBOX, address, org_id=org) if ORG_RE.match(org) else None
     if prefix == "in":
         org, plus, user = rest.partition("+")
         org = org.lower()
-        if not _ORG.match(org) or (plus and not _USER.match(user)):
+        if not ORG_RE.match(org) or (plus and not USER.match(user)):
             return None
         return Route(RouteKind.INBOUND, address, org_id=org, user=user if plus else None)
     return None

@@ -52,7 +52,6 @@ Methods = Mapping[str, Endpoint]
 def json_response(
     body: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    """A JSON answer."""
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
 
@@ -108,7 +107,6 @@ class IngestApi:
         self._available = available
 
     def routes(self) -> list[BaseRoute]:
-        """Every API route."""
         route = self._route
         return [
             route("/v1/orgs/{org}/emails", "emails", {"POST": self.compose}),

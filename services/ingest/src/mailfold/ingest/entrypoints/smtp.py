@@ -84,7 +84,6 @@ class IngestSMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        """Forget the connection."""
         if self._turned_away:
             return
         self._connections.discard(self)
@@ -115,7 +114,6 @@ class IngestSMTP(SMTP):
             await super().push(status)
 
     def close(self) -> None:
-        """Close the connection now."""
         if self.transport is not None:
             self.transport.close()
 
@@ -264,7 +262,6 @@ class SmtpServer:
         )
 
     async def start(self) -> None:
-        """Start listening."""
         loop = asyncio.get_running_loop()
         if self._reuse_port and self._requested_port == 0:
             raise ConfigError("MAILFOLD_REUSE_PORT needs fixed ports: a port of 0 cannot be shared")

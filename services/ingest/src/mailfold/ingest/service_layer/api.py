@@ -299,16 +299,10 @@ def mailbox_view(
         username=mailbox.username,
         security=mailbox.security,
         email=mailbox.email,
+        # The view has no secret field: converting leaves the secret behind.
         incoming=None
         if incoming is None
-        else IncomingView(
-            protocol=incoming.protocol,
-            host=incoming.host,
-            port=incoming.port,
-            security=incoming.security,
-            username=incoming.username,
-            folders=list(incoming.folders),
-        ),
+        else msgspec.convert(incoming, IncomingView, from_attributes=True),
         sync=None
         if incoming is None
         else SyncView(

@@ -60,7 +60,6 @@ class Campaign:
 
     @property
     def campaign_id(self) -> str:
-        """The campaign's id."""
         return self.view.campaign_id
 
 

@@ -96,13 +96,7 @@ class MailboxStore:
             if value:
                 self._written[key] = value
                 messages.update(_chunk.decode(value))
-        return FolderState(
-            uidvalidity=cursor.uidvalidity,
-            last_uid=cursor.last_uid,
-            highestmodseq=cursor.highestmodseq,
-            resets_in_a_row=cursor.resets_in_a_row,
-            messages=messages,
-        )
+        return FolderState(**msgspec.structs.asdict(cursor), messages=messages)
 
     async def save_folder(
         self, org_id: str, user: str, folder: str, state: FolderState, *, hashed: bool = False
@@ -125,12 +119,7 @@ class MailboxStore:
         for key in stale:
             await self._kv.delete(key)
             self._written.pop(key, None)
-        cursor = Cursor(
-            uidvalidity=state.uidvalidity,
-            last_uid=state.last_uid,
-            highestmodseq=state.highestmodseq,
-            resets_in_a_row=state.resets_in_a_row,
-        )
+        cursor = msgspec.convert(state, Cursor, from_attributes=True)
         await self._kv.put(base, _enc.encode(cursor))
 
     def _sent_key(self, org_id: str, user: str, message_id: str) -> str:

@@ -20,27 +20,13 @@ from mailfold.mailbox.service_layer.deletion import MailboxChanged, NotSynced
 from mailfold.runtime.logging import get_logger
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer, valid_org_id
+from mailfold.runtime.problems import FieldError, problem
 
-PROBLEM_JSON: Final = "application/problem+json"
 _EMAIL_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _json = msgspec.json.Encoder()
 log = get_logger(__name__)
 
 Delete = Callable[[str, str], Awaitable[str]]
-
-
-def problem(
-    status: int, title: str, detail: str, field: str, message: str, **headers: str
-) -> Response:
-    """An RFC 9457 problem+json answer naming the field at fault."""
-    body = {
-        "type": "about:blank",
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "errors": [{"field": field, "message": message}],
-    }
-    return Response(_json.encode(body), status, headers or None, media_type=PROBLEM_JSON)
 
 
 def mailbox_app(
@@ -49,7 +35,6 @@ def mailbox_app(
     health: HealthCheck,
     asyncapi: Callable[[], str] | None = None,
 ) -> Starlette:
-    """The service's HTTP app."""
 
     async def delete_email(request: Request) -> Response:
         org_id = request.path_params["org"]
@@ -58,35 +43,36 @@ def mailbox_app(
         if not valid_org_id(org_id) or not await verifier.verify(org_id, token):
             return problem(
                 401,
-                "Unauthorized",
                 "a valid bearer token for this org is required",
-                "Authorization",
-                "missing or invalid bearer token",
-                **{"WWW-Authenticate": 'Bearer realm="mailfold"'},
+                [FieldError("Authorization", "missing or invalid bearer token")],
+                headers={"WWW-Authenticate": 'Bearer realm="mailfold"'},
             )
         if not _EMAIL_ID.match(email_id):
             return problem(
-                422, "Unprocessable Content", "the email id is malformed", "email_id",
-                "must be 1-64 characters of A-Z, a-z, 0-9 and _.:-",
-            )  # fmt: skip
+                422,
+                "the email id is malformed",
+                [FieldError("email_id", "must be 1-64 characters of A-Z, a-z, 0-9 and _.:-")],
+            )
         try:
             user = await delete(org_id, email_id)
         except NotSynced:
             return problem(
-                404, "Not Found", "no email synced from an integrated mailbox has this id",
-                "email_id", "not a synced mailbox email (or already deleted)",
-            )  # fmt: skip
+                404,
+                "no email synced from an integrated mailbox has this id",
+                [FieldError("email_id", "not a synced mailbox email (or already deleted)")],
+            )
         except MailboxChanged as exc:
-            return problem(409, "Conflict", str(exc), "email_id", "retry after the next sync")
+            return problem(409, str(exc), [FieldError("email_id", "retry after the next sync")])
         except MailboxError as exc:
             log.warning("mailbox deletion failed", email_id=email_id, kind=exc.kind.value)
             return problem(
-                502, "Bad Gateway", "the mailbox server did not delete the message",
-                "mailbox", f"{exc.kind.value}: {exc.message}",
-            )  # fmt: skip
+                502,
+                "the mailbox server did not delete the message",
+                [FieldError("mailbox", f"{exc.kind.value}: {exc.message}")],
+            )
         log.info("email deleted in its mailbox", email_id=email_id, org_id=org_id)
-        return Response(_json.encode({"email_id": email_id, "mailbox_user": user, "deleted": True}),
-                        200, media_type="application/json")  # fmt: skip
+        deleted = {"email_id": email_id, "mailbox_user": user, "deleted": True}
+        return Response(_json.encode(deleted), media_type="application/json")
 
     return Starlette(
         routes=[

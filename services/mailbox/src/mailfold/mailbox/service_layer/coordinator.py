@@ -56,7 +56,6 @@ class Coordinator:
         return sorted(self._held)
 
     def start(self) -> None:
-        """Begin ticking in the background."""
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -96,11 +95,6 @@ class Coordinator:
         for (org, _user), held in self._held.items():
             if org == org_id:
                 held.sync.request_rescan()
-
-    def sync_for(self, org_id: str, user: str) -> MailboxSync | None:
-        """The running sync of a mailbox, when this copy holds it."""
-        held = self._held.get((org_id, user))
-        return None if held is None else held.sync
 
     async def _stop(self, key: tuple[str, str], *, release: bool) -> None:
         held = self._held.pop(key)

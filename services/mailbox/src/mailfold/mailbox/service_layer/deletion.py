@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from mailfold.mailbox.adapters.imap import ImapSession
-from mailfold.mailbox.adapters.pop3 import Pop3Session
 from mailfold.mailbox.domain import events as ev
 from mailfold.mailbox.domain.state import Locator
 from mailfold.mailbox.domain.status import ErrorKind, MailboxError
-from mailfold.mailbox.service_layer.sync import Options, Ports, publish
+from mailfold.mailbox.service_layer.sync import Options, Ports, open_imap, open_pop3, publish
 from mailfold.runtime.directory import IncomingSettings
 
 
@@ -25,16 +23,7 @@ LoadIncoming = Callable[[str, str], Awaitable[IncomingSettings | None]]
 
 
 async def _delete_imap(incoming: IncomingSettings, locator: Locator, options: Options) -> None:
-    session = await ImapSession.open(
-        host=incoming.host,
-        port=incoming.port,
-        security=incoming.security,
-        username=incoming.username,
-        secret=incoming.secret,
-        timeout=options.timeout_s,
-        tls_context=options.tls_context,
-        use_condstore=False,
-    )
+    session = await open_imap(incoming, options, use_condstore=False)
     try:
         selected = await session.select(locator.folder)
         if selected.uidvalidity != locator.uidvalidity:
@@ -47,15 +36,7 @@ async def _delete_imap(incoming: IncomingSettings, locator: Locator, options: Op
 
 
 async def _delete_pop3(incoming: IncomingSettings, locator: Locator, options: Options) -> None:
-    session = await Pop3Session.open(
-        host=incoming.host,
-        port=incoming.port,
-        security=incoming.security,
-        username=incoming.username,
-        secret=incoming.secret,
-        timeout=options.timeout_s,
-        tls_context=options.tls_context,
-    )
+    session = await open_pop3(incoming, options)
     try:
         number = (await session.uidls()).get(locator.uid)
         if number is None:

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from mailfold.events import Event, RecordRef, Source
 from mailfold.mailbox import metrics
 from mailfold.mailbox.adapters.bounces import BounceFact
@@ -66,8 +68,36 @@ class Options:
     tls_context: ssl.SSLContext | None = None
 
 
+async def open_imap(
+    incoming: IncomingSettings, options: Options, *, use_condstore: bool
+) -> ImapSession:
+    """A logged-in IMAP session to the mailbox's server; MailboxError says what failed."""
+    return await ImapSession.open(
+        host=incoming.host,
+        port=incoming.port,
+        security=incoming.security,
+        username=incoming.username,
+        secret=incoming.secret,
+        timeout=options.timeout_s,
+        tls_context=options.tls_context,
+        use_condstore=use_condstore,
+    )
+
+
+async def open_pop3(incoming: IncomingSettings, options: Options) -> Pop3Session:
+    """A logged-in POP3 session to the mailbox's server; MailboxError says what failed."""
+    return await Pop3Session.open(
+        host=incoming.host,
+        port=incoming.port,
+        security=incoming.security,
+        username=incoming.username,
+        secret=incoming.secret,
+        timeout=options.timeout_s,
+        tls_context=options.tls_context,
+    )
+
+
 async def publish(ports: Ports, events: Sequence[Event]) -> None:
-    """Publish and count."""
     if not events:
         return
     await ports.publish(events)
@@ -105,15 +135,7 @@ class MailboxSync:
 
     async def _set_status(self, **changes: str) -> None:
         now = self.ports.clock().isoformat()
-        fields = {
-            "state": self._status.state,
-            "error_kind": self._status.error_kind,
-            "last_error": self._status.last_error,
-            "last_sync_at": self._status.last_sync_at,
-            "held_by": self.owner,
-        }
-        fields.update(changes)
-        status = MailboxStatus(updated_at=now, **fields)
+        status = msgspec.structs.replace(self._status, updated_at=now, **changes)
         important = (status.state, status.error_kind, status.last_error) != (
             self._status.state,
             self._status.error_kind,
@@ -174,19 +196,6 @@ class MailboxSync:
 
     # --- IMAP ---------------------------------------------------------------------------------
 
-    async def _open_imap(self) -> ImapSession:
-        i = self.incoming
-        return await ImapSession.open(
-            host=i.host,
-            port=i.port,
-            security=i.security,
-            username=i.username,
-            secret=i.secret,
-            timeout=self.options.timeout_s,
-            tls_context=self.options.tls_context,
-            use_condstore=self.options.use_condstore,
-        )
-
     async def _folders(self, session: ImapSession) -> list[tuple[str, Role]]:
         sent = await session.sent_folder()
         if self.incoming.folders:
@@ -200,7 +209,9 @@ class MailboxSync:
         return folders
 
     async def _run_imap(self) -> None:
-        session = await self._open_imap()
+        session = await open_imap(
+            self.incoming, self.options, use_condstore=self.options.use_condstore
+        )
         try:
             folders = await self._folders(session)
             await self._set_status(state="syncing")
@@ -439,16 +450,7 @@ class MailboxSync:
     async def sync_pop3(self) -> None:
         """One POP3 round: new UIDLs become events; vanished ones are deletions only if the org
         says its mailboxes delete on the server."""
-        i = self.incoming
-        session = await Pop3Session.open(
-            host=i.host,
-            port=i.port,
-            security=i.security,
-            username=i.username,
-            secret=i.secret,
-            timeout=self.options.timeout_s,
-            tls_context=self.options.tls_context,
-        )
+        session = await open_pop3(self.incoming, self.options)
         try:
             await self._set_status(state="syncing")
             self._new_round()

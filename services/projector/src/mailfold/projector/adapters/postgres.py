@@ -102,7 +102,6 @@ class PgBatchWriter:
 
     @property
     def connection(self) -> asyncpg.Connection:
-        """The writer's connection."""
         return self._conn
 
     async def try_lock(self) -> bool:

@@ -98,6 +98,20 @@ def _column(name: str, api: str | None = None, *, detail_only: bool = False) -> 
     return Column(name, name, name if api is None else api, detail_only)
 
 
+def _part_column(
+    part: str, key: str, path: str | None = None, *, detail_only: bool = False
+) -> Column:
+    """`<part>_<key>`: the `path` (default `key`) of a part of the state (`bounce`, `rejection`),
+    null while the state has none; the API shows it as `<part>.<key>`."""
+    get_part, get = attrgetter(part), attrgetter(path or key)
+
+    def value(state: EmailState) -> Any:
+        held = get_part(state)
+        return None if held is None else get(held)
+
+    return Column(f"{part}_{key}", value, f"{part}.{key}", detail_only)
+
+
 # The one definition of an email's projected shape: the `emails` table's columns (each needs a
 # migration), the query API's item in this key order, and the export. `state` and `updated_seq`
 # follow these, written by `email_row` from the encoded state and the batch's position.
@@ -132,36 +146,13 @@ EMAIL_SHAPE: Final = (
     _column("clicks_human", "clicks.human"),
     _column("clicks_machine", "clicks.machine"),
     _column("received_at"),
-    Column(
-        "bounce_recipient",
-        lambda s: None if s.bounce is None else s.bounce.recipient,
-        "bounce.recipient",
-    ),
-    Column(
-        "bounce_kind", lambda s: None if s.bounce is None else s.bounce.kind.value, "bounce.kind"
-    ),
-    Column(
-        "bounce_status", lambda s: None if s.bounce is None else s.bounce.status, "bounce.status"
-    ),
-    Column(
-        "bounce_reply_code",
-        lambda s: None if s.bounce is None else s.bounce.reply_code,
-        "bounce.reply_code",
-    ),
-    Column(
-        "bounce_reason", lambda s: None if s.bounce is None else s.bounce.reason, "bounce.reason"
-    ),
-    Column(
-        "bounce_diagnostic",
-        lambda s: None if s.bounce is None else s.bounce.diagnostic,
-        "bounce.diagnostic",
-    ),
-    Column(
-        "bounce_reporting_mta",
-        lambda s: None if s.bounce is None else s.bounce.reporting_mta,
-        "bounce.reporting_mta",
-        True,
-    ),
+    _part_column("bounce", "recipient"),
+    _part_column("bounce", "kind", "kind.value"),
+    _part_column("bounce", "status"),
+    _part_column("bounce", "reply_code"),
+    _part_column("bounce", "reason"),
+    _part_column("bounce", "diagnostic"),
+    _part_column("bounce", "reporting_mta", detail_only=True),
     Column("org_id", email_org, "org_id", True),
     Column(
         "source", lambda s: None if s.origin is None else s.origin.source.value, "source_code", True
@@ -191,18 +182,8 @@ EMAIL_SHAPE: Final = (
     _column("first_machine_open_at", detail_only=True),
     _column("deferrals", detail_only=True),
     _column("complaints", detail_only=True),
-    Column(
-        "rejection_reason",
-        lambda s: None if s.rejection is None else s.rejection.reason,
-        "rejection.reason",
-        True,
-    ),
-    Column(
-        "rejection_detail",
-        lambda s: None if s.rejection is None else s.rejection.detail,
-        "rejection.detail",
-        True,
-    ),
+    _part_column("rejection", "reason", detail_only=True),
+    _part_column("rejection", "detail", detail_only=True),
     Column("waiting_count", "waiting", "waiting", True),
     Column("violation_count", lambda s: len(s.violations), "violations", True),
     Column("event_count", lambda s: len(s.seen), "events", True),

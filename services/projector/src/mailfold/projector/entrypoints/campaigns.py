@@ -115,7 +115,6 @@ class CampaignEndpoints:
         )
 
     def routes(self) -> list[BaseRoute]:
-        """The campaign routes."""
         return [
             Route("/v1/orgs/{org}/campaigns/{campaign_id}", self.counts),
             Route("/v1/orgs/{org}/campaigns/{campaign_id}/emails", self.emails),

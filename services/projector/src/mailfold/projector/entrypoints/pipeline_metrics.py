@@ -26,36 +26,32 @@ from mailfold.events.subjects import DLQ_STREAM
 
 log = structlog.get_logger("mailfold.projector.pipeline_metrics")
 
-CONSUMER_PENDING: Final = Gauge(
+
+def _consumer_gauge(name: str, documentation: str) -> Gauge:
+    """A gauge per (stream, consumer), the latest reading of any worker."""
+    return Gauge(name, documentation, ["stream", "consumer"], multiprocess_mode="livemostrecent")
+
+
+CONSUMER_PENDING: Final = _consumer_gauge(
     "mailfold_jetstream_consumer_pending",
     "Messages of the stream not yet delivered to the consumer.",
-    ["stream", "consumer"],
-    multiprocess_mode="livemostrecent",
 )
-CONSUMER_ACK_PENDING: Final = Gauge(
+CONSUMER_ACK_PENDING: Final = _consumer_gauge(
     "mailfold_jetstream_consumer_ack_pending",
     "Messages delivered to the consumer and not acknowledged yet.",
-    ["stream", "consumer"],
-    multiprocess_mode="livemostrecent",
 )
-CONSUMER_REDELIVERED: Final = Gauge(
+CONSUMER_REDELIVERED: Final = _consumer_gauge(
     "mailfold_jetstream_consumer_redelivered",
     "Messages delivered more than once and not acknowledged yet.",
-    ["stream", "consumer"],
-    multiprocess_mode="livemostrecent",
 )
-CONSUMER_ACK_FLOOR: Final = Gauge(
+CONSUMER_ACK_FLOOR: Final = _consumer_gauge(
     "mailfold_jetstream_consumer_ack_floor",
     "The stream sequence up to which the consumer acknowledged everything.",
-    ["stream", "consumer"],
-    multiprocess_mode="livemostrecent",
 )
-CONSUMER_OLDEST_AGE: Final = Gauge(
+CONSUMER_OLDEST_AGE: Final = _consumer_gauge(
     "mailfold_jetstream_consumer_oldest_unacked_age_seconds",
     "Age of the oldest message the consumer has not acknowledged (0 when caught up); for the "
     "projector, how far behind the stream its timelines are.",
-    ["stream", "consumer"],
-    multiprocess_mode="livemostrecent",
 )
 STREAM_MESSAGES: Final = Gauge(
     "mailfold_jetstream_stream_messages",

@@ -83,5 +83,4 @@ class StatsApi:
         )
 
     def routes(self) -> list[BaseRoute]:
-        """The stats route."""
         return [Route("/v1/orgs/{org}/stats", self.stats)]

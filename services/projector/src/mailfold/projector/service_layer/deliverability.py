@@ -106,7 +106,6 @@ class Changes:
     to_first_open: list[float] = field(default_factory=list)
 
     def empty(self) -> bool:
-        """True when nothing changed."""
         return not any(
             (
                 self.emails,

@@ -53,11 +53,6 @@ _MESSAGES: Final = {
 }
 
 
-def problem(status: int, title: str, detail: str, field: str, message: str) -> bytes:
-    """An application/problem+json body naming the field at fault."""
-    return problem_body(status, detail, [FieldError(field, message)], title=title)
-
-
 def _problem_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     return [
         (b"content-type", b"application/problem+json"),
@@ -68,14 +63,14 @@ def _problem_headers(body: bytes, *extra: tuple[bytes, bytes]) -> list[tuple[byt
 
 
 _NOT_FOUND: Final = {
-    reason: problem(404, "Not Found", "This link is not valid.", "token", message)
+    reason: problem_body(404, "This link is not valid.", [FieldError("token", message)])
     for reason, message in _MESSAGES.items()
 }
-_NO_PIXEL: Final = problem(
-    404, "Not Found", "Tracking pixels end in .gif.", "path", "expected /o/{token}.gif"
+_NO_PIXEL: Final = problem_body(
+    404, "Tracking pixels end in .gif.", [FieldError("path", "expected /o/{token}.gif")]
 )
-_NOT_ALLOWED: Final = problem(
-    405, "Method Not Allowed", f"Only {ALLOWED} are answered here.", "method", f"use {ALLOWED}"
+_NOT_ALLOWED: Final = problem_body(
+    405, f"Only {ALLOWED} are answered here.", [FieldError("method", f"use {ALLOWED}")]
 )
 
 
