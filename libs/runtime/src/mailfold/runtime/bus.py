@@ -6,16 +6,20 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import itertools
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -27,7 +31,9 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
+    KeyWrongLastSequenceError,
     NoStreamResponseError,
     NotFoundError,
     ServiceUnavailableError,
@@ -260,19 +266,109 @@ async def kv(
         )
 
 
-async def kv_put(kv: KeyValue, key: str, value: bytes, *, timeout_s: float = 5.0) -> int:
-    """Write a key as `KeyValue.put` does, through JetStream's asynchronous publish; its revision.
+class _ApiError(msgspec.Struct, frozen=True):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
 
-    About half the client CPU of `put`'s request, which counts where every event writes a key
-    (docs/decisions.md). Only unconditional writes: nats-py (2.x, nats.py#985) leaves an
-    asynchronous publish that the server refuses unresolved, so a compare-and-set write, which
-    is refused in the normal course, stays a request. A refused or unanswered write raises
-    TimeoutError after `timeout_s`.
+
+class _PubAck(msgspec.Struct, frozen=True):
+    seq: int = 0
+    error: _ApiError | None = None
+
+
+_PUB_ACK: Final = msgspec.json.Decoder(_PubAck)
+KV_WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed compare-and-set
+
+
+class AckedPublisher:
+    """JetStream publishes that do not wait on each other: every acknowledgement (or refusal)
+    arrives on one inbox subscription and resolves its publish's future.
+
+    The same protocol as nats-py's `publish_async`, which leaves the future of a refused
+    publish unresolved (nats.py#985); here a refusal raises, a failed compare-and-set as
+    KeyWrongLastSequenceError. One per connection (`acked_publisher`).
     """
-    # The bucket's own subject prefix and context, as its put uses (a domain changes the prefix).
-    future = await kv._js.publish_async(f"{kv._pre}{key}", value)
-    async with asyncio.timeout(timeout_s):
-        return int((await future).seq)
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._prefix = f"{nc.new_inbox()}."
+        self._futures: dict[str, asyncio.Future[int]] = {}
+        self._tokens = itertools.count()
+        self._sub: Any = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[int]:
+        """Send; the future resolves with the stream sequence once JetStream stored it."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        future.add_done_callback(lambda _: self._futures.pop(token, None))
+        await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        return future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._futures.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == "503":
+            future.set_exception(nats.errors.NoRespondersError())
+            return
+        try:
+            ack = _PUB_ACK.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            future.set_exception(nats.errors.Error(f"unreadable JetStream ack: {exc}"))
+            return
+        if ack.error is None:
+            future.set_result(ack.seq)
+        elif ack.error.err_code == KV_WRONG_LAST_SEQUENCE:
+            future.set_exception(KeyWrongLastSequenceError(ack.error.description))
+        else:
+            future.set_exception(
+                APIError(
+                    code=ack.error.code,
+                    err_code=ack.error.err_code,
+                    description=ack.error.description,
+                )
+            )
+
+
+_PUBLISHERS: Final[weakref.WeakKeyDictionary[Client, AckedPublisher]] = weakref.WeakKeyDictionary()
+
+
+async def acked_publisher(nc: Client) -> AckedPublisher:
+    """The connection's AckedPublisher, started on first use."""
+    publisher = _PUBLISHERS.get(nc)
+    if publisher is None:
+        publisher = _PUBLISHERS[nc] = AckedPublisher(nc)
+        await publisher.start()
+    return publisher
+
+
+async def kv_put(
+    kv: KeyValue, key: str, value: bytes, *, last: int | None = None, timeout_s: float = 5.0
+) -> int:
+    """Write a key as `KeyValue.put` does, or as `update` does when `last` is given (0: only if
+    absent); its revision.
+
+    Sent through the connection's AckedPublisher: about half the client CPU of the request
+    `put` and `update` make, which counts where every event writes a key (docs/decisions.md).
+    Raises KeyWrongLastSequenceError when `last` is not the key's revision, TimeoutError
+    without an answer in time.
+    """
+    headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+    publisher = await acked_publisher(kv._js._nc)
+    # The bucket's own subject prefix, as its put uses (a JetStream domain changes it).
+    future = await publisher.publish(f"{kv._pre}{key}", value, headers)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await future
+    finally:
+        future.cancel()
 
 
 async def entries(kv: KeyValue, pattern: str, *, values: bool = True) -> dict[str, bytes]:

@@ -179,38 +179,38 @@ class Folds:
     def _key(org_id: str, email_id: str) -> str:
         return f"{org_id}.{key_token(email_id)}"
 
-    async def _read(self, key: str) -> tuple[EmailFold, int] | None:
+    async def _read(self, key: str) -> tuple[EmailFold | None, int]:
+        """The stored fold and its revision (None and 0, or the tombstone's, when none)."""
         try:
             entry = await self._kv.get(key)
-        except (KeyNotFoundError, KeyDeletedError):
-            return None
+        except KeyNotFoundError:
+            return None, 0
+        except KeyDeletedError as exc:
+            return None, int(getattr(exc.entry, "revision", None) or 0)
         if not entry.value or entry.revision is None:
-            return None
+            return None, int(entry.revision or 0)
         return _FOLD.decode(entry.value), entry.revision
 
     async def get(self, org_id: str, email_id: str) -> EmailFold | None:
         """The email's fold, or None when no event of it was seen."""
-        found = await self._read(self._key(org_id, email_id))
-        return None if found is None else found[0]
+        return (await self._read(self._key(org_id, email_id)))[0]
 
     async def apply(self, event: AnyEvent) -> tuple[EmailFold, int]:
         """Fold one event in (copies of the service race safely); the fold and its sequence."""
         key = self._key(event.org_id, event.email_id)
         known = self._known.get(key)
+        current, revision = known if known is not None else (None, 0)
         while True:
-            current, revision = known if known is not None else (None, None)
             updated, number = fold_in(current, event)
             if updated is current:
                 return updated, number
             try:
-                if revision is None:
-                    revision = await self._kv.create(key, _MSGPACK.encode(updated))
-                else:
-                    revision = await self._kv.update(key, _MSGPACK.encode(updated), last=revision)
+                # Compare-and-set on the revision this copy knows (0: only if nothing is stored).
+                revision = await bus.kv_put(self._kv, key, _MSGPACK.encode(updated), last=revision)
             except KeyWrongLastSequenceError:
                 # Another copy (or an earlier run) wrote it: fold into what is stored.
                 self._known.pop(key, None)
-                known = await self._read(key)
+                current, revision = await self._read(key)
                 continue
             if len(self._known) >= self._remember:
                 self._known.pop(next(iter(self._known)))  # the oldest remembered
