@@ -20,7 +20,7 @@ from mailfold.mailbox.service_layer.deletion import MailboxChanged, NotSynced
 from mailfold.runtime.logging import get_logger
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer, valid_org_id
-from mailfold.runtime.problems import FieldError, problem
+from mailfold.runtime.problems import FieldError, api_app, problem
 
 _EMAIL_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _json = msgspec.json.Encoder()
@@ -74,8 +74,8 @@ def mailbox_app(
         deleted = {"email_id": email_id, "mailbox_user": user, "deleted": True}
         return Response(_json.encode(deleted), media_type="application/json")
 
-    return Starlette(
-        routes=[
+    return api_app(
+        [
             Route("/v1/orgs/{org}/emails/{email_id}", delete_email, methods=["DELETE"]),
             *ops_routes(health, asyncapi=asyncapi),
         ]
