@@ -16,6 +16,18 @@ from mailfold.runtime.problems import FieldError, problem
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 500
+
+
+def page_limit(raw: str | None, default: int, maximum: int, errors: list[FieldError]) -> int:
+    """The `limit` query parameter: digits only, 1 to `maximum`; a refusal joins `errors`."""
+    if raw is None:
+        return default
+    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    if not 1 <= limit <= maximum:
+        errors.append(FieldError("limit", f"must be an integer from 1 to {maximum}"))
+    return limit
+
+
 _IDENT: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 Authorize = Callable[[Request, str], Awaitable[Response | None]]
@@ -87,12 +99,7 @@ class CampaignEndpoints:
             return refused
         params = request.query_params
         errors: list[FieldError] = []
-        limit = DEFAULT_LIMIT
-        raw_limit = params.get("limit")
-        if raw_limit is not None:
-            limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() else 0
-            if not 1 <= limit <= MAX_LIMIT:
-                errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
+        limit = page_limit(params.get("limit"), DEFAULT_LIMIT, MAX_LIMIT, errors)
         after = params.get("cursor")
         if after is not None and not _IDENT.match(after):
             errors.append(FieldError("cursor", "is not a cursor this API gave"))

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute, Route
 
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
-from mailfold.projector.entrypoints.campaigns import CampaignEndpoints
+from mailfold.projector.entrypoints.campaigns import CampaignEndpoints, page_limit
 from mailfold.projector.entrypoints.openapi import EmailPage, EmailWithHistory, openapi
 from mailfold.projector.service_layer import views
 from mailfold.runtime.directory import load_record
@@ -85,15 +85,7 @@ class Api:
         filter_ = params.get("filter", "all")
         if filter_ not in FILTERS:
             errors.append(FieldError("filter", "must be one of: all, crm"))
-        limit = DEFAULT_LIMIT
-        raw_limit = params.get("limit")
-        if raw_limit is not None:
-            try:
-                limit = int(raw_limit)
-            except ValueError:
-                limit = 0
-            if not 1 <= limit <= MAX_LIMIT:
-                errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
+        limit = page_limit(params.get("limit"), DEFAULT_LIMIT, MAX_LIMIT, errors)
         after = None
         raw_cursor = params.get("cursor")
         if raw_cursor is not None:
