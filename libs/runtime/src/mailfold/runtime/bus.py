@@ -291,14 +291,20 @@ class AckedPublisher:
     """
 
     def __init__(self, nc: Client) -> None:
-        self._nc = nc
+        self._nc = weakref.ref(nc)  # the connection's registry entry must not keep it alive
         self._prefix = f"{nc.new_inbox()}."
         self._futures: dict[str, asyncio.Future[int]] = {}
         self._tokens = itertools.count()
         self._sub: Any = None
 
+    def _client(self) -> Client:
+        nc = self._nc()
+        if nc is None:
+            raise nats.errors.ConnectionClosedError
+        return nc
+
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
+        self._sub = await self._client().subscribe(f"{self._prefix}*", cb=self._on_reply)
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
@@ -308,7 +314,7 @@ class AckedPublisher:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._futures[token] = future
         future.add_done_callback(lambda _: self._futures.pop(token, None))
-        await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        await self._client().publish(subject, payload, reply=self._prefix + token, headers=headers)
         return future
 
     async def _on_reply(self, msg: Msg) -> None:
