@@ -63,6 +63,7 @@ from mailfold.events import (  # noqa: E402
 from mailfold.projector.adapters.jetstream import ReplaySource, stream_seq  # noqa: E402
 from mailfold.runtime import bus  # noqa: E402
 from mailfold.runtime.broker import Poison, current_message, new_broker  # noqa: E402
+from mailfold.runtime.logging import configure_logging  # noqa: E402
 
 N = 20_000
 N_PUBLISH = 3_000
@@ -390,6 +391,8 @@ async def run(url: str) -> dict[str, list[float]]:
 
 
 def main() -> int:
+    # Logging as the services configure it: FastStream's access log is at debug, dropped at info.
+    configure_logging("bench", level="info", json=True)
     with (
         tempfile.TemporaryDirectory(prefix="mailfold-bench-fs-") as tmp,
         EmbeddedNats(Path(tmp) / "nats") as server,
