@@ -4,7 +4,7 @@ webhooks unit tests: endpoints, delivery records, folds, the job queue and the r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from nats.js.api import PubAck
@@ -95,6 +95,11 @@ class FakeDeliveries:
 
     async def put(self, delivery: Delivery) -> None:
         self.records[delivery.endpoint_id, delivery.event_id] = delivery
+
+    async def put_many(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
+        for delivery in deliveries:
+            await self.put(delivery)
+        return [None] * len(deliveries)
 
 
 class MemoryFolds:

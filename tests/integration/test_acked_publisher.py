@@ -29,6 +29,10 @@ async def test_kv_put_writes_and_compare_and_set_fails_with_its_own_error(
         third = await bus.kv_put(kv, "a.b", b"three")  # unconditional
         entry = await kv.get("a.b")
         assert (entry.value, entry.revision) == (b"three", third)
+        outcomes = await bus.kv_put_many(kv, [("m.1", b"x"), ("m.2", b"y"), ("bad key", b"z")])
+        assert outcomes[:2] == [None, None]
+        assert isinstance(outcomes[2], BaseException)  # an invalid subject is not stored
+        assert [(await kv.get(k)).value for k in ("m.1", "m.2")] == [b"x", b"y"]
     finally:
         await bus.close(nc)
 

@@ -377,6 +377,34 @@ async def kv_put(
         future.cancel()
 
 
+async def kv_put_many(
+    kv: KeyValue, items: Sequence[tuple[str, bytes]], *, timeout_s: float = 5.0
+) -> list[BaseException | None]:
+    """Write several keys at once (as `kv_put` without a revision): all are sent, then every
+    acknowledgement is awaited, within `timeout_s` together. One outcome per item, in order:
+    None when stored, else the error (TimeoutError when no answer came in time)."""
+    publisher = await acked_publisher(kv._js._nc)
+    sent: list[asyncio.Future[int] | BaseException] = []
+    for key, value in items:
+        try:
+            sent.append(await publisher.publish(f"{kv._pre}{key}", value))
+        except nats.errors.Error as exc:  # not sent (a bad key, the connection closed)
+            sent.append(exc)
+    futures = [f for f in sent if isinstance(f, asyncio.Future)]
+    if futures:
+        await asyncio.wait(futures, timeout=timeout_s)
+    outcomes: list[BaseException | None] = []
+    for future in sent:
+        if isinstance(future, BaseException):
+            outcomes.append(future)
+        elif not future.done():
+            future.cancel()
+            outcomes.append(TimeoutError("no acknowledgement in time"))
+        else:
+            outcomes.append(None if future.cancelled() else future.exception())
+    return outcomes
+
+
 async def entries(kv: KeyValue, pattern: str, *, values: bool = True) -> dict[str, bytes]:
     """Every live key matching a subject pattern, with its value (filtered by the server)."""
     watcher = await kv.watch(pattern, ignore_deletes=True, meta_only=not values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -149,6 +149,13 @@ class Deliveries:
         """Store the record."""
         key = self._key(delivery.org_id, delivery.endpoint_id, delivery.event_id)
         await bus.kv_put(self._kv, key, _JSON.encode(delivery))
+
+    async def put_many(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
+        """Store several records at once; one outcome per record (None: stored)."""
+        items = [
+            (self._key(d.org_id, d.endpoint_id, d.event_id), _JSON.encode(d)) for d in deliveries
+        ]
+        return await bus.kv_put_many(self._kv, items)
 
     async def of_endpoint(self, org_id: str, endpoint_id: str) -> list[Delivery]:
         """Every record of the endpoint, in stream order (one watch, not a read per key)."""

@@ -10,7 +10,7 @@ from typing import Final
 from mailfold.runtime.logging import get_logger
 from mailfold.webhooks import metrics
 from mailfold.webhooks.domain.retries import Outcome
-from mailfold.webhooks.service_layer.delivery import Settlement
+from mailfold.webhooks.service_layer.delivery import Action, Settlement
 from mailfold.webhooks.service_layer.ports import DeliveryStore
 
 log = get_logger(__name__)
@@ -73,7 +73,7 @@ class Settler:
 
     async def _settle(self, batch: list[tuple[Settlement, Finish, Failed]]) -> None:
         records = [s.delivery for s, _, _ in batch if s.delivery is not None]
-        stored = await asyncio.gather(*map(self._deliveries.put, records), return_exceptions=True)
+        stored = await self._deliveries.put_many(records)
         lost = {id(d) for d, error in zip(records, stored, strict=True) if error is not None}
         kept: list[tuple[Settlement, Finish, Failed]] = []
         for settlement, finish, failed in batch:
@@ -85,7 +85,23 @@ class Settler:
                 await failed()
             else:
                 kept.append((settlement, finish, failed))
-        done = await asyncio.gather(*(f(s) for s, f, _ in kept), return_exceptions=True)
+        # An acknowledged attempt settles with an ack (buffered, never waited for): one after
+        # the other, without a task each; the others (a retry queued) wait together.
+        done: list[BaseException | None] = []
+        for settlement, finish, _ in kept:
+            if settlement.action is Action.ACK:
+                try:
+                    await finish(settlement)
+                except Exception as exc:
+                    done.append(exc)
+                else:
+                    done.append(None)
+            else:
+                done.append(None)
+        waiting = [(i, s, f) for i, (s, f, _) in enumerate(kept) if s.action is not Action.ACK]
+        results = await asyncio.gather(*(f(s) for _, s, f in waiting), return_exceptions=True)
+        for (i, _, _), result in zip(waiting, results, strict=True):
+            done[i] = result if isinstance(result, BaseException) else None
         for (settlement, _, failed), error in zip(kept, done, strict=True):
             if isinstance(error, BaseException):
                 log.error("attempt not settled; it comes back", error=str(error))

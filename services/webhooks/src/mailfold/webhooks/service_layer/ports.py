@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol
 
 from nats.js.api import PubAck
@@ -35,6 +36,7 @@ class DeliveryStore(Protocol):
 
     async def get(self, org_id: str, endpoint_id: str, event_id: str) -> Delivery | None: ...
     async def put(self, delivery: Delivery) -> None: ...
+    async def put_many(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]: ...
 
 
 class Queue(Protocol):
