@@ -258,3 +258,32 @@ async def test_events_arriving_while_stopping_are_handed_back_unattempted() -> N
     assert poster.sent == []
     assert not message.acked
     assert queue.jobs == []
+
+
+async def test_an_event_whose_other_job_was_settling_at_stop_is_handed_back_after() -> None:
+    first_endpoint = make_endpoint()
+    second = msgspec.structs.replace(
+        make_endpoint(), endpoint_id="ep_2", url="https://other.example.org/"
+    )
+    poster = ScriptedPoster({}, hang={first_endpoint.url, second.url})
+    queue = FakeQueue()
+    # One slot each: event 1 holds ep_1's; event 2's ep_2 job is in flight, its ep_1 job waits.
+    messages, deliveries, first, settler = await run_batch(
+        {1: [job(1)], 2: [job(2), job(2, "ep_2")]},
+        poster,
+        queue,
+        FakeEndpoints(first_endpoint, second),
+        concurrency=1,
+    )
+    await until(lambda: len(poster.sent) == 2)
+    stopping = asyncio.ensure_future(first.stop(grace_s=5.0))
+    await asyncio.sleep(0.05)
+    poster.release.set()
+    await stopping
+    await settler.stop()  # settles the two attempts that finished
+    assert messages[0].acked
+    # Its ep_2 job may still have been settling when stop returned: handed back now at the latest.
+    await first.hand_back()
+    assert messages[1].nakked
+    assert not messages[1].acked
+    assert sorted(deliveries.records) == [("ep_1", "ev_1"), ("ep_2", "ev_2")]

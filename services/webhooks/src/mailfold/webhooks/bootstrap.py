@@ -121,7 +121,8 @@ class Service:
         self.first.close()
         await self.fanout.stop()  # no more events fetched
         await self.first.stop(self.settings.stop_grace_s)
-        await self.workers.stop()
+        await self.workers.stop()  # and the settler, which settles what finished
+        await self.first.hand_back()
         await broker_close(self.broker)
         await self.endpoints.stop()
         await self.poster.close()

@@ -209,6 +209,11 @@ class FirstAttempts:
                 await task
         if left:
             log.warning("attempts abandoned at stop; their events come back", attempts=len(left))
+        await self.hand_back()
+
+    async def hand_back(self) -> None:
+        """Send the events given back so far to the stream (nak). Called again once the settler
+        stopped: an event whose other jobs were settling is given back only then."""
         back, self._handed_back[:] = list(self._handed_back), []
         for message in back:
             with contextlib.suppress(Exception):  # not sent back: it comes after ack_wait
