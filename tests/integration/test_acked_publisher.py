@@ -44,8 +44,9 @@ async def test_a_refused_or_unrouted_publish_raises_instead_of_hanging(
     try:
         js = nc.jetstream()
         await bus.ensure_topology(js)
-        publisher = await bus.acked_publisher(nc)
-        assert publisher is await bus.acked_publisher(nc)  # one per connection
+        first, second = await asyncio.gather(bus.acked_publisher(nc), bus.acked_publisher(nc))
+        assert first is second  # one per connection, even when asked for at once
+        publisher = first
         stored = await publisher.publish("mail.dlq.test", b"{}")
         assert await asyncio.wait_for(stored, 5) > 0
         # No stream takes the subject: the server answers 503 (no responders).

@@ -278,7 +278,24 @@ class _PubAck(msgspec.Struct, frozen=True):
 
 
 _PUB_ACK: Final = msgspec.json.Decoder(_PubAck)
-KV_WRONG_LAST_SEQUENCE: Final = 10071  # JetStream's error code for a failed compare-and-set
+# JetStream's error codes for a failed compare-and-set (as nats-py's KeyValue reads them).
+KV_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
+
+
+def _refusal(error: _ApiError) -> Exception:
+    """The exception nats-py raises for this API error (ServiceUnavailableError for a 503...)."""
+    if error.err_code in KV_WRONG_LAST_SEQUENCE:
+        return KeyWrongLastSequenceError(description=error.description)
+    fields: dict[str, Any] = {
+        "code": error.code,
+        "err_code": error.err_code,
+        "description": error.description,
+    }
+    try:
+        APIError.from_error(fields)  # nats-py's own mapping; it raises the error it builds
+    except APIError as exc:
+        return exc
+    return APIError(**fields)
 
 
 class AckedPublisher:
@@ -295,7 +312,8 @@ class AckedPublisher:
         self._prefix = f"{nc.new_inbox()}."
         self._futures: dict[str, asyncio.Future[int]] = {}
         self._tokens = itertools.count()
-        self._sub: Any = None
+        # The reply inbox subscribed: every publish waits for it (made on the running loop).
+        self.ready: asyncio.Future[None] = asyncio.ensure_future(self._start())
 
     def _client(self) -> Client:
         nc = self._nc()
@@ -303,8 +321,8 @@ class AckedPublisher:
             raise nats.errors.ConnectionClosedError
         return nc
 
-    async def start(self) -> None:
-        self._sub = await self._client().subscribe(f"{self._prefix}*", cb=self._on_reply)
+    async def _start(self) -> None:
+        await self._client().subscribe(f"{self._prefix}*", cb=self._on_reply)
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
@@ -331,16 +349,8 @@ class AckedPublisher:
             return
         if ack.error is None:
             future.set_result(ack.seq)
-        elif ack.error.err_code == KV_WRONG_LAST_SEQUENCE:
-            future.set_exception(KeyWrongLastSequenceError(ack.error.description))
         else:
-            future.set_exception(
-                APIError(
-                    code=ack.error.code,
-                    err_code=ack.error.err_code,
-                    description=ack.error.description,
-                )
-            )
+            future.set_exception(_refusal(ack.error))
 
 
 _PUBLISHERS: Final[weakref.WeakKeyDictionary[Client, AckedPublisher]] = weakref.WeakKeyDictionary()
@@ -351,7 +361,15 @@ async def acked_publisher(nc: Client) -> AckedPublisher:
     publisher = _PUBLISHERS.get(nc)
     if publisher is None:
         publisher = _PUBLISHERS[nc] = AckedPublisher(nc)
-        await publisher.start()
+    ready = publisher.ready
+    try:
+        # Callers arriving while the inbox is being subscribed wait for the same start.
+        await asyncio.shield(ready)
+    except BaseException:
+        failed = ready.done() and not ready.cancelled() and ready.exception() is not None
+        if failed and _PUBLISHERS.get(nc) is publisher:
+            del _PUBLISHERS[nc]  # the next caller starts afresh
+        raise
     return publisher
 
 

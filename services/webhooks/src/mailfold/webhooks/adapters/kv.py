@@ -145,11 +145,6 @@ class Deliveries:
             return None
         return None if not entry.value else _DELIVERY.decode(entry.value)
 
-    async def put(self, delivery: Delivery) -> None:
-        """Store the record."""
-        key = self._key(delivery.org_id, delivery.endpoint_id, delivery.event_id)
-        await bus.kv_put(self._kv, key, _JSON.encode(delivery))
-
     async def put_many(self, deliveries: Sequence[Delivery]) -> list[BaseException | None]:
         """Store several records at once; one outcome per record (None: stored)."""
         items = [
