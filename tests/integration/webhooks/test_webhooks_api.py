@@ -73,6 +73,9 @@ async def test_bad_endpoint_input_names_the_field(
         ({"url": "http://127.0.0.1:9/x", "sources": ["carrier_pigeon"]}, "sources"),
         ({"url": "http://127.0.0.1:9/x", "secret": "plain"}, "secret"),
         ({"url": "not a url"}, "url"),
+        ({"url": "http://127.0.0.1:9/a\u0000b"}, "url"),
+        ({"url": "http://127.0.0.1:9/a b"}, "url"),
+        ({"url": "http://exa mple.org/"}, "url"),
     ]
     async with start_webhooks(nats_url) as service, org.api(service) as api:
         for body, field in cases:
@@ -86,6 +89,14 @@ async def test_bad_endpoint_input_names_the_field(
             headers={"content-type": "application/json"},
         )
         assert not_json.status_code == 422
+        for raw in (b'{"url": "http://127.0.0.1:9/\xff"}', b"[" * 60_000):
+            refused = await api.post(
+                f"/v1/orgs/{org.org_id}/webhooks",
+                content=raw,
+                headers={"content-type": "application/json"},
+            )
+            assert refused.status_code == 422, raw[:40]
+            assert refused.json()["errors"][0]["field"] == "body"
         listed = await api.get(f"/v1/orgs/{org.org_id}/webhooks")
         assert listed.json()["items"] == []
 

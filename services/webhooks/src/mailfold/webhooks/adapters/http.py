@@ -71,7 +71,10 @@ async def checked_address(
     Every address the name has must be allowed, so that a name cannot mix a public address
     with a private one and win on a later resolution.
     """
-    parsed = _parsed(url)
+    try:
+        parsed = _parsed(url)
+    except httpx.InvalidURL as exc:
+        raise UnreachableAddress(f"not a valid URL: {exc}") from exc
     host = parsed.host
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:

@@ -142,6 +142,8 @@ def check_sources(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def check_url_shape(url: str, *, allow_http: bool) -> str:
     """An absolute https URL (http only where development allows it), no credentials in it."""
+    if any(c <= " " or c == "\x7f" for c in url):
+        raise InvalidField("url", "must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port

@@ -158,6 +158,10 @@ class Api:
             return msgspec.json.decode(data, type=kind)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _decode_error(exc)
+        except UnicodeDecodeError:
+            return invalid("body", "is not valid UTF-8")
+        except RecursionError:
+            return invalid("body", "is nested too deeply")
 
     def _endpoint(self, request: Request, org_id: str) -> Endpoint | Response:
         found = self._endpoints.get(org_id, request.path_params["endpoint_id"])
