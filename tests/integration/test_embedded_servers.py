@@ -35,6 +35,7 @@ from mailfold.cli.embedded import (
     nats_server_binary,
 )
 from mailfold.cli.natsconf import TLS_DIR
+from mailfold.runtime import bus
 
 DEPLOY_NATS = Path(__file__).resolve().parents[2] / "deploy" / "nats"
 DEPLOY_CONFIGS = sorted(DEPLOY_NATS.rglob("*.conf"))
@@ -172,9 +173,11 @@ async def test_a_cluster_replicates_a_stream_over_three_nodes_and_survives_losin
 ) -> None:
     nc = await nats.connect(nats_cluster.urls, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
     try:
-        js = nc.jetstream(timeout=10)
-        await js.add_stream(StreamConfig(name="T", subjects=["t.>"], num_replicas=3))
-        await js.publish("t.a", b"1")
+        js = nc.jetstream(timeout=2)
+        config = StreamConfig(name="T", subjects=["t.>"], num_replicas=3)
+        await bus.through_elections(lambda: js.add_stream(config), within_s=30)
+        first = {"Nats-Msg-Id": "one"}
+        await bus.through_elections(lambda: js.publish("t.a", b"1", headers=first), within_s=30)
         info = await js.stream_info("T")
         assert info.cluster is not None
         assert info.cluster.leader is not None

@@ -380,10 +380,23 @@ class EmbeddedNats(_ChildServer):
 
     def meta_leader(self) -> str | None:
         """The JetStream meta leader this node reports (`/jsz`), or None (no answer, no leader)."""
+        leader = self._meta_cluster().get("leader")
+        return leader if isinstance(leader, str) and leader else None
+
+    def meta_current_peers(self) -> set[str]:
+        """The nodes this node reports as current with it in the JetStream meta group: on the
+        meta leader, the peers that have caught up with its log."""
+        replicas = self._meta_cluster().get("replicas")
+        return {
+            str(peer.get("name"))
+            for peer in (replicas if isinstance(replicas, list) else [])
+            if isinstance(peer, dict) and peer.get("current") is True
+        }
+
+    def _meta_cluster(self) -> dict[str, object]:
         info = self._monitor_json("/jsz")
         meta = info.get("meta_cluster") if info else None
-        leader = meta.get("leader") if isinstance(meta, dict) else None
-        return leader if isinstance(leader, str) and leader else None
+        return meta if isinstance(meta, dict) else {}
 
     def _monitor_json(self, path: str) -> dict[str, object] | None:
         conn = http.client.HTTPConnection(LOOPBACK, self._http_port, timeout=1.0)
@@ -590,18 +603,23 @@ class EmbeddedNatsCluster(StartStop):
         raise KeyError(server_name)
 
     def wait_meta_leader(self, timeout: float = NATS_START_TIMEOUT) -> str:
-        """The meta leader's server_name once every running node reports the same one."""
+        """The meta leader's server_name once every running node reports the same one and the
+        leader reports every other running node current: before that, a request to create or
+        change a replicated stream may go unanswered."""
         deadline = time.monotonic() + timeout
         while True:
-            leaders = {node.meta_leader() for node in self.nodes if node.running}
+            running = [node for node in self.nodes if node.running]
+            leaders = {node.meta_leader() for node in running}
             if len(leaders) == 1 and None not in leaders:
                 leader = leaders.pop()
                 assert leader is not None
-                return leader
+                others = {node.server_name for node in running} - {leader}
+                if others <= self.node_named(leader).meta_current_peers():
+                    return leader
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
-                    f"the nodes of cluster {self.name} report no common meta leader after "
-                    f"{timeout:.0f}s: {leaders}"
+                    f"the nodes of cluster {self.name} report no common meta leader with every "
+                    f"node current after {timeout:.0f}s: {leaders}"
                 )
             time.sleep(_POLL_INTERVAL)
 
