@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from nats.js.api import PubAck
 
 from mailfold.events import AnyEvent
 from mailfold.webhooks.adapters.http import Answer
@@ -125,13 +124,13 @@ class FakeQueue:
         self.jobs: list[tuple[Job, str]] = []
         self.fail = fail
 
-    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]:
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self.fail:
             future.set_exception(TimeoutError("no answer from JetStream"))
         else:
             self.jobs.append((job, msg_id))
-            future.set_result(PubAck(stream="WEBHOOK_JOBS", seq=len(self.jobs)))
+            future.set_result(len(self.jobs))
         return future
 
 

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import nats.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
 from mailfold.cli.embedded import EmbeddedNats
+from mailfold.events import EmailComposed, Source, decode, new_id
+from mailfold.events.subjects import STREAM
 from mailfold.runtime import bus
+
+
+def _composed(org_id: str = "acme") -> EmailComposed:
+    return EmailComposed(
+        event_id=new_id(),
+        org_id=org_id,
+        email_id=new_id(),
+        producer="test",
+        occurred_at=datetime(2026, 1, 2, tzinfo=UTC),
+        source=Source.INDIVIDUAL,
+        from_addr="me@acme.example",
+        to=("ann@example.org",),
+    )
 
 
 async def test_kv_put_writes_and_compare_and_set_fails_with_its_own_error(
@@ -60,5 +77,49 @@ async def test_a_refused_or_unrouted_publish_raises_instead_of_hanging(
         with pytest.raises(APIError) as caught:
             await asyncio.wait_for(refused, 5)
         assert caught.value.err_code
+    finally:
+        await bus.close(nc)
+
+
+async def test_events_are_published_once_per_event_id_and_a_batch_reports_each_outcome(
+    fresh_nats: EmbeddedNats,
+) -> None:
+    nc = await bus.connect(fresh_nats.url, "test-acked-events", reconnect=False)
+    try:
+        js = nc.jetstream()
+        events = [_composed(), _composed("other")]
+        before = await bus.publish_batch(js, events, ack_timeout_s=5)  # no stream yet
+        assert all(isinstance(o, nats.errors.NoRespondersError) for o in before), before
+        with pytest.raises(nats.errors.NoRespondersError):
+            await bus.publish_event(js, events[0])
+
+        await bus.ensure_topology(js)
+        assert await bus.publish_batch(js, events, ack_timeout_s=5) == [None, None]
+        event = _composed()
+        seq = await bus.publish_event(js, event)
+        assert await bus.publish_event(js, event) == seq  # the same Nats-Msg-Id: stored once
+        assert decode((await js.get_msg(STREAM, seq=seq)).data or b"") == event
+        assert (await js.stream_info(STREAM)).state.messages == 3
+    finally:
+        await bus.close(nc)
+
+
+async def test_publishes_awaiting_acknowledgement_are_bounded(fresh_nats: EmbeddedNats) -> None:
+    nc = await bus.connect(fresh_nats.url, "test-acked-bound", reconnect=False)
+    try:
+        async def never_answer(msg: Msg) -> None:
+            return None
+
+        await nc.subscribe("held.>", cb=never_answer)  # takes every message, answers none
+        publisher = bus.AckedPublisher(nc, max_pending=2)
+        await publisher.ready
+        first = await publisher.publish("held.1", b"")
+        await publisher.publish("held.2", b"")
+        third = asyncio.ensure_future(publisher.publish("held.3", b""))
+        await asyncio.sleep(0.2)
+        assert not third.done()  # waits for a slot
+        first.cancel()  # the caller gave up on it: its slot is free
+        sent = await asyncio.wait_for(third, 5)
+        assert not sent.done()
     finally:
         await bus.close(nc)

@@ -25,7 +25,6 @@ from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
     ObjectStoreConfig,
-    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -278,6 +277,8 @@ class _PubAck(msgspec.Struct, frozen=True):
 
 
 _PUB_ACK: Final = msgspec.json.Decoder(_PubAck)
+# Publishes awaiting their acknowledgement at once on one connection (nats-py's default too).
+MAX_PENDING: Final = 4000
 # JetStream's error codes for a failed compare-and-set (as nats-py's KeyValue reads them).
 KV_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 
@@ -304,14 +305,17 @@ class AckedPublisher:
 
     The same protocol as nats-py's `publish_async`, which leaves the future of a refused
     publish unresolved (nats.py#985); here a refusal raises, a failed compare-and-set as
-    KeyWrongLastSequenceError. One per connection (`acked_publisher`).
+    KeyWrongLastSequenceError. At most `max_pending` publishes wait for their acknowledgement
+    at once (as `publish_async` bounds them); the next waits for one to settle. One per
+    connection (`acked_publisher`).
     """
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, *, max_pending: int = MAX_PENDING) -> None:
         self._nc = weakref.ref(nc)  # the connection's registry entry must not keep it alive
         self._prefix = f"{nc.new_inbox()}."
         self._futures: dict[str, asyncio.Future[int]] = {}
         self._tokens = itertools.count()
+        self._slots = asyncio.Semaphore(max_pending)
         # The reply inbox subscribed: every publish waits for it (made on the running loop).
         self.ready: asyncio.Future[None] = asyncio.ensure_future(self._start())
 
@@ -328,12 +332,23 @@ class AckedPublisher:
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None
     ) -> asyncio.Future[int]:
         """Send; the future resolves with the stream sequence once JetStream stored it."""
+        await self._slots.acquire()
         token = str(next(self._tokens))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._futures[token] = future
-        future.add_done_callback(lambda _: self._futures.pop(token, None))
-        await self._client().publish(subject, payload, reply=self._prefix + token, headers=headers)
+        future.add_done_callback(lambda _: self._settled(token))
+        try:
+            await self._client().publish(
+                subject, payload, reply=self._prefix + token, headers=headers
+            )
+        except BaseException:
+            future.cancel()
+            raise
         return future
+
+    def _settled(self, token: str) -> None:
+        self._futures.pop(token, None)
+        self._slots.release()
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._futures.pop(msg.subject[len(self._prefix) :], None)
@@ -362,6 +377,8 @@ async def acked_publisher(nc: Client) -> AckedPublisher:
     if publisher is None:
         publisher = _PUBLISHERS[nc] = AckedPublisher(nc)
     ready = publisher.ready
+    if ready.done() and not ready.cancelled() and ready.exception() is None:
+        return publisher
     try:
         # Callers arriving while the inbox is being subscribed wait for the same start.
         await asyncio.shield(ready)
@@ -450,29 +467,39 @@ async def objects(js: JetStreamContext, *, replicas: int | None = None) -> Objec
         )
 
 
-async def start_publish(js: JetStreamContext, event: Event) -> asyncio.Future[PubAck]:
-    """Send one event (Nats-Msg-Id = event_id) without waiting; the future resolves with its ack.
+async def start_publish_to(
+    js: JetStreamContext, subject: str, payload: bytes, headers: dict[str, str] | None = None
+) -> asyncio.Future[int]:
+    """Send to a stream without waiting, through the connection's AckedPublisher; the future
+    resolves with the stream sequence, or raises the refusal.
 
-    Callers that publish several events send them all, then await the futures together.
+    Callers that publish several messages send them all, then await the futures together,
+    always with a deadline (a lost acknowledgement never comes).
     """
-    return await js.publish_async(
-        event_subject(event), encode(event), headers=publish_headers(event)
-    )
+    publisher = await acked_publisher(js._nc)
+    return await publisher.publish(subject, payload, headers)
+
+
+async def start_publish(js: JetStreamContext, event: Event) -> asyncio.Future[int]:
+    """Send one event (Nats-Msg-Id = event_id) without waiting, as `start_publish_to`."""
+    return await start_publish_to(js, event_subject(event), encode(event), publish_headers(event))
 
 
 async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 5.0) -> int:
     """Publish one event with Nats-Msg-Id = event_id and wait for the ack; its stream sequence.
 
-    Raises nats.errors.TimeoutError without an ack in time and NoRespondersError when no stream
-    takes the subject, as a JetStream request would (the asynchronous publish is cheaper).
+    Raises nats.errors.TimeoutError without an ack in time, NoRespondersError when no stream
+    takes the subject, and the stream's refusal (ServiceUnavailableError while it has no
+    leader...), as a JetStream request would (the asynchronous publish is cheaper).
     """
     ack = await start_publish(js, event)
     try:
-        return int((await asyncio.wait_for(ack, timeout)).seq)
+        async with asyncio.timeout(timeout):
+            return await ack
     except TimeoutError as exc:
         raise nats.errors.TimeoutError from exc
-    except NoStreamResponseError as exc:
-        raise nats.errors.NoRespondersError from exc
+    finally:
+        ack.cancel()
 
 
 class AckTimeout(TimeoutError):
@@ -489,7 +516,7 @@ async def publish_batch(
     acknowledgement in turn (docs/decisions.md); a retried event keeps its Nats-Msg-Id.
     """
     outcomes: list[BaseException | None] = [None] * len(events)
-    acks: dict[int, asyncio.Future[PubAck]] = {}
+    acks: dict[int, asyncio.Future[int]] = {}
     for i, event in enumerate(events):
         try:
             acks[i] = await start_publish(js, event)

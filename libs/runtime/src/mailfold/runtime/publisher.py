@@ -6,14 +6,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import nats.errors
 from nats.aio.client import Client
 from prometheus_client import Counter
 
 from mailfold.events import Event
 from mailfold.runtime import bus
 
-_RETRYABLE = (nats.errors.TimeoutError, nats.errors.NoRespondersError, ConnectionError)
+# No answer, no stream, or a stream without a leader yet: worth another try.
+_RETRYABLE = (*bus.LEADERLESS, ConnectionError)
 
 PUBLISHED = Counter(
     "mailfold_events_published",

@@ -140,15 +140,16 @@ class ObjectContentStore:
         meta_subject = f"$O.{bus.OBJECT_STORE}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
         # Published in this order on one connection, so the stream stores the chunks before the
         # metadata that makes them visible; every ack is awaited before the caller goes on. The
-        # client's asynchronous publish resolves a future per ack, without a task per publish.
-        acks = [await self._js.publish_async(chunk_subject, chunk) for chunk in chunks]
+        # asynchronous publish resolves a future per ack, without a task per publish.
+        acks = [await bus.start_publish_to(self._js, chunk_subject, chunk) for chunk in chunks]
         acks.append(
-            await self._js.publish_async(
-                meta_subject, _enc.encode(info), headers={"Nats-Rollup": "sub"}
+            await bus.start_publish_to(
+                self._js, meta_subject, _enc.encode(info), {"Nats-Rollup": "sub"}
             )
         )
         try:
-            await asyncio.wait_for(asyncio.gather(*acks), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                await asyncio.gather(*acks)
         finally:
             for ack in acks:
                 ack.cancel()  # after a failure or a timeout: stop waiting for the others

@@ -18,7 +18,6 @@ from typing import Final
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -59,7 +58,7 @@ class MailboxStore:
     def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
         self._js = js
         self._kv = kv
-        self._pending: list[asyncio.Future[PubAck]] = []
+        self._pending: list[asyncio.Future[int]] = []
         # What each chunk key holds now, so a save writes only the chunks that changed.
         self._written: dict[str, bytes] = {}
 
@@ -67,13 +66,12 @@ class MailboxStore:
         return f"{_mailbox(org_id, user)}.f.{key_token(folder)}"
 
     async def _put(self, key: str, value: bytes) -> None:
-        future = await self._js.publish_async(f"$KV.{BUCKET}.{key}", value)
-        self._pending.append(future)
+        self._pending.append(await bus.start_publish_to(self._js, f"$KV.{BUCKET}.{key}", value))
 
     async def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every write sent so far is stored; TimeoutError when one is not in time.
 
-        Bounded: nats-py leaves a refused asynchronous publish unanswered (docs/decisions.md).
+        Bounded: an acknowledgement lost with the connection never comes.
         """
         pending, self._pending = self._pending, []
         if pending:

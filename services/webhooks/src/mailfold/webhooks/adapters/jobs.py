@@ -14,14 +14,13 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import NotFoundError
 
-from mailfold.runtime.bus import ensure_stream, topology_replicas
+from mailfold.runtime.bus import ensure_stream, start_publish_to, topology_replicas
 from mailfold.webhooks.domain.deliveries import Job
 
 JOBS_STREAM: Final = "WEBHOOK_JOBS"
@@ -75,12 +74,13 @@ class JobQueue:
         count = replicas if replicas is not None else await topology_replicas(self._js)
         await ensure_stream(self._js, jobs_config(replicas=count), keep_replicas=replicas is None)
 
-    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]:
+    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[int]:
         """Send one job without waiting; the future resolves once it is stored."""
-        return await self._js.publish_async(
+        return await start_publish_to(
+            self._js,
             job_subject(job.org_id, job.endpoint_id),
             _ENCODER.encode(job),
-            headers={"Nats-Msg-Id": msg_id},
+            {"Nats-Msg-Id": msg_id},
         )
 
     def consumer_config(self, org_id: str, endpoint_id: str) -> ConsumerConfig:

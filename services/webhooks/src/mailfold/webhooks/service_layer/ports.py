@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-from nats.js.api import PubAck
 
 from mailfold.events import AnyEvent
 from mailfold.webhooks.adapters.http import Answer
@@ -41,7 +40,8 @@ class DeliveryStore(Protocol):
 class Queue(Protocol):
     """The durable delivery queue."""
 
-    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[PubAck]: ...
+    async def start_enqueue(self, job: Job, msg_id: str) -> asyncio.Future[int]:
+        """Send one job; the future resolves with its stream sequence once stored."""
 
 
 class Post(Protocol):

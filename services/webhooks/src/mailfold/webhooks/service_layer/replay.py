@@ -144,7 +144,7 @@ class Replayer:
             futures.append(await self._queue.start_enqueue(job, msg_id))
             ids.append(event.event_id)
         try:
-            # Bounded: nats-py leaves a refused asynchronous publish unanswered (decisions.md).
+            # Bounded: an acknowledgement lost with the connection never comes.
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
                 for future in futures:
                     await future
