@@ -42,7 +42,6 @@ DEV_PORTS: Final = {
 DEMO_MAILBOX_USER: Final = "rep"
 DEMO_MAILBOX_PASSWORD: Final = "demo-mailbox-password"
 CLUSTER_REPLICAS: Final = 3
-TOPOLOGY_ATTEMPTS: Final = 6
 
 
 def _port_free(port: int) -> bool:
@@ -184,24 +183,12 @@ def _start_servers(stack: DevStack) -> None:
 
 
 async def _prepare(stack: DevStack) -> None:
-    import nats.errors
-    import nats.js.errors
-
     from mailfold.runtime import bus
 
     nc = await bus.connect(stack.nats_url, "mailfold-dev", reconnect=False, auth=stack.admin_auth)
     try:
         replicas = CLUSTER_REPLICAS if stack.cluster else 1
-        # A cluster that has just elected its leader may leave a create unanswered: try again
-        # (every step is idempotent).
-        for attempt in range(TOPOLOGY_ATTEMPTS):
-            try:
-                await ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
-                break
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
-                if attempt == TOPOLOGY_ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.5)
+        await ensure_topology(nc.jetstream(timeout=10), replicas=replicas)
     finally:
         await bus.close(nc)
 

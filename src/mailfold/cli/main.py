@@ -32,18 +32,25 @@ def available_services() -> list[str]:
     return [s for s in SERVICES if _service_entry(s) is not None]
 
 
-async def ensure_topology(js: Any, *, replicas: int) -> None:
+async def ensure_topology(js: Any, *, replicas: int, within_s: float = 60.0) -> None:
     """Every stream, KV bucket and object store with `replicas`: the shared ones
-    (bus.ensure_topology) and those of each installed service that has its own."""
+    (bus.ensure_topology) and those of each installed service that has its own.
+
+    A cluster that has just elected its leader may leave a create unanswered or answer 503:
+    it is tried again, for up to `within_s` seconds (every step is idempotent).
+    """
     from mailfold.runtime import bus
 
-    await bus.ensure_topology(js, replicas=replicas)
-    for service in available_services():
-        own = getattr(
-            importlib.import_module(f"mailfold.{service}.bootstrap"), "ensure_topology", None
-        )
-        if own is not None:
-            await own(js, replicas=replicas)
+    async def every_step() -> None:
+        await bus.ensure_topology(js, replicas=replicas)
+        for service in available_services():
+            own = getattr(
+                importlib.import_module(f"mailfold.{service}.bootstrap"), "ensure_topology", None
+            )
+            if own is not None:
+                await own(js, replicas=replicas)
+
+    await bus.through_elections(every_step, within_s=within_s)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -140,7 +147,7 @@ def _cmd_topology(args: argparse.Namespace) -> int:
             config.nats_url(), "mailfold-cli", reconnect=False, auth=config.nats_auth()
         )
         try:
-            await ensure_topology(nc.jetstream(), replicas=args.replicas)
+            await ensure_topology(nc.jetstream(timeout=10), replicas=args.replicas)
         finally:
             await bus.close(nc)
 
