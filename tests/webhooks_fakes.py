@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-
 from mailfold.events import AnyEvent
 from mailfold.webhooks.adapters.http import Answer
 from mailfold.webhooks.domain.deliveries import Delivery, Job

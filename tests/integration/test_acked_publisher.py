@@ -107,6 +107,7 @@ async def test_events_are_published_once_per_event_id_and_a_batch_reports_each_o
 async def test_publishes_awaiting_acknowledgement_are_bounded(fresh_nats: EmbeddedNats) -> None:
     nc = await bus.connect(fresh_nats.url, "test-acked-bound", reconnect=False)
     try:
+
         async def never_answer(msg: Msg) -> None:
             return None
 

@@ -96,7 +96,8 @@ class JobQueue:
         )
 
     async def subscribe(self, org_id: str, endpoint_id: str) -> JetStreamContext.PullSubscription:
-        """A pull subscription on the endpoint's durable consumer (created when missing)."""
+        """A pull subscription on the endpoint's durable consumer (created when missing); the
+        retry loops use FastStream's, bench/webhooks.py this one for its bare baseline."""
         return await self._js.pull_subscribe(
             job_subject(org_id, endpoint_id),
             durable=consumer_name(endpoint_id),

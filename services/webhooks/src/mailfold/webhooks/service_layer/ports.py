@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
-
 from mailfold.events import AnyEvent
 from mailfold.webhooks.adapters.http import Answer
 from mailfold.webhooks.domain.deliveries import Delivery, Job
