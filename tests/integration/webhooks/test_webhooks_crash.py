@@ -23,6 +23,7 @@ from tests.processes import ServiceProcess
 from mailfold.cli.embedded import EmbeddedNats, free_port
 from mailfold.events.subjects import STREAM
 from mailfold.runtime import bus
+from mailfold.webhooks.adapters.jobs import JOBS_STREAM, consumer_name
 from mailfold.webhooks.entrypoints.subscriber import DURABLE
 
 EVENTS = 30
@@ -185,5 +186,53 @@ async def test_a_graceful_stop_finishes_attempts_in_flight_and_hands_back_the_re
             assert all(ids.count(done) == 1 for done in in_flight)  # not sent again
             bodies = receiver.verified(endpoint["secret"])
             assert {b["event_id"] for b in bodies} == wanted
+    finally:
+        service.stop()
+
+
+@pytest.mark.slow
+async def test_a_graceful_stop_finishes_a_retry_in_flight_and_settles_its_job(
+    fresh_nats: EmbeddedNats, start_receiver: StartReceiver, tmp_path: Path
+) -> None:
+    async def fail_then_slow(attempt: int) -> Reply:
+        if attempt == 1:
+            return 500  # the first attempt fails: the second is a retry, from the job queue
+        await asyncio.sleep(1.0)  # in flight when SIGTERM comes
+        return 204
+
+    org = await make_org(fresh_nats.url, "stopretry")
+    service = _service(fresh_nats.url, tmp_path / "webhooks.log")
+    try:
+        await _restart(service)
+        async with start_receiver(fail_then_slow) as receiver:
+            endpoint = await _endpoint(service, org, receiver.url)
+            event = org.composed("stop-retry")
+            await org.publish(event)
+            await receiver.wait_for(2)
+            assert await asyncio.to_thread(service.stop) == 0
+            # The retry was answered before the copy stopped, recorded and its job acked:
+            # nothing of the endpoint's is left in the queue.
+            nc = await bus.connect(fresh_nats.url, "webhooks-test-inspect", reconnect=False)
+            try:
+                jobs = await nc.jetstream().consumer_info(
+                    JOBS_STREAM, consumer_name(endpoint["id"])
+                )
+            finally:
+                await bus.close(nc)
+            assert (jobs.num_pending, jobs.num_ack_pending) == (0, 0)
+
+            await _restart(service)
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{service.health_port}",
+                headers={"authorization": f"Bearer {org.token}"},
+            ) as api:
+                response = await api.get(
+                    f"/v1/orgs/{org.org_id}/webhooks/{endpoint['id']}/deliveries"
+                )
+            assert response.status_code == 200, response.text
+            (delivery,) = response.json()["items"]
+            assert (delivery["event_id"], delivery["outcome"]) == (event.event_id, "delivered")
+            assert len(receiver.requests) == 2  # not sent again after the restart
+            assert {r.headers["webhook-id"] for r in receiver.requests} == {event.event_id}
     finally:
         service.stop()

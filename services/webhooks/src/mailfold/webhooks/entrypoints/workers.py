@@ -114,7 +114,9 @@ class Workers:
         return list(self._loops)
 
     async def stop(self) -> None:
-        """Stop every loop; attempts in flight are abandoned and redelivered later (at-least-once)."""
+        """Stop every loop: each subscriber fetches no more jobs and lets those it holds finish
+        for up to the broker's graceful timeout; then the settler records and settles them.
+        Attempts still running then are cancelled, their jobs redelivered after ack_wait."""
         self._running = False
         tasks = list(self._loops.values())
         self._loops.clear()
