@@ -124,3 +124,23 @@ async def test_publishes_awaiting_acknowledgement_are_bounded(fresh_nats: Embedd
         assert not sent.done()
     finally:
         await bus.close(nc)
+
+
+async def test_kv_create_writes_only_an_absent_key_and_a_deleted_one_counts_as_absent(
+    fresh_nats: EmbeddedNats,
+) -> None:
+    nc = await bus.connect(fresh_nats.url, "test-acked-create", reconnect=False)
+    try:
+        kv = await bus.kv(nc.jetstream(), "test_create", ttl_s=60)
+        first = await bus.kv_create(kv, "k", b"one")
+        with pytest.raises(KeyWrongLastSequenceError):
+            await bus.kv_create(kv, "k", b"two")  # it holds a value
+        await kv.delete("k")
+        again = await bus.kv_create(kv, "k", b"three")
+        await kv.purge("k")
+        last = await bus.kv_create(kv, "k", b"four")
+        entry = await kv.get("k")
+        assert first < again < last
+        assert (entry.value, entry.revision) == (b"four", last)
+    finally:
+        await bus.close(nc)

@@ -139,6 +139,7 @@ async def test_a_mass_email_never_goes_twice_to_one_address_per_recipient_email(
     events = await nats_bus.events(org_id, settled, timeout=60, settle=1.0)
     (duplicate,) = _only(events, EmailRejected)
     assert duplicate.reason == "duplicate_recipient"
-    assert duplicate.recipient == "ANN@example.org"
+    # The two emails are handled at once: either may reach Ann first, the other is refused.
+    assert duplicate.recipient.lower() == "ann@example.org"
     assert server.handler.count_for("ann@example.org") == 1
     assert server.handler.count_for("cy@example.org") == 1

@@ -32,6 +32,7 @@ from nats.js.api import (
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
+    KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoStreamResponseError,
     NotFoundError,
@@ -398,8 +399,8 @@ async def kv_put(
 
     Sent through the connection's AckedPublisher: about half the client CPU of the request
     `put` and `update` make, which counts where every event writes a key (docs/decisions.md).
-    Raises KeyWrongLastSequenceError when `last` is not the key's revision, TimeoutError
-    without an answer in time.
+    Raises KeyWrongLastSequenceError when `last` is not the key's revision,
+    nats.errors.TimeoutError without an answer in time.
     """
     headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
     publisher = await acked_publisher(kv._js._nc)
@@ -408,8 +409,27 @@ async def kv_put(
     try:
         async with asyncio.timeout(timeout_s):
             return await future
+    except TimeoutError as exc:
+        raise nats.errors.TimeoutError from exc
     finally:
         future.cancel()
+
+
+async def kv_create(kv: KeyValue, key: str, value: bytes, *, timeout_s: float = 5.0) -> int:
+    """Write a key only if it holds no value, as `KeyValue.create` does (a key deleted or
+    purged counts as absent), through the AckedPublisher; its revision.
+
+    Raises KeyWrongLastSequenceError when the key holds a value.
+    """
+    try:
+        return await kv_put(kv, key, value, last=0, timeout_s=timeout_s)
+    except KeyWrongLastSequenceError:
+        try:
+            await kv.get(key)
+        except KeyNotFoundError as gone:  # a delete or purge marker: write over its revision
+            last = gone.entry.revision if gone.entry is not None else 0
+            return await kv_put(kv, key, value, last=last or 0, timeout_s=timeout_s)
+        raise
 
 
 async def kv_put_many(

@@ -28,6 +28,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from mailfold.events import VerpRecord
+from mailfold.runtime import bus
 from mailfold.runtime.bus import key_token
 from mailfold.runtime.directory import save_verp_record
 from mailfold.sender.domain import rules
@@ -89,10 +90,12 @@ class KvLedger:
         return entry.value, entry.revision
 
     async def _write(self, key: str, value: bytes, last: int | None) -> int | None:
+        """Create (`last` None) or compare-and-set; None when another write came first. Sent
+        through the connection's AckedPublisher: every email writes several keys."""
         try:
             if last is None:
-                return int(await self._kv.create(key, value))
-            return int(await self._kv.update(key, value, last=last))
+                return await bus.kv_create(self._kv, key, value)
+            return await bus.kv_put(self._kv, key, value, last=last)
         except KeyWrongLastSequenceError:
             return None
 
