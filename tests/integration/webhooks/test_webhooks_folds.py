@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.integration.webhooks.conftest import make_org
 
 from mailfold.cli.embedded import EmbeddedNats
@@ -32,5 +34,24 @@ async def test_two_copies_folding_one_email_number_its_events_once_each(
         stored = await first.get(org_id, "m1")
         assert stored is not None
         assert stored.numbers == {composed.event_id: 1, sent.event_id: 2, delivered.event_id: 3}
+    finally:
+        await bus.close(nc)
+
+
+async def test_an_email_whose_fold_was_deleted_is_folded_afresh(
+    fresh_nats: EmbeddedNats, org_id: str
+) -> None:
+    org = await make_org(fresh_nats.url, org_id)
+    nc = await bus.connect(fresh_nats.url, "webhooks-test-folds-deleted", reconnect=False)
+    try:
+        bucket = await bus.kv(nc.jetstream(), kv.BUCKET_FOLDS, ttl_s=kv.RECORD_TTL_S)
+        folds = kv.Folds(bucket)
+        composed, sent = org.composed("m2"), org.sent("m2")
+        await folds.apply(composed)
+        await bucket.delete(f"{org_id}.{bus.key_token('m2')}")  # a tombstone in its place
+        async with asyncio.timeout(10):  # a write that keeps being refused would loop here
+            fold, number = await kv.Folds(bucket).apply(sent)
+        assert number == 1
+        assert fold.numbers == {sent.event_id: 1}
     finally:
         await bus.close(nc)

@@ -9,7 +9,6 @@ from typing import Final
 
 import msgspec
 from nats.js.errors import (
-    KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
 )
@@ -141,7 +140,7 @@ class Deliveries:
         """The record, or None when the event was never attempted for the endpoint."""
         try:
             entry = await self._kv.get(self._key(org_id, endpoint_id, event_id))
-        except (KeyNotFoundError, KeyDeletedError):
+        except KeyNotFoundError:  # kv.get raises it for a deleted key too
             return None
         return None if not entry.value else _DELIVERY.decode(entry.value)
 
@@ -185,10 +184,8 @@ class Folds:
         """The stored fold and its revision (None and 0, or the tombstone's, when none)."""
         try:
             entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None, 0
-        except KeyDeletedError as exc:
-            return None, int(getattr(exc.entry, "revision", None) or 0)
+        except KeyNotFoundError as gone:  # a deleted key's error carries its tombstone
+            return None, int(gone.entry.revision or 0) if gone.entry is not None else 0
         if not entry.value or entry.revision is None:
             return None, int(entry.revision or 0)
         return _FOLD.decode(entry.value), entry.revision
