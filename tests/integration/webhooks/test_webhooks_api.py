@@ -206,6 +206,10 @@ async def test_events_feed_pages_only_the_orgs_own_events(
             ({"after": str(2**64)}, "after"),
             ({"after": "\u00b9"}, "after"),  # a digit to str.isdigit, not a number
             ({"limit": "0"}, "limit"),
+            ({"limit": "+5"}, "limit"),  # int() takes these; a page size is digits only
+            ({"limit": " 5"}, "limit"),
+            ({"limit": "1_0"}, "limit"),
+            ({"limit": "9" * 5000}, "limit"),
             ({"type": "x"}, "type"),
         ):
             bad = await api.get(path, params=params)

@@ -51,11 +51,16 @@ async def _restart(service: ServiceProcess) -> None:
     await service.wait_healthy()
 
 
-async def _endpoint(service: ServiceProcess, org: Org, url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(
+def _api(service: ServiceProcess, org: Org) -> httpx.AsyncClient:
+    """A client of the service's API with the org's token."""
+    return httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{service.health_port}",
         headers={"authorization": f"Bearer {org.token}"},
-    ) as api:
+    )
+
+
+async def _endpoint(service: ServiceProcess, org: Org, url: str) -> dict[str, Any]:
+    async with _api(service, org) as api:
         return await add_endpoint(api, org, url)
 
 
@@ -222,10 +227,7 @@ async def test_a_graceful_stop_finishes_a_retry_in_flight_and_settles_its_job(
             assert (jobs.num_pending, jobs.num_ack_pending) == (0, 0)
 
             await _restart(service)
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{service.health_port}",
-                headers={"authorization": f"Bearer {org.token}"},
-            ) as api:
+            async with _api(service, org) as api:
                 response = await api.get(
                     f"/v1/orgs/{org.org_id}/webhooks/{endpoint['id']}/deliveries"
                 )

@@ -391,6 +391,28 @@ async def acked_publisher(nc: Client) -> AckedPublisher:
     return publisher
 
 
+async def _acked(future: asyncio.Future[int], timeout_s: float) -> int:
+    """The stream sequence once acknowledged; nats.errors.TimeoutError without an answer in
+    time (the future is cancelled either way, freeing its slot)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await future
+    except TimeoutError as exc:
+        raise nats.errors.TimeoutError from exc
+    finally:
+        future.cancel()
+
+
+async def start_kv_put(
+    kv: KeyValue, key: str, value: bytes, *, last: int | None = None
+) -> asyncio.Future[int]:
+    """Send a key's write without waiting (see `kv_put`); the future resolves with its revision."""
+    headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
+    publisher = await acked_publisher(kv._js._nc)
+    # The bucket's own subject prefix, as its put uses (a JetStream domain changes it).
+    return await publisher.publish(f"{kv._pre}{key}", value, headers)
+
+
 async def kv_put(
     kv: KeyValue, key: str, value: bytes, *, last: int | None = None, timeout_s: float = 5.0
 ) -> int:
@@ -402,17 +424,7 @@ async def kv_put(
     Raises KeyWrongLastSequenceError when `last` is not the key's revision,
     nats.errors.TimeoutError without an answer in time.
     """
-    headers = None if last is None else {"Nats-Expected-Last-Subject-Sequence": str(last)}
-    publisher = await acked_publisher(kv._js._nc)
-    # The bucket's own subject prefix, as its put uses (a JetStream domain changes it).
-    future = await publisher.publish(f"{kv._pre}{key}", value, headers)
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await future
-    except TimeoutError as exc:
-        raise nats.errors.TimeoutError from exc
-    finally:
-        future.cancel()
+    return await _acked(await start_kv_put(kv, key, value, last=last), timeout_s)
 
 
 async def kv_create(kv: KeyValue, key: str, value: bytes, *, timeout_s: float = 5.0) -> int:
@@ -426,7 +438,7 @@ async def kv_create(kv: KeyValue, key: str, value: bytes, *, timeout_s: float = 
     except KeyWrongLastSequenceError:
         try:
             await kv.get(key)
-        except KeyNotFoundError as gone:  # a delete or purge marker: write over its revision
+        except KeyNotFoundError as gone:  # a deleted key's error carries its tombstone
             last = gone.entry.revision if gone.entry is not None else 0
             return await kv_put(kv, key, value, last=last or 0, timeout_s=timeout_s)
         raise
@@ -438,11 +450,10 @@ async def kv_put_many(
     """Write several keys at once (as `kv_put` without a revision): all are sent, then every
     acknowledgement is awaited, within `timeout_s` together. One outcome per item, in order:
     None when stored, else the error (TimeoutError when no answer came in time)."""
-    publisher = await acked_publisher(kv._js._nc)
     sent: list[asyncio.Future[int] | BaseException] = []
     for key, value in items:
         try:
-            sent.append(await publisher.publish(f"{kv._pre}{key}", value))
+            sent.append(await start_kv_put(kv, key, value))
         except nats.errors.Error as exc:  # not sent (a bad key, the connection closed)
             sent.append(exc)
     futures = [f for f in sent if isinstance(f, asyncio.Future)]
@@ -512,14 +523,7 @@ async def publish_event(js: JetStreamContext, event: Event, *, timeout: float = 
     takes the subject, and the stream's refusal (ServiceUnavailableError while it has no
     leader...), as a JetStream request would (the asynchronous publish is cheaper).
     """
-    ack = await start_publish(js, event)
-    try:
-        async with asyncio.timeout(timeout):
-            return await ack
-    except TimeoutError as exc:
-        raise nats.errors.TimeoutError from exc
-    finally:
-        ack.cancel()
+    return await _acked(await start_publish(js, event), timeout)
 
 
 class AckTimeout(TimeoutError):

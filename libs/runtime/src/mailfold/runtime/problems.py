@@ -58,6 +58,17 @@ class FieldError:
     message: str
 
 
+def page_limit(raw: str | None, default: int, maximum: int, errors: list[FieldError]) -> int:
+    """The `limit` query parameter of a paged list: digits only, 1 to `maximum` (`default`
+    when absent); a refusal joins `errors`."""
+    if raw is None:
+        return default
+    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    if not 1 <= limit <= maximum:
+        errors.append(FieldError("limit", f"must be an integer from 1 to {maximum}"))
+    return limit
+
+
 class HttpProblem(Exception):
     """A refusal with an HTTP status, a problem type and the fields at fault."""
 

@@ -176,7 +176,7 @@ async def build_ports(
     timeout_s: float,
 ) -> Ports:
     """The sync's ports on NATS: the shared publisher, the address index, the state bucket."""
-    store = store_adapter.MailboxStore(js, await bus.kv(js, store_adapter.BUCKET))
+    store = store_adapter.MailboxStore(await bus.kv(js, store_adapter.BUCKET))
 
     async def publish(events: Sequence[Event]) -> None:
         for error in await bus.publish_batch(js, events, ack_timeout_s=timeout_s):

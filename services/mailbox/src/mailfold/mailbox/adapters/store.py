@@ -17,7 +17,6 @@ import zlib
 from typing import Final
 
 import msgspec
-from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -55,8 +54,7 @@ def _mailbox(org_id: str, user: str) -> str:
 class MailboxStore:
     """Reads and writes one bucket; writes of a batch are pipelined and awaited together."""
 
-    def __init__(self, js: JetStreamContext, kv: KeyValue) -> None:
-        self._js = js
+    def __init__(self, kv: KeyValue) -> None:
         self._kv = kv
         self._pending: list[asyncio.Future[int]] = []
         # What each chunk key holds now, so a save writes only the chunks that changed.
@@ -66,7 +64,7 @@ class MailboxStore:
         return f"{_mailbox(org_id, user)}.f.{key_token(folder)}"
 
     async def _put(self, key: str, value: bytes) -> None:
-        self._pending.append(await bus.start_publish_to(self._js, f"$KV.{BUCKET}.{key}", value))
+        self._pending.append(await bus.start_kv_put(self._kv, key, value))
 
     async def flush(self, timeout_s: float = 10.0) -> None:
         """Wait until every write sent so far is stored; TimeoutError when one is not in time.

@@ -12,20 +12,10 @@ from starlette.routing import BaseRoute, Route
 
 from mailfold.projector.adapters.campaign_queries import CampaignQueries
 from mailfold.projector.entrypoints.openapi import CampaignCounts, CampaignPage
-from mailfold.runtime.problems import FieldError, problem
+from mailfold.runtime.problems import FieldError, page_limit, problem
 
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 500
-
-
-def page_limit(raw: str | None, default: int, maximum: int, errors: list[FieldError]) -> int:
-    """The `limit` query parameter: digits only, 1 to `maximum`; a refusal joins `errors`."""
-    if raw is None:
-        return default
-    limit = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
-    if not 1 <= limit <= maximum:
-        errors.append(FieldError("limit", f"must be an integer from 1 to {maximum}"))
-    return limit
 
 
 _IDENT: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -14,14 +14,14 @@ from starlette.routing import BaseRoute, Route
 
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.domain.cursor import InvalidCursor, decode_cursor, encode_cursor
-from mailfold.projector.entrypoints.campaigns import CampaignEndpoints, page_limit
+from mailfold.projector.entrypoints.campaigns import CampaignEndpoints
 from mailfold.projector.entrypoints.openapi import EmailPage, EmailWithHistory, openapi
 from mailfold.projector.service_layer import views
 from mailfold.runtime.directory import load_record
 from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, bearer, check_bearer
-from mailfold.runtime.problems import FieldError, api_app, problem
+from mailfold.runtime.problems import FieldError, api_app, page_limit, problem
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 200

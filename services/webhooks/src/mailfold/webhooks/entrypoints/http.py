@@ -18,7 +18,7 @@ from mailfold.runtime.openapi import openapi_route
 from mailfold.runtime.ops import HealthCheck, ops_routes
 from mailfold.runtime.orgs import TokenVerifier, check_bearer, valid_org_id
 from mailfold.runtime.problems import FieldError as Field
-from mailfold.runtime.problems import api_app
+from mailfold.runtime.problems import api_app, page_limit
 from mailfold.runtime.problems import problem as runtime_problem
 from mailfold.webhooks.adapters.jobs import JobQueue
 from mailfold.webhooks.adapters.kv import Deliveries, Endpoints
@@ -99,14 +99,11 @@ def delivery_view(delivery: Delivery) -> dict[str, Any]:
     return msgspec.to_builtins(delivery) | {"webhook_id": delivery.event_id}  # type: ignore[no-any-return]
 
 
-def _limit(raw: str | None) -> int | None:
-    if raw is None:
-        return DEFAULT_LIMIT
-    try:
-        value = int(raw)
-    except ValueError:
-        return None
-    return value if 1 <= value <= MAX_LIMIT else None
+def _limit(raw: str | None) -> int | Response:
+    """The page size, or a 422 naming `limit`."""
+    errors: list[Field] = []
+    limit = page_limit(raw, DEFAULT_LIMIT, MAX_LIMIT, errors)
+    return invalid(errors[0].field, errors[0].message) if errors else limit
 
 
 class Api:
@@ -234,8 +231,8 @@ class Api:
         if outcome is not None and outcome not in outcomes:
             return invalid("outcome", f"must be one of: {', '.join(sorted(outcomes))}")
         limit = _limit(params.get("limit"))
-        if limit is None:
-            return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+        if isinstance(limit, Response):
+            return limit
         after = params.get("after", "0")
         if not (after.isascii() and after.isdigit()) or int(after) > openapi_doc.MAX_SEQ:
             return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
@@ -283,8 +280,8 @@ class Api:
         if not (after.isascii() and after.isdigit()) or int(after) > openapi_doc.MAX_SEQ:
             return invalid("after", "must be a stream sequence (an integer from 0 to 2^63-1)")
         limit = _limit(params.get("limit"))
-        if limit is None:
-            return invalid("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+        if isinstance(limit, Response):
+            return limit
         event_type = params.get("type")
         if event_type is not None and event_type not in EVENT_TYPES:
             return invalid("type", "must be an event type such as email_sent")
