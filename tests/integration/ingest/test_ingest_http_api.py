@@ -352,6 +352,9 @@ async def test_health_and_metrics_share_the_api_port(api: httpx.AsyncClient, org
     assert health.json()["checks"] == {"nats": True}
     metrics = await api.get("/metrics")
     assert 'mailfold_ingest_emails_composed_total{source="individual"}' in metrics.text
+    operations = (await api.get("/asyncapi.json")).json()["operations"]
+    assert operations["ingest:email_composed"]["action"] == "send"
+    assert all(name.startswith("ingest:") for name in operations)
 
 
 @pytest.mark.parametrize(

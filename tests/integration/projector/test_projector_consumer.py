@@ -180,6 +180,9 @@ async def test_health_and_metrics_are_served_on_the_api_port(
         health = await client.get(f"{base}/healthz")
         assert health.status_code == 200
         assert health.json()["checks"] == {"nats": "ok", "database": "ok"}
+        operations = (await client.get(f"{base}/asyncapi.json")).json()["operations"]
+        assert [op["action"] for op in operations.values()] == ["receive"]
+        assert all(name.startswith("projector:") for name in operations)
         for _ in range(50):
             metrics = (await client.get(f"{base}/metrics")).text
             if "mailfold_projector_dead_letters_total" in metrics:

@@ -20,7 +20,7 @@ async def _healthy() -> dict[str, object]:
 
 async def _get(path: str) -> httpx.Response:
     verifier = cast(TokenVerifier, cast(Any, object()))
-    transport = httpx.ASGITransport(app=mailbox_app(_never, verifier, _healthy))
+    transport = httpx.ASGITransport(app=mailbox_app(_never, verifier, _healthy, lambda: "{}"))
     async with httpx.AsyncClient(transport=transport, base_url="http://mailbox") as client:
         return await client.get(path)
 

@@ -39,12 +39,12 @@ def ops_routes(
     health: HealthCheck,
     registry: CollectorRegistry = REGISTRY,
     *,
-    asyncapi: Callable[[], str] | None = None,
+    asyncapi: Callable[[], str],
     details: Callable[[], dict[str, object]] | None = None,
 ) -> list[BaseRoute]:
     """`GET /healthz` (200 when every dependency answers, else 503), `GET /metrics`, and
-    `GET /asyncapi.json` (the service's AsyncAPI document) when one is given. `details` adds
-    what the service does right now (not a check) to the health answer."""
+    `GET /asyncapi.json` (the service's AsyncAPI document). `details` adds what the service
+    does right now (not a check) to the health answer."""
 
     async def healthz(_: Request) -> Response:
         try:
@@ -60,18 +60,13 @@ def ops_routes(
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(scraped(registry)), media_type=CONTENT_TYPE_LATEST)
 
-    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/metrics", metrics)]
-    if asyncapi is not None:
-        document = asyncapi
+    async def spec(_: Request) -> Response:
+        return Response(asyncapi(), media_type="application/json")
 
-        async def spec(_: Request) -> Response:
-            return Response(document(), media_type="application/json")
-
-        routes.append(Route("/asyncapi.json", spec))
-    return routes
+    return [Route("/healthz", healthz), Route("/metrics", metrics), Route("/asyncapi.json", spec)]
 
 
-def ops_app(health: HealthCheck, *, asyncapi: Callable[[], str] | None = None) -> Starlette:
+def ops_app(health: HealthCheck, *, asyncapi: Callable[[], str]) -> Starlette:
     """An app with only the operational routes, for services without an HTTP API of their own."""
     return api_app(ops_routes(health, asyncapi=asyncapi))
 

@@ -27,8 +27,8 @@ from mailfold.ingest.metrics import BOUNCE_PARSER_ERRORS
 from mailfold.ingest.service_layer.mail import MailIngress
 from mailfold.ingest.service_layer.ports import Ports
 from mailfold.runtime import bus
+from mailfold.runtime.broker import asyncapi_document, declare_publishers, new_broker
 from mailfold.runtime.broker import close as broker_close
-from mailfold.runtime.broker import declare_publishers, new_broker
 from mailfold.runtime.directory import AddressCache, OrgCache
 from mailfold.runtime.logging import configure_logging, get_logger
 from mailfold.runtime.ops import HttpServer
@@ -151,7 +151,13 @@ async def start(settings: Settings) -> IngestService:
             return {"nats": nc.is_connected}
 
         http = HttpServer(
-            build_app(ports, TokenVerifier(orgs), health, available=lambda: nc.is_connected),
+            build_app(
+                ports,
+                TokenVerifier(orgs),
+                health,
+                asyncapi=asyncapi_document(broker, SERVICE),
+                available=lambda: nc.is_connected,
+            ),
             settings.http_host,
             settings.http_port,
         )

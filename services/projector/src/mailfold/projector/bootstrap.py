@@ -12,6 +12,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
+from prometheus_client import CollectorRegistry
 
 from mailfold.events import STREAM
 from mailfold.projector.adapters import postgres
@@ -19,12 +20,18 @@ from mailfold.projector.adapters.migrations import migrate
 from mailfold.projector.adapters.queries import ProjectionQueries
 from mailfold.projector.adapters.stats import StatsQueries
 from mailfold.projector.domain.partitions import other_layouts
-from mailfold.projector.entrypoints.consumer import ConsumerRunner, ConsumerSettings, report_lag
+from mailfold.projector.entrypoints.consumer import (
+    ConsumerRunner,
+    ConsumerSettings,
+    declare,
+    report_lag,
+)
 from mailfold.projector.entrypoints.http import Api, build_app
 from mailfold.projector.entrypoints.pipeline_metrics import PipelineGauges
 from mailfold.projector.entrypoints.stats_http import StatsApi
 from mailfold.projector.entrypoints.ui import RecordPage
 from mailfold.runtime import bus
+from mailfold.runtime.broker import asyncapi_document, new_broker
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
@@ -144,7 +151,15 @@ async def start(settings: Settings) -> Service:
             *RecordPage(queries, verifier).routes(),
         ]
         runner = ConsumerRunner(nc, js, pool, settings.database_url, settings.consumer)
-        app = build_app(api, health, extra, details=lambda: {"partitions": runner.describe()})
+        # Never connected: ConsumerRunner reads the stream; this broker only describes it.
+        described = new_broker(settings.nats_url, service="projector", registry=CollectorRegistry())
+        app = build_app(
+            api,
+            health,
+            extra,
+            asyncapi=asyncapi_document(declare(described, settings.consumer), "projector"),
+            details=lambda: {"partitions": runner.describe()},
+        )
         server = HttpServer(app, settings.host, settings.port)
         await server.start()
     except BaseException:

@@ -299,9 +299,10 @@ def build_app(
     verifier: TokenVerifier,
     health: HealthCheck,
     *,
+    asyncapi: Callable[[], str],
     available: Callable[[], bool] = lambda: True,
 ) -> Starlette:
-    """The API with /healthz and /metrics on the same port.
+    """The API with /healthz, /metrics and /asyncapi.json on the same port.
 
     `available` says whether NATS is reachable; while it is not, requests get 503 at once
     instead of waiting for timeouts.
@@ -310,6 +311,6 @@ def build_app(
         [
             *IngestApi(ports, verifier, available).routes(),
             openapi_route(openapi()),
-            *ops_routes(health),
+            *ops_routes(health, asyncapi=asyncapi),
         ]
     )

@@ -33,7 +33,7 @@ def mailbox_app(
     delete: Delete,
     verifier: TokenVerifier,
     health: HealthCheck,
-    asyncapi: Callable[[], str] | None = None,
+    asyncapi: Callable[[], str],
 ) -> Starlette:
 
     async def delete_email(request: Request) -> Response:

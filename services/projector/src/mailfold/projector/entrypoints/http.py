@@ -157,9 +157,12 @@ def build_app(
     api: Api,
     health: HealthCheck,
     extra: Sequence[BaseRoute] = (),
+    *,
+    asyncapi: Callable[[], str],
     details: Callable[[], dict[str, object]] | None = None,
 ) -> Starlette:
-    """The query API (and `extra` routes: stats, the record page) with /healthz and /metrics;
-    `details` (the partitions held) shows in /healthz."""
-    routes = [*api.routes(), *extra, openapi_route(openapi()), *ops_routes(health, details=details)]
+    """The query API (and `extra` routes: stats, the record page) with /healthz, /metrics and
+    /asyncapi.json; `details` (the partitions held) shows in /healthz."""
+    ops = ops_routes(health, asyncapi=asyncapi, details=details)
+    routes = [*api.routes(), *extra, openapi_route(openapi()), *ops]
     return api_app(routes)

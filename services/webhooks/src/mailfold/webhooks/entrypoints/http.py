@@ -306,9 +306,7 @@ class Api:
         ]
 
 
-def build_app(
-    api: Api, health: HealthCheck, asyncapi: Callable[[], str] | None = None
-) -> Starlette:
+def build_app(api: Api, health: HealthCheck, asyncapi: Callable[[], str]) -> Starlette:
     """The webhooks API with /openapi.json, /healthz, /metrics and /asyncapi.json on one port."""
     routes = [*api.routes(), openapi_route(openapi_doc.openapi())]
     return api_app([*routes, *ops_routes(health, asyncapi=asyncapi)])
