@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailfold.runtime.logging import configure_logging, get_logger
+from mailfold.runtime.service import wait_set
 from mailfold.runtime.settings import CommonSettings, from_env, setting
 
 log = get_logger("mailfold.workers")
@@ -146,8 +147,7 @@ class _Workers:
                 failures=failures,
                 pause_s=pause,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), pause)
+            await wait_set(self.stopping, pause)
             if self.stopping.is_set():
                 return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,19 @@ class Stoppable(Protocol):
 
     async def stop(self) -> None:
         """Stop serving and release every connection."""
+
+
+async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until `event` is set, at most `timeout_s` seconds; whether it is set.
+
+    Not `asyncio.wait_for(event.wait(), ...)`: on Python 3.11 that returns normally when the
+    waiting task is cancelled just as the event is set, and the cancellation is lost (a loop
+    around it then never stops). `asyncio.timeout` keeps it.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
 
 
 async def _parent_gone(parent: int, stop: asyncio.Event) -> None:

@@ -8,7 +8,6 @@ so nothing is lost and nothing is doubled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from mailfold.mailbox.service_layer.messages import (
 )
 from mailfold.runtime.directory import IncomingSettings, MailboxStatus, OrgSettings
 from mailfold.runtime.logging import get_logger
+from mailfold.runtime.service import wait_set
 
 log = get_logger(__name__)
 POP3_FOLDER = "POP3"
@@ -231,8 +231,7 @@ class MailboxSync:
     async def _wait_for_change(self, session: ImapSession, folder: str) -> None:
         wait = min(self.options.poll_s, self.options.idle_s)
         if not session.idle_supported:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await wait_set(self._wake, wait)
             return
         await session.select(folder)
         await session.idle(wait, wake=self._wake)
@@ -444,8 +443,7 @@ class MailboxSync:
             await self.sync_pop3()
             await self._synced()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.options.poll_s)
+            await wait_set(self._wake, self.options.poll_s)
 
     async def sync_pop3(self) -> None:
         """One POP3 round: new UIDLs become events; vanished ones are deletions only if the org

@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from mailfold.events import dlq_subject
 from mailfold.projector.adapters.raw_replay import RawPullReader, RawUnavailable
 from mailfold.projector.domain.messages import RawMessage, Unusable
+from mailfold.runtime.service import wait_set
 
 ACK_PREFIX: Final = "$JS.ACK."
 _TERMINAL_STATUSES: Final = frozenset({"404", "408", "409"})
@@ -210,8 +211,7 @@ class PullSource:
                 if wait <= 0:
                     return []
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+            await wait_set(self._arrived, wait)
 
 
 async def ack_all(nc: Client, msg: Msg) -> None:

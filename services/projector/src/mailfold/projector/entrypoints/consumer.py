@@ -36,6 +36,7 @@ from mailfold.projector.service_layer.leader import Leadership
 from mailfold.projector.service_layer.pipeline import Pipeline
 from mailfold.projector.service_layer.projection import Projection
 from mailfold.runtime.broker import EVENTS_STREAM, documented
+from mailfold.runtime.service import wait_set
 from mailfold.runtime.settings import setting
 
 log = structlog.get_logger("mailfold.projector.consumer")
@@ -291,8 +292,7 @@ class ConsumerRunner:
             except Exception:
                 metrics.RESETS.inc()
                 log.exception("lease session failed; gave the partitions back, joining again")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=backoff)
+                await wait_set(self._stop, backoff)
                 backoff = min(backoff * 2, 5.0)
 
     async def _session(self) -> None:
@@ -302,8 +302,7 @@ class ConsumerRunner:
             await leases.join()
             while not self._stop.is_set():
                 await self._round(leases)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=self._settings.lease_poll)
+                await wait_set(self._stop, self._settings.lease_poll)
         finally:
             # Workers stop (finishing the batch in hand) before the session, and with it every
             # lease, goes: nobody else takes a partition while this process may still write it.

@@ -10,13 +10,13 @@ looking event ids up to the batch that raised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from mailfold.projector import metrics
 from mailfold.projector.service_layer.ports import DuplicateEventIds
+from mailfold.runtime.service import wait_set
 
 log = structlog.get_logger("mailfold.projector.leader")
 
@@ -52,6 +52,5 @@ class Leadership:
             except Exception:
                 metrics.RESETS.inc()
                 log.exception("consumer failed; restarting from the committed position")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), timeout=backoff)
+                await wait_set(self.stopping, backoff)
                 backoff = min(backoff * 2, self._max_backoff)
