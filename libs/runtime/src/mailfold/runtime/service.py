@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Stoppable(Protocol):
@@ -28,6 +28,24 @@ async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
         async with asyncio.timeout(timeout_s):
             await event.wait()
     return event.is_set()
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait until it has ended, however it ends.
+
+    A cancellation of the caller while it waits is passed on: `suppress(CancelledError)` around
+    `await task` would take it for the task's own, and the caller would go on as if not
+    cancelled (a loop around it then never stops).
+    """
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:  # noqa: S110 - how the task failed on its way out is not the caller's
+        pass
 
 
 async def _parent_gone(parent: int, stop: asyncio.Event) -> None:

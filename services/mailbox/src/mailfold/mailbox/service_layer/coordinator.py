@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mailfold.mailbox.service_layer.sync import MailboxSync, Options, Ports
 from mailfold.runtime.directory import IncomingSettings
 from mailfold.runtime.logging import get_logger
+from mailfold.runtime.service import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -98,9 +99,7 @@ class Coordinator:
 
     async def _stop(self, key: tuple[str, str], *, release: bool) -> None:
         held = self._held.pop(key)
-        held.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await held.task
+        await cancel_and_wait(held.task)
         if release:
             with contextlib.suppress(Exception):
                 await self._ports.store.release(key[0], key[1], self.owner)
@@ -108,8 +107,6 @@ class Coordinator:
     async def stop(self) -> None:
         """Stop every sync and give the leases back, so another copy takes over at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for key in list(self._held):
             await self._stop(key, release=True)
