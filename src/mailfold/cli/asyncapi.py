@@ -12,12 +12,9 @@ import json
 from typing import Any
 
 from faststream.specification import AsyncAPI
-from prometheus_client import CollectorRegistry
 
 from mailfold.events import DLQ_STREAM, STREAM
-from mailfold.runtime.broker import new_broker
-
-_NOWHERE = "nats://127.0.0.1:4222"  # never connected: the brokers are built to be described
+from mailfold.runtime.broker import UNCONNECTED_URL, described_broker
 
 
 def asyncapi_document() -> dict[str, Any]:
@@ -30,26 +27,23 @@ def asyncapi_document() -> dict[str, Any]:
     from mailfold.tracker import bootstrap as tracker
     from mailfold.webhooks import bootstrap as webhooks
 
-    def broker(service: str) -> Any:
-        return new_broker(_NOWHERE, service=service, registry=CollectorRegistry())
-
     async def never(event: Any, redelivered: bool) -> Disposition:  # pragma: no cover
         return DONE
 
     async def nothing(batch: Any, raw: Any) -> None:  # pragma: no cover
         return None
 
-    sender_broker = broker("sender")
+    sender_broker = described_broker("sender")
     sender.declare(sender_broker, never, sender.Settings.from_env())
-    webhooks_broker = broker("webhooks")
-    webhooks.declare(webhooks_broker, nothing, webhooks.Settings(nats_url=_NOWHERE))
+    webhooks_broker = described_broker("webhooks")
+    webhooks.declare(webhooks_broker, nothing, webhooks.Settings(nats_url=UNCONNECTED_URL))
     brokers = [
-        ingest.declare(broker("ingest")),
+        ingest.declare(described_broker("ingest")),
         sender_broker,
-        tracker.declare(broker("tracker")),
-        projector.declare(broker("projector")),
+        tracker.declare(described_broker("tracker")),
+        projector.declare(described_broker("projector")),
         webhooks_broker,
-        mailbox.declare(broker("mailbox")),
+        mailbox.declare(described_broker("mailbox")),
     ]
     spec = AsyncAPI(
         *brokers,

@@ -47,6 +47,7 @@ from mailfold.runtime.bus import MAX_OUTSTANDING_PINGS, PING_INTERVAL_S, endpoin
 from mailfold.runtime.settings import NatsAuth
 
 _MAX_HEADER: Final = 1000
+UNCONNECTED_URL: Final = "nats://127.0.0.1:4222"  # of brokers built only to be described
 log = structlog.get_logger("mailfold.runtime")
 
 DEAD_LETTERS = Counter(
@@ -230,6 +231,12 @@ def new_broker(
         ),
     )
     return broker
+
+
+def described_broker(service: str) -> NatsBroker:
+    """A broker built only to be described (its declarations make an AsyncAPI document): never
+    connected, its metrics in a registry of its own."""
+    return new_broker(UNCONNECTED_URL, service=service, registry=CollectorRegistry())
 
 
 def current_message(broker: NatsBroker) -> NatsMessage:

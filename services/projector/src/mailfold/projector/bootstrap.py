@@ -12,7 +12,6 @@ import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from prometheus_client import CollectorRegistry
 
 from mailfold.events import STREAM
 from mailfold.projector.adapters import postgres
@@ -31,7 +30,7 @@ from mailfold.projector.entrypoints.pipeline_metrics import PipelineGauges
 from mailfold.projector.entrypoints.stats_http import StatsApi
 from mailfold.projector.entrypoints.ui import RecordPage
 from mailfold.runtime import bus
-from mailfold.runtime.broker import asyncapi_document, new_broker
+from mailfold.runtime.broker import asyncapi_document, described_broker
 from mailfold.runtime.logging import configure_logging
 from mailfold.runtime.ops import HttpServer
 from mailfold.runtime.orgs import TokenVerifier
@@ -151,13 +150,13 @@ async def start(settings: Settings) -> Service:
             *RecordPage(queries, verifier).routes(),
         ]
         runner = ConsumerRunner(nc, js, pool, settings.database_url, settings.consumer)
-        # Never connected: ConsumerRunner reads the stream; this broker only describes it.
-        described = new_broker(settings.nats_url, service="projector", registry=CollectorRegistry())
+        # ConsumerRunner reads the stream; the broker only describes the subscription.
+        described = declare(described_broker("projector"), settings.consumer)
         app = build_app(
             api,
             health,
             extra,
-            asyncapi=asyncapi_document(declare(described, settings.consumer), "projector"),
+            asyncapi=asyncapi_document(described, "projector"),
             details=lambda: {"partitions": runner.describe()},
         )
         server = HttpServer(app, settings.host, settings.port)
